@@ -1,0 +1,217 @@
+"""`melange`: the command line. `melange solve` needs no cluster."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from melange.solver.allocation import SolveReport
+from melange.solver.buckets import grid_from_dict
+from melange.solver.checks import integer, number
+from melange.solver.errors import InputError
+from melange.solver.ilp import DEFAULT_SOLVER, SOLVERS, IlpSettings
+from melange.solver.inputs import (LoadedInputs, assemble, load_bundle, load_document, load_options, load_profiles,
+                                   load_trace_workload, load_workload)
+from melange.solver.problem import Problem
+from melange.solver.solve import MODES, solve
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong) and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _solve_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("solve", help="cheapest GPU mix for a workload, no cluster needed",
+                                 description="Solve the Mélange ILP: the cheapest mix of GPU options that serves "
+                                             "the workload within the profiles' SLO.")
+    parser.add_argument("bundle", nargs="?", type=Path,
+                        help="one file with workload, options and profiles (YAML/JSON), or a melange-release "
+                             "JSON config")
+    inputs = parser.add_argument_group("separate inputs (instead of, or overriding, the bundle)")
+    inputs.add_argument("--workload", type=Path, help="workload YAML {rate, grid, distribution}")
+    inputs.add_argument("--trace", type=Path, help="request trace (CSV or JSONL of input/output token counts)")
+    inputs.add_argument("--grid", type=Path, help="grid YAML {input_edges, output_edges} for --trace "
+                                                  "(default: the paper's 10x6 grid)")
+    inputs.add_argument("--rate", type=float, help="total request rate, req/s (overrides the workload's)")
+    inputs.add_argument("--options", type=Path, help="GPU options YAML")
+    inputs.add_argument("--profiles", type=Path, nargs="+", help="profile YAML file(s)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--mode", choices=MODES, default="paper",
+                       help="paper: split per (input, output) bucket as in the paper; routable: split per input "
+                            "bucket, which a router can enforce (default: paper; the other is reported beside)")
+    model.add_argument("--slice-factor", type=int, help="slices per bucket (paper: 8)")
+    model.add_argument("--solver", choices=SOLVERS, help=f"MIP solver (default: {DEFAULT_SOLVER})")
+    model.add_argument("--time-limit", type=float, help="solver time limit, seconds")
+    model.add_argument("--target-utilisation", type=float, help="load per replica at most this (0-1], headroom")
+    model.add_argument("--min-replicas", type=int, help="at least this many replicas in total")
+    model.add_argument("--max-spot-share", type=float, help="at most this share (0-1) of requests on spot options")
+    model.add_argument("--current", help="current replicas as NAME=N,NAME=N (for --move-cost)")
+    model.add_argument("--move-cost", type=float, help="$/h charged per replica added or removed vs --current")
+    parser.add_argument("--output", choices=("table", "json"), default="table", help="table (default) or json")
+    parser.add_argument("--splits", action="store_true", help="also print how each bucket is split (table output)")
+    parser.set_defaults(handler=_run_solve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `melange` argument parser."""
+    parser = _Parser(prog="melange", description="Cheapest mix of GPU types for LLM serving.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _solve_parser(commands)
+    return parser
+
+
+def _parse_current(value: str | None) -> dict[str, int]:
+    if not value:
+        return {}
+    current = {}
+    for part in value.split(","):
+        name, sep, count = part.partition("=")
+        if not sep or not name.strip():
+            raise InputError("--current", f"cannot read {part!r}", "NAME=N,NAME=N")
+        try:
+            current[name.strip()] = integer(int(count), f"--current {name.strip()}", minimum=0)
+        except ValueError:
+            raise InputError("--current", f"{count!r} is not a whole number", "NAME=N with N >= 0") from None
+    return current
+
+
+def read_inputs(args: argparse.Namespace) -> LoadedInputs:
+    """Assemble the problem from a bundle and/or separate files; flags override the bundle."""
+    if args.rate is not None:
+        number(args.rate, "--rate", minimum=0)
+    if args.bundle is not None:
+        loaded = load_bundle(args.bundle)
+        problem = loaded.problem
+        if args.workload or args.trace:
+            workload = _workload_from_flags(args)
+            loaded = LoadedInputs(Problem(workload, problem.options, problem.profiles), loaded.settings)
+            loaded = LoadedInputs(assemble(workload, problem.options, problem.profiles).problem, loaded.settings)
+        elif args.rate is not None:
+            loaded = LoadedInputs(Problem(problem.workload.with_rate(args.rate), problem.options, problem.profiles),
+                                  loaded.settings)
+        return loaded
+    missing = [flag for flag, value in (("--workload or --trace", args.workload or args.trace),
+                                        ("--options", args.options), ("--profiles", args.profiles)) if not value]
+    if missing:
+        raise InputError("melange solve", f"missing {', '.join(missing)}", "a BUNDLE file, or --workload/--trace, "
+                                                                           "--options and --profiles")
+    profiles = [p for path in args.profiles for p in load_profiles(path)]
+    return assemble(_workload_from_flags(args), load_options(args.options), profiles)
+
+
+def _workload_from_flags(args: argparse.Namespace):
+    if args.trace:
+        grid = grid_from_dict(load_document(args.grid), str(args.grid)) if args.grid else None
+        return load_trace_workload(args.trace, grid, args.rate)
+    workload = load_workload(args.workload)
+    return workload.with_rate(args.rate) if args.rate is not None else workload
+
+
+def settings_from(args: argparse.Namespace, file_settings: dict[str, Any]) -> IlpSettings:
+    """Solver settings: the file's, then the flags'."""
+    allowed = {"slice_factor", "solver", "time_limit_s", "target_utilisation", "min_total_replicas",
+               "max_spot_share", "move_cost", "mode"}
+    unknown = sorted(set(file_settings) - allowed)
+    if unknown:
+        raise InputError(f"settings.{unknown[0]}", "unknown setting", ", ".join(sorted(allowed)))
+    values = {k: v for k, v in file_settings.items() if k != "mode"}
+    flags = {"slice_factor": args.slice_factor, "solver": args.solver, "time_limit_s": args.time_limit,
+             "target_utilisation": args.target_utilisation, "min_total_replicas": args.min_replicas,
+             "max_spot_share": args.max_spot_share, "move_cost": args.move_cost}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    for key in ("target_utilisation", "max_spot_share", "move_cost", "time_limit_s"):
+        if values.get(key) is not None:
+            values[key] = number(values[key], key)
+    for key in ("slice_factor", "min_total_replicas"):
+        if key in values:
+            values[key] = integer(values[key], key)
+    return IlpSettings(current=_parse_current(args.current), **values)
+
+
+def _run_solve(args: argparse.Namespace) -> int:
+    loaded = read_inputs(args)
+    settings = settings_from(args, dict(loaded.settings))
+    mode = args.mode if args.mode != "paper" else loaded.settings.get("mode", "paper")
+    report = solve(loaded.problem, settings, mode=mode)
+    if not report.allocation.solved:
+        raise InputError("infeasible", f"the solver found no allocation ({report.allocation.status}): quotas, "
+                                       "the spot share or the time limit leave no feasible mix")
+    if args.output == "json":
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_table(report, loaded.problem, show_splits=args.splits))
+    return 0
+
+
+def _money(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_table(report: SolveReport, problem: Problem, show_splits: bool = False) -> str:
+    """The human-readable report of a solve."""
+    allocation = report.allocation
+    lines = [f"Mélange allocation, {allocation.mode} mode, rate {report.rate:g} req/s "
+             f"({allocation.solver}: {allocation.status}"
+             + (f", gap <= {100 * allocation.gap:.2f}%" if allocation.status == "feasible" and allocation.gap is not None
+                else "") + f", {1000 * allocation.wall_time_s:.1f} ms)", ""]
+    header = f"{'option':<16} {'replicas':>8} {'GPUs':>5} {'$/h':>9} {'req/s':>9} {'util':>6}   " \
+             f"{'alone: replicas':>15} {'$/h':>9}  profile"
+    lines += [header, "-" * len(header)]
+    for use in allocation.options:
+        alone = report.single_type_replicas[use.name]
+        util = "-" if use.utilisation is None else f"{100 * use.utilisation:.0f}%"
+        lines.append(f"{use.name:<16} {use.replicas:>8} {use.gpus:>5} {_money(use.cost_per_hour):>9} "
+                     f"{use.request_rate:>9.3f} {util:>6}   {('-' if alone is None else alone):>15} "
+                     f"{_money(report.single_type[use.name]):>9}  {report.profile_sources.get(use.name, '')}")
+    lines.append("-" * len(header))
+    lines.append(f"{'mix':<16} {sum(u.replicas for u in allocation.options):>8} "
+                 f"{sum(u.gpus for u in allocation.options):>5} {_money(allocation.cost_per_hour):>9}")
+    lines.append("")
+    for label, pick in (("best", report.best_single), ("worst", report.worst_single)):
+        if pick:
+            lines.append(f"vs {label} single type ({pick[0]}, ${pick[1]:.3f}/h): "
+                         f"saves {report.savings_percent(pick[1]):.2f}%")
+    if report.best_single is None:
+        lines.append("no single option can serve this workload alone")
+    if report.other_mode is not None:
+        other = report.other_mode
+        cost = f"${other.cost_per_hour:.3f}/h" if other.solved else other.status
+        mix = ", ".join(f"{n} x{r}" for n, r in other.replicas.items() if r)
+        lines.append(f"{other.mode} mode: {cost} ({mix})")
+    sources = set(report.profile_sources.values())
+    if "estimated" in sources:
+        lines.append("note: some profiles are estimates from specs, not measurements")
+    lines += [f"note: {note}" for note in report.notes]
+    if show_splits:
+        lines += ["", "split per bucket (share of its requests per option):"]
+        for split in allocation.splits:
+            shares = ", ".join(f"{name} {100 * share:.1f}%" for name, share in split.shares.items() if share > 0)
+            lines.append(f"  {split.label:<28} {split.rate:>9.4f} req/s  {shares}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `melange` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except InputError as error:
+        print(f"melange: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:  # the reader (e.g. `head`) went away; not an error of ours
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The Mélange ILP (Griggs et al. 2024, Sec. 5) in its counting form, built with PuLP.
+
+The paper assigns each of `slice_factor` equal slices of a bucket to one GPU option with a binary
+x[s, g]. Slices of one bucket are identical, so we count them instead: an integer
+y[k, g] in 0..slice_factor says how many slices of item k go to option g. Every assignment of the
+binary form maps to one of the counting form with the same loads and cost, and back, so both have
+the same optimum; the counting form has |items| x |options| variables instead of
+|items| x slice_factor x |options| and none of the binary form's symmetry.
+
+    minimise    sum_g replica_price[g] * n[g]  (+ move_cost * |n[g] - current[g]|)
+    subject to  sum_g y[k, g] = S                               for every item k
+                sum_k (rate[k] / S) * sec[k, g] * y[k, g] <= u * n[g]   for every option g
+                n[g] <= quota[g]; sum_g n[g] >= min_total;
+                sum_{k, g spot} (rate[k] / S) * y[k, g] <= max_spot_share * total rate
+
+`sec[k, g]` = 1 / max_rps[g, k] is the replica-seconds one request of item k costs on option g; a
+pair with no profile entry gets no variable at all (it is forbidden, never divided by zero).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulp
+
+from melange.solver.errors import InfeasibleError, InputError
+
+SOLVERS = ("highs", "cbc")
+DEFAULT_SOLVER = "highs"
+# Proven optimality, not the solvers' default 1e-4 relative gap: prices differ by cents.
+_GAP_REL = 1e-9
+_GAP_ABS = 1e-7
+# Loads within this many replicas of an integer count as fitting it (solver feasibility tolerance).
+LOAD_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Item:
+    """A unit of traffic to place: one bucket (paper mode) or one input bucket (routable mode).
+
+    `seconds_per_request[g]` is the replica-seconds one request costs on option g (1 / max req/s),
+    None where option g cannot serve it.
+    """
+
+    label: str
+    rate: float
+    seconds_per_request: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """What the ILP needs of a GPU option."""
+
+    name: str
+    replica_price: float
+    max_replicas: int | None = None
+    spot: bool = False
+
+
+@dataclass(frozen=True)
+class IlpSettings:
+    """Solver choice and the optional extensions; the defaults are the paper's model exactly."""
+
+    slice_factor: int = 8
+    solver: str = DEFAULT_SOLVER
+    time_limit_s: float | None = None
+    target_utilisation: float = 1.0
+    min_total_replicas: int = 0
+    max_spot_share: float | None = None
+    current: Mapping[str, int] = field(default_factory=dict)
+    move_cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class IlpSolution:
+    """`status`: optimal (proven), feasible (not proven; `gap` bounds the distance to optimal),
+    infeasible, or no_solution (time limit hit before any solution)."""
+
+    status: str
+    replicas: tuple[int, ...]
+    slices: tuple[tuple[int, ...], ...]
+    loads: tuple[float, ...]
+    cost_per_hour: float
+    gap: float | None
+    solver: str
+    wall_time_s: float
+
+
+def check_settings(settings: IlpSettings, where: str = "settings") -> None:
+    """Raise InputError for a setting outside what is allowed."""
+    if settings.solver not in SOLVERS:
+        raise InputError(f"{where}.solver", f"unknown solver {settings.solver!r}", ", ".join(SOLVERS))
+    if isinstance(settings.slice_factor, bool) or not isinstance(settings.slice_factor, int) \
+            or settings.slice_factor < 1:
+        raise InputError(f"{where}.slice_factor", f"got {settings.slice_factor!r}", "an integer >= 1")
+    if not (0 < settings.target_utilisation <= 1) or math.isnan(settings.target_utilisation):
+        raise InputError(f"{where}.target_utilisation", f"got {settings.target_utilisation!r}", "0 < u <= 1")
+    if settings.min_total_replicas < 0:
+        raise InputError(f"{where}.min_total_replicas", f"got {settings.min_total_replicas!r}", "an integer >= 0")
+    if settings.max_spot_share is not None and not (0 <= settings.max_spot_share <= 1):
+        raise InputError(f"{where}.max_spot_share", f"got {settings.max_spot_share!r}", "0 <= share <= 1")
+    if not (settings.move_cost >= 0) or math.isinf(settings.move_cost):
+        raise InputError(f"{where}.move_cost", f"got {settings.move_cost!r}", "a finite number >= 0")
+    if settings.time_limit_s is not None and not (settings.time_limit_s > 0):
+        raise InputError(f"{where}.time_limit_s", f"got {settings.time_limit_s!r}", "a number > 0")
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Silence file descriptor 1 while a native solver runs: HiGHS prints its banner on stdout even
+    when told to be quiet, and the CLI promises clean JSON there."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _solver(name: str, time_limit_s: float | None, mip: bool = True) -> pulp.LpSolver:
+    if name == "highs":
+        return pulp.HiGHS(msg=False, mip=mip, gapRel=_GAP_REL, gapAbs=_GAP_ABS, threads=1, timeLimit=time_limit_s)
+    # CBC's default preprocessing returned a wrong "Optimal" on a 2-bucket instance (tests/solver/
+    # test_ilp.py::test_cbc_default_trap); with preprocessing off it matched brute force everywhere.
+    return pulp.PULP_CBC_CMD(msg=False, mip=mip, gapRel=_GAP_REL, gapAbs=_GAP_ABS, timeLimit=time_limit_s,
+                             options=["preprocess off"])
+
+
+def unservable(items: Sequence[Item]) -> list[str]:
+    """Labels of the items with traffic that no option can serve."""
+    return [item.label for item in items
+            if item.rate > 0 and all(s is None for s in item.seconds_per_request)]
+
+
+def solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> IlpSolution:
+    """Find the cheapest replica counts and slice assignment serving every item.
+
+    Raises InfeasibleError when some item with traffic has no option able to serve it; returns
+    status 'infeasible' when the extensions (quotas, spot share) make the model infeasible.
+    """
+    check_settings(settings)
+    missing = unservable(items)
+    if missing:
+        raise InfeasibleError(missing)
+    started = time.perf_counter()
+    model, n, y, active = _build(items, options, settings)
+    with _quiet_stdout():
+        model.solve(_solver(settings.solver, settings.time_limit_s))
+    status = _status(model)
+    if status in ("infeasible", "no_solution"):
+        zeros = tuple(0 for _ in options)
+        return IlpSolution(status, zeros, tuple(zeros for _ in items), tuple(0.0 for _ in options), math.nan,
+                           None, settings.solver, time.perf_counter() - started)
+    slices = tuple(tuple(_integer_value(y.get((k, g))) for g in range(len(options))) for k in range(len(items)))
+    loads = _loads(items, options, slices, settings.slice_factor)
+    replicas = tuple(max(_integer_value(n[g]), _needed(loads[g], settings.target_utilisation))
+                     for g in range(len(options)))
+    cost = sum(o.replica_price * r for o, r in zip(options, replicas))
+    gap = 0.0 if status == "optimal" else _gap(model, items, options, settings, cost)
+    return IlpSolution(status, replicas, slices, loads, cost, gap, settings.solver, time.perf_counter() - started)
+
+
+def _build(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings):
+    s = settings.slice_factor
+    model = pulp.LpProblem("melange", pulp.LpMinimize)
+    n = [pulp.LpVariable(f"n_{g}", lowBound=0, upBound=o.max_replicas, cat=pulp.LpInteger)
+         for g, o in enumerate(options)]
+    active = [k for k, item in enumerate(items) if item.rate > 0]
+    y: dict[tuple[int, int], pulp.LpVariable] = {}
+    load_terms: list[dict[pulp.LpVariable, float]] = [{} for _ in options]
+    spot_terms: dict[pulp.LpVariable, float] = {}
+    for k in active:
+        item = items[k]
+        slice_rate = item.rate / s
+        for g, seconds in enumerate(item.seconds_per_request):
+            if seconds is None:
+                continue
+            var = pulp.LpVariable(f"y_{k}_{g}", lowBound=0, upBound=s, cat=pulp.LpInteger)
+            y[k, g] = var
+            load_terms[g][var] = slice_rate * seconds
+            if options[g].spot:
+                spot_terms[var] = slice_rate
+        model += pulp.LpAffineExpression({y[k, g]: 1 for g in range(len(options)) if (k, g) in y}) == s, f"all_{k}"
+    u = settings.target_utilisation
+    for g in range(len(options)):
+        terms = dict(load_terms[g])
+        terms[n[g]] = -u
+        model += pulp.LpAffineExpression(terms) <= 0, f"capacity_{g}"
+    if settings.min_total_replicas:
+        model += pulp.lpSum(n) >= settings.min_total_replicas, "min_total"
+    if settings.max_spot_share is not None and spot_terms:
+        total = sum(items[k].rate for k in active)
+        model += pulp.LpAffineExpression(spot_terms) <= settings.max_spot_share * total, "spot_share"
+    objective: dict[pulp.LpVariable, float] = {n[g]: o.replica_price for g, o in enumerate(options)}
+    if settings.move_cost > 0:
+        for g, option in enumerate(options):
+            moved = pulp.LpVariable(f"moved_{g}", lowBound=0)
+            current = settings.current.get(option.name, 0)
+            model += moved >= n[g] - current, f"grow_{g}"
+            model += moved >= current - n[g], f"shrink_{g}"
+            objective[moved] = settings.move_cost
+    model += pulp.LpAffineExpression(objective)
+    return model, n, y, active
+
+
+def _status(model: pulp.LpProblem) -> str:
+    # PuLP 3.x reads "Optimal" in LpStatus for a run stopped by its time limit; sol_status tells.
+    if model.sol_status == pulp.LpSolutionOptimal:
+        return "optimal"
+    if model.sol_status == pulp.LpSolutionIntegerFeasible:
+        return "feasible"
+    if model.status == pulp.LpStatusInfeasible or model.sol_status == pulp.LpSolutionInfeasible:
+        return "infeasible"
+    return "no_solution"
+
+
+def _integer_value(var: pulp.LpVariable | None) -> int:
+    if var is None or var.varValue is None:
+        return 0
+    return int(round(var.varValue))
+
+
+def _loads(items: Sequence[Item], options: Sequence[OptionSpec], slices: Sequence[Sequence[int]],
+           slice_factor: int) -> tuple[float, ...]:
+    """Replica-equivalents of work per option, recomputed exactly from the integer assignment."""
+    loads = [0.0] * len(options)
+    for item, counts in zip(items, slices):
+        for g, count in enumerate(counts):
+            if count:
+                loads[g] += item.rate / slice_factor * count * item.seconds_per_request[g]
+    return tuple(loads)
+
+
+def _needed(load: float, utilisation: float) -> int:
+    """Replicas that carry `load` at the target utilisation."""
+    return max(0, math.ceil(load / utilisation - LOAD_TOLERANCE))
+
+
+def _gap(model, items, options, settings, cost) -> float | None:
+    """Relative distance of `cost` to a proven lower bound (the LP relaxation's optimum)."""
+    relaxed, *_ = _build(items, options, settings)
+    with _quiet_stdout():
+        relaxed.solve(_solver(settings.solver, settings.time_limit_s, mip=False))
+    if relaxed.sol_status != pulp.LpSolutionOptimal or not cost:
+        return None
+    bound = pulp.value(relaxed.objective) or 0.0
+    return max(0.0, (cost - bound) / cost)

@@ -1,0 +1,216 @@
+"""The workload: a total request rate and its distribution over the bucket grid.
+
+Loaded from YAML, or binned from a request trace (CSV or JSONL of input/output token counts).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from melange.solver.buckets import BucketGrid, grid_from_dict
+from melange.solver.checks import number, require_keys, require_mapping, sequence
+from melange.solver.errors import InputError
+
+# Shares are accepted when they sum to 1 within this tolerance, then renormalised exactly.
+SHARE_SUM_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Total rate (req/s) and the share of requests in each bucket, `distribution[input][output]`.
+
+    `notes` carries facts a reader of the result must know (dropped requests, assumptions).
+    """
+
+    rate: float
+    grid: BucketGrid
+    distribution: tuple[tuple[float, ...], ...]
+    notes: tuple[str, ...] = field(default=())
+
+    def bucket_rates(self) -> Iterator[tuple[int, int, float]]:
+        """(input bucket, output bucket, req/s) for every bucket with traffic."""
+        for i, row in enumerate(self.distribution):
+            for j, share in enumerate(row):
+                if share > 0:
+                    yield i, j, self.rate * share
+
+    def input_shares(self) -> tuple[float, ...]:
+        """Share of requests per input bucket (the output dimension summed out)."""
+        return tuple(sum(row) for row in self.distribution)
+
+    def with_rate(self, rate: float) -> Workload:
+        """The same mix at another total rate."""
+        return Workload(number(rate, "rate", minimum=0), self.grid, self.distribution, self.notes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form read back by `workload_from_dict`."""
+        return {"rate": self.rate, "grid": self.grid.to_dict(),
+                "distribution": [list(row) for row in self.distribution]}
+
+
+def make_workload(rate: float, grid: BucketGrid, matrix: Any, where: str, notes: Iterable[str] = ()) -> Workload:
+    """Validate a share matrix against the grid and build a workload.
+
+    The matrix must be non-negative, finite, shaped like the grid and sum to 1 (within 0.1%).
+    """
+    rate = number(rate, f"{where}.rate", minimum=0)
+    rows, columns = grid.shape
+    checked = []
+    for i, row in enumerate(sequence(matrix, f"{where}.distribution", length=rows)):
+        cells = sequence(row, f"{where}.distribution[{i}]", length=columns)
+        checked.append([number(v, f"{where}.distribution[{i}][{j}]", minimum=0) for j, v in enumerate(cells)])
+    total = sum(map(sum, checked))
+    if abs(total - 1.0) > SHARE_SUM_TOLERANCE:
+        raise InputError(f"{where}.distribution", f"shares sum to {total:.6g}", "a sum of 1 within 0.001")
+    return Workload(rate, grid, tuple(tuple(v / total for v in row) for row in checked), tuple(notes))
+
+
+def workload_from_dict(data: Any, where: str) -> Workload:
+    """Read `{rate, grid: {input_edges, output_edges}, distribution: [[...]]}`."""
+    mapping: Mapping[str, Any] = require_mapping(data, where)
+    require_keys(mapping, where, ["rate", "grid", "distribution"], ["notes"])
+    grid = grid_from_dict(mapping["grid"], f"{where}.grid")
+    return make_workload(mapping["rate"], grid, mapping["distribution"], where)
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """One request of a trace: token counts and, when the trace has them, its arrival time (s)."""
+
+    input_tokens: int
+    output_tokens: int
+    timestamp: float | None = None
+
+
+_INPUT_NAMES = ("input_tokens", "prompt_tokens", "input_len", "input")
+_OUTPUT_NAMES = ("output_tokens", "completion_tokens", "generation_tokens", "output_len", "output")
+_TIME_NAMES = ("timestamp", "time", "arrival_time")
+
+
+def _token_count(value: Any, where: str) -> int:
+    try:
+        count = float(value)
+    except (TypeError, ValueError):
+        raise InputError(where, f"expected a token count, got {value!r}") from None
+    if not math.isfinite(count) or count < 0 or not count.is_integer():
+        raise InputError(where, f"expected a non-negative integer token count, got {value!r}")
+    return int(count)
+
+
+def _timestamp(value: Any, where: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise InputError(where, f"expected a timestamp in seconds, got {value!r}") from None
+    if not math.isfinite(seconds):
+        raise InputError(where, f"expected a finite timestamp, got {value!r}")
+    return seconds
+
+
+def _pick(names: tuple[str, ...], keys: Iterable[str]) -> str | None:
+    lowered = {k.strip().lower(): k for k in keys}
+    return next((lowered[n] for n in names if n in lowered), None)
+
+
+def read_trace(path: Path) -> list[TraceRequest]:
+    """Read a trace: CSV (header with input/output[/timestamp] columns, or none: input,output[,timestamp])
+    or JSONL (objects with input_tokens/output_tokens or prompt_tokens/completion_tokens)."""
+    try:
+        content = path.read_text()
+    except OSError as error:
+        raise InputError(str(path), f"cannot read trace: {error.strerror}") from None
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        requests = list(_jsonl_requests(content, str(path)))
+    else:
+        requests = list(_csv_requests(content, str(path)))
+    if not requests:
+        raise InputError(str(path), "trace holds no requests")
+    return requests
+
+
+def _jsonl_requests(content: str, where: str) -> Iterator[TraceRequest]:
+    for line_number, line in enumerate(content.splitlines(), start=1):
+        if not line.strip():
+            continue
+        here = f"{where}:{line_number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(here, f"not valid JSON ({error.msg})") from None
+        record = require_mapping(record, here)
+        input_key, output_key = _pick(_INPUT_NAMES, record), _pick(_OUTPUT_NAMES, record)
+        if input_key is None or output_key is None:
+            raise InputError(here, "missing token counts", f"keys {_INPUT_NAMES[0]} and {_OUTPUT_NAMES[0]}")
+        time_key = _pick(_TIME_NAMES, record)
+        yield TraceRequest(_token_count(record[input_key], f"{here}.{input_key}"),
+                           _token_count(record[output_key], f"{here}.{output_key}"),
+                           _timestamp(record.get(time_key) if time_key else None, f"{here}.{time_key}"))
+
+
+def _csv_requests(content: str, where: str) -> Iterator[TraceRequest]:
+    rows = [row for row in csv.reader(content.splitlines()) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        return
+    header = rows[0]
+    input_key, output_key = _pick(_INPUT_NAMES, header), _pick(_OUTPUT_NAMES, header)
+    if input_key is not None and output_key is not None:
+        positions = [header.index(input_key), header.index(output_key)]
+        time_key = _pick(_TIME_NAMES, header)
+        positions.append(header.index(time_key) if time_key else -1)
+        body, first_line = rows[1:], 2
+    else:
+        if len(header) < 2:
+            raise InputError(f"{where}:1", "expected columns input_tokens,output_tokens[,timestamp]")
+        positions, body, first_line = [0, 1, 2 if len(header) > 2 else -1], rows, 1
+    for offset, row in enumerate(body):
+        here = f"{where}:{first_line + offset}"
+        if len(row) <= max(positions[0], positions[1]):
+            raise InputError(here, f"has {len(row)} columns, expected at least {max(positions[:2]) + 1}")
+        time_value = row[positions[2]] if 0 <= positions[2] < len(row) else None
+        yield TraceRequest(_token_count(row[positions[0]].strip(), f"{here} input"),
+                           _token_count(row[positions[1]].strip(), f"{here} output"),
+                           _timestamp(time_value.strip() if time_value else None, f"{here} timestamp"))
+
+
+def rate_from_timestamps(requests: list[TraceRequest]) -> float | None:
+    """Mean arrival rate over the trace's time span, or None when it has no (usable) timestamps."""
+    times = [r.timestamp for r in requests if r.timestamp is not None]
+    if len(times) < 2 or len(times) != len(requests):
+        return None
+    span = max(times) - min(times)
+    return (len(times) - 1) / span if span > 0 else None
+
+
+def workload_from_trace(requests: list[TraceRequest], grid: BucketGrid, rate: float | None, where: str) -> Workload:
+    """Bin a trace onto the grid. Requests beyond the grid's last edges cannot be profiled: they are
+    dropped and the share dropped is stated in the workload's notes. Without `rate`, the trace's
+    timestamps give it."""
+    if rate is None:
+        rate = rate_from_timestamps(requests)
+        if rate is None:
+            raise InputError(where, "no request rate: the trace has no timestamps", "give a rate (--rate)")
+    counts = [[0] * grid.shape[1] for _ in range(grid.shape[0])]
+    dropped = 0
+    for request in requests:
+        i, j = grid.input_bucket(request.input_tokens), grid.output_bucket(request.output_tokens)
+        if i is None or j is None:
+            dropped += 1
+        else:
+            counts[i][j] += 1
+    kept = len(requests) - dropped
+    if kept == 0:
+        raise InputError(where, f"all {len(requests)} requests lie beyond the grid "
+                                f"(input > {grid.input_edges[-1]} or output > {grid.output_edges[-1]} tokens)")
+    notes = [f"binned {kept} requests from {where}"]
+    if dropped:
+        notes.append(f"dropped {dropped} of {len(requests)} requests ({100 * dropped / len(requests):.2f}%) "
+                     f"beyond the grid (input > {grid.input_edges[-1]} or output > {grid.output_edges[-1]} tokens)")
+    matrix = [[c / kept for c in row] for row in counts]
+    return make_workload(rate, grid, matrix, where, notes)
