@@ -23,8 +23,9 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pulp
 
@@ -132,8 +133,10 @@ def _solver(name: str, time_limit_s: float | None, mip: bool = True) -> pulp.LpS
         return pulp.HiGHS(msg=False, mip=mip, gapRel=_GAP_REL, gapAbs=_GAP_ABS, threads=1, timeLimit=time_limit_s)
     # CBC's default preprocessing returned a wrong "Optimal" on a 2-bucket instance (tests/solver/
     # test_ilp.py::test_cbc_default_trap); with preprocessing off it matched brute force everywhere.
-    return pulp.PULP_CBC_CMD(msg=False, mip=mip, gapRel=_GAP_REL, gapAbs=_GAP_ABS, timeLimit=time_limit_s,
-                             options=["preprocess off"])
+    with warnings.catch_warnings():  # PuLP 3.3 deprecates the bundled-CBC class it still ships
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pulp.PULP_CBC_CMD(msg=False, mip=mip, gapRel=_GAP_REL, gapAbs=_GAP_ABS, timeLimit=time_limit_s,
+                                 options=["preprocess off"])
 
 
 def unservable(items: Sequence[Item]) -> list[str]:
@@ -153,27 +156,121 @@ def solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: Il
     if missing:
         raise InfeasibleError(missing)
     started = time.perf_counter()
-    model, n, y, active = _build(items, options, settings)
-    with _quiet_stdout():
-        model.solve(_solver(settings.solver, settings.time_limit_s))
+    # Stage 1: slices relaxed to fractions, replicas integer. Its optimum bounds the true one from
+    # below; when its split rounds to whole slices within the same replicas, that bound is met and
+    # the rounded answer is proven optimal. This is much faster than branching on the slices.
+    relaxed, n, y = _build(items, options, settings, integer_slices=False)
+    _run(relaxed, settings.solver, settings.time_limit_s)
+    relaxed_status = _status(relaxed)
+    if relaxed_status == "infeasible":
+        return _empty("infeasible", items, options, settings, started)
+    if relaxed_status == "optimal":
+        counts = _round_slices(items, options, settings, [_integer_value(v) for v in n],
+                               {key: var.varValue or 0.0 for key, var in y.items()})
+        if counts is None:
+            counts = _fit_slices(items, options, settings, [_integer_value(v) for v in n])
+        if counts is not None:
+            return _solution("optimal", items, options, settings, [_integer_value(v) for v in n], counts, 0.0,
+                             started)
+    # Stage 2: the exact counting-form MIP.
+    remaining = None if settings.time_limit_s is None else max(0.01, settings.time_limit_s - (time.perf_counter() - started))
+    model, n, y = _build(items, options, settings, integer_slices=True)
+    _run(model, settings.solver, remaining)
     status = _status(model)
     if status in ("infeasible", "no_solution"):
-        zeros = tuple(0 for _ in options)
-        return IlpSolution(status, zeros, tuple(zeros for _ in items), tuple(0.0 for _ in options), math.nan,
-                           None, settings.solver, time.perf_counter() - started)
-    slices = tuple(tuple(_integer_value(y.get((k, g))) for g in range(len(options))) for k in range(len(items)))
+        return _empty(status, items, options, settings, started)
+    counts = [[_integer_value(y.get((k, g))) for g in range(len(options))] for k in range(len(items))]
+    solution = _solution(status, items, options, settings, [_integer_value(v) for v in n], counts, None, started)
+    if status == "optimal":
+        return solution
+    gap = _gap(items, options, settings, solution.cost_per_hour)
+    return IlpSolution(status, solution.replicas, solution.slices, solution.loads, solution.cost_per_hour, gap,
+                       settings.solver, time.perf_counter() - started)
+
+
+def _run(model: pulp.LpProblem, solver: str, time_limit_s: float | None, mip: bool = True) -> None:
+    with _quiet_stdout():
+        model.solve(_solver(solver, time_limit_s, mip))
+
+
+def _empty(status: str, items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
+           started: float) -> IlpSolution:
+    zeros = tuple(0 for _ in options)
+    return IlpSolution(status, zeros, tuple(zeros for _ in items), tuple(0.0 for _ in options), math.nan, None,
+                       settings.solver, time.perf_counter() - started)
+
+
+def _solution(status: str, items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
+              replicas: Sequence[int], counts: Sequence[Sequence[int]], gap: float | None,
+              started: float) -> IlpSolution:
+    """Recompute loads exactly from whole slices; replicas never fall below what the loads need."""
+    slices = tuple(tuple(row) for row in counts)
     loads = _loads(items, options, slices, settings.slice_factor)
-    replicas = tuple(max(_integer_value(n[g]), _needed(loads[g], settings.target_utilisation))
-                     for g in range(len(options)))
-    cost = sum(o.replica_price * r for o, r in zip(options, replicas))
-    gap = 0.0 if status == "optimal" else _gap(model, items, options, settings, cost)
-    return IlpSolution(status, replicas, slices, loads, cost, gap, settings.solver, time.perf_counter() - started)
+    final = tuple(max(r, _needed(load, settings.target_utilisation)) for r, load in zip(replicas, loads))
+    cost = sum(o.replica_price * r for o, r in zip(options, final))
+    return IlpSolution(status, final, slices, loads, cost, gap, settings.solver, time.perf_counter() - started)
 
 
-def _build(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings):
+def _fit_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
+                replicas: Sequence[int]) -> list[list[int]] | None:
+    """Whole slices that fit exactly `replicas`, found by a feasibility MIP, or None."""
+    fixed = [OptionSpec(o.name, o.replica_price, r, o.spot) for o, r in zip(options, replicas)]
+    model, n, y = _build(items, fixed, replace(settings, min_total_replicas=0, move_cost=0.0), integer_slices=True)
+    for var, count in zip(n, replicas):
+        var.lowBound = count
+    model.setObjective(pulp.lpSum(n))  # constant: n is fixed; CBC rejects an all-zero objective
+    try:
+        _run(model, settings.solver, settings.time_limit_s)
+    except pulp.PulpSolverError:  # bundled CBC 2.10 can crash on some infeasible fixed models
+        return None
+    if model.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+        return None
+    return [[_integer_value(y.get((k, g))) for g in range(len(options))] for k in range(len(items))]
+
+
+def _round_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
+                  replicas: Sequence[int], fractional: Mapping[tuple[int, int], float]) -> list[list[int]] | None:
+    """Round a fractional split to whole slices that still fit `replicas` (and the spot share), or None.
+
+    Whole parts stay; each item's remaining slices go, largest slice first, to the option with the
+    largest fractional part that still has room."""
+    s, u = settings.slice_factor, settings.target_utilisation
+    room = [u * r + u * LOAD_TOLERANCE for r in replicas]
+    counts = [[0] * len(options) for _ in items]
+    pending: list[tuple[float, int]] = []
+    for k, item in enumerate(items):
+        if item.rate <= 0:
+            continue
+        for g, seconds in enumerate(item.seconds_per_request):
+            if seconds is not None:
+                counts[k][g] = int(math.floor(fractional.get((k, g), 0.0) + 1e-7))
+                room[g] -= counts[k][g] * item.rate / s * seconds
+        if sum(counts[k]) > s:
+            return None
+        pending.append((item.rate * max(sec for sec in item.seconds_per_request if sec is not None), k))
+    for _, k in sorted(pending, reverse=True):
+        item = items[k]
+        for _ in range(s - sum(counts[k])):
+            fits = [g for g, sec in enumerate(item.seconds_per_request)
+                    if sec is not None and room[g] >= item.rate / s * sec]
+            if not fits:
+                return None
+            g = max(fits, key=lambda g: (fractional.get((k, g), 0.0) - counts[k][g], room[g]))
+            counts[k][g] += 1
+            room[g] -= item.rate / s * item.seconds_per_request[g]
+    if settings.max_spot_share is not None:
+        total = sum(item.rate for item in items if item.rate > 0)
+        spot = sum(item.rate / s * counts[k][g] for k, item in enumerate(items)
+                   for g, option in enumerate(options) if option.spot)
+        if spot > settings.max_spot_share * total + 1e-9:
+            return None
+    return counts
+
+
+def _build(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings, integer_slices: bool = True):
     s = settings.slice_factor
     model = pulp.LpProblem("melange", pulp.LpMinimize)
-    n = [pulp.LpVariable(f"n_{g}", lowBound=0, upBound=o.max_replicas, cat=pulp.LpInteger)
+    n = [model.add_variable(f"n_{g}", lowBound=0, upBound=o.max_replicas, cat=pulp.LpInteger)
          for g, o in enumerate(options)]
     active = [k for k, item in enumerate(items) if item.rate > 0]
     y: dict[tuple[int, int], pulp.LpVariable] = {}
@@ -185,7 +282,8 @@ def _build(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSe
         for g, seconds in enumerate(item.seconds_per_request):
             if seconds is None:
                 continue
-            var = pulp.LpVariable(f"y_{k}_{g}", lowBound=0, upBound=s, cat=pulp.LpInteger)
+            var = model.add_variable(f"y_{k}_{g}", lowBound=0, upBound=s,
+                                     cat=pulp.LpInteger if integer_slices else pulp.LpContinuous)
             y[k, g] = var
             load_terms[g][var] = slice_rate * seconds
             if options[g].spot:
@@ -204,13 +302,13 @@ def _build(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSe
     objective: dict[pulp.LpVariable, float] = {n[g]: o.replica_price for g, o in enumerate(options)}
     if settings.move_cost > 0:
         for g, option in enumerate(options):
-            moved = pulp.LpVariable(f"moved_{g}", lowBound=0)
+            moved = model.add_variable(f"moved_{g}", lowBound=0)
             current = settings.current.get(option.name, 0)
             model += moved >= n[g] - current, f"grow_{g}"
             model += moved >= current - n[g], f"shrink_{g}"
             objective[moved] = settings.move_cost
     model += pulp.LpAffineExpression(objective)
-    return model, n, y, active
+    return model, n, y
 
 
 def _status(model: pulp.LpProblem) -> str:
@@ -246,11 +344,10 @@ def _needed(load: float, utilisation: float) -> int:
     return max(0, math.ceil(load / utilisation - LOAD_TOLERANCE))
 
 
-def _gap(model, items, options, settings, cost) -> float | None:
+def _gap(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings, cost: float) -> float | None:
     """Relative distance of `cost` to a proven lower bound (the LP relaxation's optimum)."""
     relaxed, *_ = _build(items, options, settings)
-    with _quiet_stdout():
-        relaxed.solve(_solver(settings.solver, settings.time_limit_s, mip=False))
+    _run(relaxed, settings.solver, settings.time_limit_s, mip=False)
     if relaxed.sol_status != pulp.LpSolutionOptimal or not cost:
         return None
     bound = pulp.value(relaxed.objective) or 0.0

@@ -1,0 +1,89 @@
+"""Median solve time of the Mélange ILP with each MIP solver.
+
+(a) the paper's size: 4 GPU types, 10 x 6 buckets, slice factor 8, rates 1-32 req/s, on the
+    Arena mix with the public Llama-2-7B profiles (L4/A10G cannot serve inputs > 2000 tokens);
+(b) 16 options x 100 buckets x slice factor 16, random profiles.
+
+Usage: python bench/solver_speed.py [--runs 7]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+from common import print_table, require_paper_data
+
+from melange.solver.ilp import SOLVERS, IlpSettings, Item, OptionSpec, solve_ilp
+
+PAPER_PRICES = {"L4": 0.70, "A10G": 1.01, "A100": 3.67, "H100": 7.516}
+
+
+def paper_instance(rate: float) -> tuple[list[Item], list[OptionSpec]]:
+    data = require_paper_data() / "early-profiles"
+    profiles = json.loads((data / "llama2-7b_tputs_2024-02-22.json").read_text())["gpu_info"]
+    share = json.loads((data / "arena_distribution_from_trace.json").read_text())["arena_10x6"]["share"]
+    names = list(PAPER_PRICES)
+    items = []
+    for i, row in enumerate(share):
+        for j, p in enumerate(row):
+            seconds = []
+            for name in names:
+                table = profiles[name]["tputs"]
+                value = table[i][j] if i < len(table) and j < len(table[i]) else 0
+                seconds.append(1 / value if value > 0 else None)
+            if p > 0 and any(s is not None for s in seconds):
+                items.append(Item(f"{i},{j}", rate * p, tuple(seconds)))
+    return items, [OptionSpec(n, PAPER_PRICES[n]) for n in names]
+
+
+def large_instance(seed: int) -> tuple[list[Item], list[OptionSpec]]:
+    rng = random.Random(seed)
+    options = [OptionSpec(f"gpu{g}", round(rng.uniform(0.4, 12), 2)) for g in range(16)]
+    items = []
+    for k in range(100):
+        size = rng.uniform(0.2, 1.0)  # bigger requests: every option slower
+        seconds = tuple(None if rng.random() < 0.15 else 1 / (size * rng.uniform(0.05, 40)) for _ in options)
+        if all(s is None for s in seconds):
+            seconds = (1.0,) + seconds[1:]
+        items.append(Item(f"b{k}", rng.uniform(0.05, 1.0), seconds))
+    return items, options
+
+
+def median_ms(items, options, settings, runs: int) -> tuple[float, str]:
+    times, status = [], ""
+    for _ in range(runs):
+        started = time.perf_counter()
+        solution = solve_ilp(items, options, settings)
+        times.append(1000 * (time.perf_counter() - started))
+        status = solution.status
+    return statistics.median(times), status
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    rows = []
+    for rate in (1, 2, 4, 8, 16, 32):
+        items, options = paper_instance(rate)
+        row = [f"(a) paper 4x60 S=8, rate {rate}"]
+        for solver in SOLVERS:
+            ms, status = median_ms(items, options, IlpSettings(slice_factor=8, solver=solver), args.runs)
+            row.append(f"{ms:.1f} ms ({status})")
+        rows.append(row)
+    for seed in (1, 2, 3):
+        items, options = large_instance(seed)
+        row = [f"(b) 16x100 S=16, seed {seed}"]
+        for solver in SOLVERS:
+            ms, status = median_ms(items, options, IlpSettings(slice_factor=16, solver=solver, time_limit_s=60),
+                                   max(3, args.runs // 2))
+            row.append(f"{ms:.1f} ms ({status})")
+        rows.append(row)
+    print_table(["instance"] + [f"{s} median" for s in SOLVERS], rows)
+
+
+if __name__ == "__main__":
+    main()

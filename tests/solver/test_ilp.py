@@ -1,0 +1,164 @@
+"""The ILP against brute force, the CBC trap, statuses and extensions."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from melange.solver.errors import InfeasibleError, InputError
+from melange.solver.ilp import IlpSettings, Item, OptionSpec, solve_ilp
+
+from .brute_force import brute_force_cost
+
+SOLVER_NAMES = ("highs", "cbc")
+
+
+def random_instance(rng: random.Random) -> tuple[list[Item], list[OptionSpec], int]:
+    """A small instance whose per-slice enumeration stays under a few thousand assignments."""
+    n_options = rng.randint(1, 3)
+    n_items = rng.randint(1, 3)
+    slice_factor = rng.choice([1, 2, 3]) if n_items <= 2 else rng.choice([1, 2])
+    options = [OptionSpec(f"g{g}", round(rng.uniform(0.3, 8.0), 2)) for g in range(n_options)]
+    items = []
+    for k in range(n_items):
+        seconds = [None if rng.random() < 0.25 else 1.0 / rng.choice([rng.uniform(0.05, 2), rng.uniform(2, 40)])
+                   for _ in range(n_options)]
+        if all(s is None for s in seconds):
+            seconds[rng.randrange(n_options)] = 1.0 / rng.uniform(0.1, 10)
+        rate = 0.0 if rng.random() < 0.1 else rng.choice([rng.uniform(0.01, 1), rng.uniform(1, 30)])
+        items.append(Item(f"b{k}", rate, tuple(seconds)))
+    return items, options, slice_factor
+
+
+def objective(solution, options, settings) -> float:
+    moved = sum(abs(n - settings.current.get(o.name, 0)) for o, n in zip(options, solution.replicas))
+    return solution.cost_per_hour + settings.move_cost * moved
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_matches_brute_force_on_random_instances(solver):
+    rng = random.Random(20240422)
+    for case in range(220):
+        items, options, slice_factor = random_instance(rng)
+        settings = IlpSettings(slice_factor=slice_factor, solver=solver)
+        expected = brute_force_cost(items, options, settings)
+        solution = solve_ilp(items, options, settings)
+        assert solution.status == "optimal", case
+        assert solution.cost_per_hour == pytest.approx(expected, abs=1e-6), (case, items, options)
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_extensions_match_brute_force(solver):
+    rng = random.Random(7)
+    checked = 0
+    for case in range(120):
+        items, options, slice_factor = random_instance(rng)
+        options = [OptionSpec(o.name, o.replica_price, max_replicas=rng.choice([None, None, 1, 3, 6]),
+                              spot=rng.random() < 0.4) for o in options]
+        settings = IlpSettings(slice_factor=slice_factor, solver=solver,
+                               target_utilisation=rng.choice([1.0, 0.8, 0.6]),
+                               min_total_replicas=rng.choice([0, 0, 2, 4]),
+                               max_spot_share=rng.choice([None, 0.0, 0.5]),
+                               current={o.name: rng.randint(0, 3) for o in options},
+                               move_cost=rng.choice([0.0, 0.5, 5.0]))
+        expected = brute_force_cost(items, options, settings)
+        solution = solve_ilp(items, options, settings)
+        if expected is None:
+            assert solution.status == "infeasible", case
+            continue
+        checked += 1
+        assert solution.status == "optimal", case
+        assert objective(solution, options, settings) == pytest.approx(expected, abs=1e-6), case
+        for option, n in zip(options, solution.replicas):
+            assert option.max_replicas is None or n <= option.max_replicas
+        assert sum(solution.replicas) >= settings.min_total_replicas
+    assert checked > 60
+
+
+# Both solvers must find this optimum: 21 x g0 = $18.06/h. PuLP 3.3.2's bundled CBC with its
+# default settings answers "Optimal" at $20.08/h (12 x g0 + 2 x g1).
+TRAP_OPTIONS = [OptionSpec("g0", 0.86), OptionSpec("g1", 4.88)]
+TRAP_ITEMS = [Item("b0", 20 * 0.6078424999887332, (1 / 7.6, 1 / 0.49)),
+              Item("b1", 20 * 0.392157500011267, (1 / 0.41, 1 / 2.56))]
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_cbc_default_trap(solver):
+    solution = solve_ilp(TRAP_ITEMS, TRAP_OPTIONS, IlpSettings(slice_factor=2, solver=solver))
+    assert solution.status == "optimal"
+    assert solution.cost_per_hour == pytest.approx(18.06)
+    assert solution.replicas == (21, 0)
+
+
+def test_counting_form_has_no_per_slice_variables():
+    items = [Item(f"b{k}", 1.0, (1.0, 0.5)) for k in range(10)]
+    solution = solve_ilp(items, [OptionSpec("a", 1.0), OptionSpec("b", 2.5)], IlpSettings(slice_factor=8))
+    assert all(sum(counts) == 8 for counts in solution.slices)
+    assert solution.cost_per_hour == pytest.approx(10.0)
+
+
+def test_unservable_bucket_is_named():
+    items = [Item("in(0,25] out(0,25]", 1.0, (1.0, None)), Item("in(25,100] out(0,25]", 2.0, (None, None))]
+    with pytest.raises(InfeasibleError) as error:
+        solve_ilp(items, [OptionSpec("a", 1.0), OptionSpec("b", 2.0)], IlpSettings())
+    assert error.value.buckets == ("in(25,100] out(0,25]",)
+    assert "in(25,100] out(0,25]" in str(error.value)
+
+
+def test_zero_rate_item_without_server_is_fine():
+    items = [Item("served", 1.0, (0.5,)), Item("empty", 0.0, (None,))]
+    solution = solve_ilp(items, [OptionSpec("a", 1.0)], IlpSettings())
+    assert solution.replicas == (1,)
+
+
+def test_zero_traffic_needs_nothing():
+    solution = solve_ilp([Item("b", 0.0, (1.0,))], [OptionSpec("a", 1.0)], IlpSettings())
+    assert solution.status == "optimal" and solution.replicas == (0,) and solution.cost_per_hour == 0
+
+
+def test_quota_makes_model_infeasible():
+    solution = solve_ilp([Item("b", 10.0, (1.0,))], [OptionSpec("a", 1.0, max_replicas=5)], IlpSettings())
+    assert solution.status == "infeasible"
+
+
+def test_target_utilisation_adds_headroom():
+    items = [Item("b", 4.0, (1.0,))]
+    assert solve_ilp(items, [OptionSpec("a", 1.0)], IlpSettings()).replicas == (4,)
+    assert solve_ilp(items, [OptionSpec("a", 1.0)], IlpSettings(target_utilisation=0.8)).replicas == (5,)
+
+
+def test_spot_share_caps_spot_traffic():
+    items = [Item("b", 10.0, (0.1, 0.1))]
+    options = [OptionSpec("spot", 0.3, spot=True), OptionSpec("ondemand", 1.0)]
+    free = solve_ilp(items, options, IlpSettings(slice_factor=10))
+    capped = solve_ilp(items, options, IlpSettings(slice_factor=10, max_spot_share=0.5))
+    assert free.replicas == (1, 0)
+    assert capped.slices[0][0] <= 5 and capped.replicas[1] >= 1
+
+
+def test_move_cost_keeps_current_allocation_for_small_gains():
+    items = [Item("b", 1.0, (1.0, 1.0))]
+    options = [OptionSpec("a", 1.0), OptionSpec("b", 1.1)]
+    assert solve_ilp(items, options, IlpSettings()).replicas == (1, 0)
+    sticky = solve_ilp(items, options, IlpSettings(current={"b": 1}, move_cost=0.5))
+    assert sticky.replicas == (0, 1)
+
+
+def test_time_limit_never_reports_unproven_optimum_as_optimal():
+    rng = random.Random(3)
+    options = [OptionSpec(f"g{g}", rng.uniform(0.5, 8)) for g in range(16)]
+    items = [Item(f"b{k}", rng.uniform(0.1, 3), tuple(1 / rng.uniform(0.05, 30) for _ in options)) for k in range(100)]
+    solution = solve_ilp(items, options, IlpSettings(slice_factor=16, solver="cbc", time_limit_s=0.01))
+    assert solution.status in ("optimal", "feasible", "no_solution")
+    if solution.status == "feasible":
+        assert solution.gap is not None and solution.gap >= 0
+
+
+@pytest.mark.parametrize("field,value", [("solver", "glpk"), ("slice_factor", 0), ("target_utilisation", 0.0),
+                                         ("target_utilisation", 1.5), ("max_spot_share", 2.0),
+                                         ("move_cost", -1.0), ("time_limit_s", 0.0),
+                                         ("min_total_replicas", -1), ("target_utilisation", float("nan"))])
+def test_bad_settings_are_named(field, value):
+    with pytest.raises(InputError) as error:
+        solve_ilp([Item("b", 1.0, (1.0,))], [OptionSpec("a", 1.0)], IlpSettings(**{field: value}))
+    assert field in str(error.value)
