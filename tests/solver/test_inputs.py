@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from melange.solver.errors import InputError
+from melange.solver.inputs import load_bundle, load_document, load_options, load_profiles, load_workload
+
+from ..conftest import EXAMPLES
+
+ARENA = EXAMPLES / "arena-llama2-7b"
+
+
+def test_example_bundle_and_separate_files_agree():
+    bundle = load_bundle(ARENA / "bundle.yaml")
+    assert bundle.settings == {"slice_factor": 8}
+    assert load_workload(ARENA / "workload.yaml") == bundle.problem.workload
+    assert load_options(ARENA / "options.yaml") == bundle.problem.options
+    assert [p.gpu for p in bundle.problem.profiles] == ["L4", "A10G", "A100", "H100"]
+    assert load_profiles(ARENA / "profiles" / "l4.yaml")[0] == bundle.problem.profiles[0]
+
+
+def write_bundle(tmp_path, **changes):
+    data = yaml.safe_load((ARENA / "bundle.yaml").read_text())
+    data["profiles"] = [str(ARENA / "profiles" / f"{n}.yaml") for n in ("l4", "a10g", "a100-80gb", "h100")]
+    data.update(changes)
+    path = tmp_path / "bundle.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, data
+
+
+def test_option_without_profile_is_named(tmp_path):
+    path, data = write_bundle(tmp_path)
+    data["options"].append({"name": "t4", "gpu": "T4", "price_per_hour": 0.35})
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match=r"options\.t4: no profile for GPU 'T4'"):
+        load_bundle(path)
+
+
+def test_profile_on_another_grid_is_rejected(tmp_path):
+    profile = yaml.safe_load((ARENA / "profiles" / "l4.yaml").read_text())
+    profile["grid"]["input_edges"] = [25, 100, 250, 500, 1000, 4000]
+    (tmp_path / "l4.yaml").write_text(yaml.safe_dump(profile))
+    path, data = write_bundle(tmp_path)
+    data["profiles"][0] = str(tmp_path / "l4.yaml")
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match="does not match the workload's grid"):
+        load_bundle(path)
+
+
+def test_profiles_for_different_slos_are_rejected(tmp_path):
+    profile = yaml.safe_load((ARENA / "profiles" / "l4.yaml").read_text())
+    profile["slo"] = {"tpot_ms": 40}
+    (tmp_path / "l4.yaml").write_text(yaml.safe_dump(profile))
+    path, data = write_bundle(tmp_path)
+    data["profiles"][0] = str(tmp_path / "l4.yaml")
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(InputError, match="different SLOs"):
+        load_bundle(path)
+
+
+def test_bundle_with_trace_workload(tmp_path):
+    (tmp_path / "trace.csv").write_text("10,10\n300,300\n")
+    path, _ = write_bundle(tmp_path, workload={"trace": "trace.csv", "rate": 2.0,
+                                               "grid": {"input_edges": [25, 100, 250, 500, 1000, 2000],
+                                                        "output_edges": [25, 100, 250, 500, 1000, 2000]}})
+    workload = load_bundle(path).problem.workload
+    assert workload.rate == 2.0 and workload.distribution[0][0] == 0.5
+
+
+@pytest.mark.parametrize("content,suffix,match", [
+    ("a: [1, 2\n", ".yaml", "not valid YAML"),
+    ("{\"a\": 1,}", ".json", "not valid JSON"),
+])
+def test_unparseable_files(tmp_path, content, suffix, match):
+    path = tmp_path / f"f{suffix}"
+    path.write_text(content)
+    with pytest.raises(InputError, match=match):
+        load_document(path)
+
+
+def test_missing_file():
+    with pytest.raises(InputError, match="cannot read file"):
+        load_document(EXAMPLES / "nope.yaml")
