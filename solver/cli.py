@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from melange.solver.allocation import SolveReport
-from melange.solver.buckets import grid_from_dict
+from melange.solver.buckets import BucketGrid, grid_from_dict
+from melange.solver.metric_names import MODEL_LABEL
+from melange.solver.prometheus_source import (DEFAULT_MIN_REQUESTS, MetricsError, PrometheusConfig, PrometheusSource,
+                                              parse_duration, read_bearer_token)
+from melange.solver.workload import Workload
 from melange.solver.checks import integer, number
 from melange.solver.errors import InputError
 from melange.solver.ilp import DEFAULT_SOLVER, SOLVERS, IlpSettings
@@ -19,6 +23,11 @@ from melange.solver.problem import Problem
 from melange.solver.solve import MODES, solve
 
 EXIT_USER_ERROR = 2
+EXIT_METRICS_UNAVAILABLE = 3
+
+
+class MetricsUnavailable(RuntimeError):
+    """The live workload cannot be trusted enough to solve on (no series, stale series)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,6 +51,18 @@ def _solve_parser(commands: argparse._SubParsersAction) -> None:
                                                   "(default: the paper's 10x6 grid)")
     inputs.add_argument("--rate", type=float, help="total request rate, req/s (overrides the workload's)")
     inputs.add_argument("--options", type=Path, help="GPU options YAML")
+    live = parser.add_argument_group("live workload from Prometheus (vLLM metrics; instead of --workload/--trace)")
+    live.add_argument("--prometheus", metavar="URL", help="Prometheus base URL, e.g. http://prometheus:9090")
+    live.add_argument("--model-name", help="vLLM's model_name label to select")
+    live.add_argument("--selector", action="append", default=[], metavar="LABEL=VALUE",
+                      help="more label matchers (namespace, job, ...); repeatable")
+    live.add_argument("--window", default="10m", help="rate and mix window (default 10m)")
+    live.add_argument("--bearer-token-file", help="file holding a bearer token")
+    live.add_argument("--bearer-token-env", help="environment variable holding a bearer token")
+    live.add_argument("--ca-bundle", help="CA bundle for https")
+    live.add_argument("--min-requests", type=int, default=DEFAULT_MIN_REQUESTS,
+                      help=f"requests in the window below which the mix is flagged untrustworthy "
+                           f"(default {DEFAULT_MIN_REQUESTS})")
     inputs.add_argument("--profiles", type=Path, nargs="+", help="profile YAML file(s)")
     model = parser.add_argument_group("model")
     model.add_argument("--mode", choices=MODES, default="paper",
@@ -83,10 +104,50 @@ def _parse_current(value: str | None) -> dict[str, int]:
     return current
 
 
+def _live_workload(args: argparse.Namespace, grid: BucketGrid) -> Workload:
+    """The workload measured by Prometheus; refuses to go on without a trustworthy rate."""
+    selector = {}
+    for item in args.selector:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InputError("--selector", f"cannot read {item!r}", "LABEL=VALUE")
+        selector[name.strip()] = value
+    if args.model_name:
+        selector[MODEL_LABEL] = args.model_name
+    if not selector:
+        raise InputError("--prometheus", "no selector", "--model-name NAME and/or --selector LABEL=VALUE")
+    config = PrometheusConfig(url=args.prometheus, selector=selector, window_s=parse_duration(args.window, "--window"),
+                              bearer_token=read_bearer_token(args.bearer_token_file, args.bearer_token_env),
+                              ca_bundle=args.ca_bundle, min_requests=args.min_requests)
+    live = PrometheusSource(config).workload(grid)
+    if live.workload is None or live.status in ("no_series", "stale"):
+        raise MetricsUnavailable(f"{args.prometheus}: {live.status}: {'; '.join(live.notes)}")
+    workload = live.workload
+    return Workload(workload.rate, workload.grid, workload.distribution,
+                    (f"live workload from {args.prometheus} over {args.window}: {live.requests_in_window:.0f} "
+                     f"requests, status {live.status}",) + workload.notes)
+
+
 def read_inputs(args: argparse.Namespace) -> LoadedInputs:
     """Assemble the problem from a bundle and/or separate files; flags override the bundle."""
     if args.rate is not None:
         number(args.rate, "--rate", minimum=0)
+    if args.prometheus and (args.workload or args.trace):
+        raise InputError("--prometheus", "given with --workload/--trace", "one workload source")
+    if args.prometheus:
+        if args.bundle is not None:
+            base = load_bundle(args.bundle)
+            options, profiles, settings = base.problem.options, base.problem.profiles, base.settings
+        else:
+            if not args.options or not args.profiles:
+                raise InputError("--prometheus", "needs GPU options and profiles", "a BUNDLE, or --options and --profiles")
+            options, profiles, settings = load_options(args.options), [p for f in args.profiles for p in load_profiles(f)], {}
+        if not profiles:
+            raise InputError("--profiles", "no profiles given")
+        workload = _live_workload(args, profiles[0].grid)
+        if args.rate is not None:
+            workload = workload.with_rate(args.rate)
+        return LoadedInputs(assemble(workload, options, profiles).problem, settings)
     if args.bundle is not None:
         loaded = load_bundle(args.bundle)
         problem = loaded.problem
@@ -208,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as error:
         print(f"melange: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except (MetricsError, MetricsUnavailable) as error:
+        print(f"melange: metrics unavailable: {error}", file=sys.stderr)
+        return EXIT_METRICS_UNAVAILABLE
     except BrokenPipeError:  # the reader (e.g. `head`) went away; not an error of ours
         sys.stderr.close()
         return 0

@@ -1,0 +1,223 @@
+"""The live workload source against a real Prometheus scraping the traffic player."""
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+
+from melange.solver.buckets import paper_grid
+from melange.solver.prometheus_source import (MIX_INDEPENDENT, MIX_ROUTER, MetricsError, PrometheusConfig,
+                                              PrometheusSource)
+from melange.solver.traffic_player import CHAT, DOCUMENTS, Shape, SizeMix, Stream, VllmMetrics
+
+from .prometheus_server import PrometheusServer, free_port
+
+pytestmark = pytest.mark.integration
+
+WINDOW_S = 12.0
+# Rates are high enough that sampling noise stays well under the TV bound: with n requests in the
+# window the empirical mix is about 1/sqrt(n) away from the truth in total variation.
+GRID = paper_grid()
+# Independent input/output lengths whose ranges end on vLLM's 1-2-5 bucket edges: the marginal path
+# assumes sizes uniform inside a vLLM bucket, and cannot see a range ending mid-bucket (that error is
+# measured in tests/solver/test_histograms.py).
+PRODUCT_MIX = SizeMix((Shape(1.0, (21, 2000), (11, 500)),))
+ODD_NAME = 'we"ird\\model} or vector(1)'
+
+
+def total_variation(a, b) -> float:
+    return 0.5 * sum(abs(x - y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b))
+
+
+class Exporter:
+    def __init__(self, router: bool) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = VllmMetrics(self.registry, router=router)
+        self.port = free_port()
+        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    """Three exporters: router-joint traffic (chat, a mix that shifts to documents, an odd model
+    name), vLLM-only traffic (an independent mix), and one that goes away (stale)."""
+    joint, marginal, leaving = Exporter(router=True), Exporter(router=False), Exporter(router=False)
+    streams = {
+        "chat": Stream(joint.metrics, "chat", 200.0, CHAT, seed=1, poisson=False),
+        "shift": Stream(joint.metrics, "shift", 150.0, CHAT, seed=2, poisson=False),
+        ODD_NAME: Stream(joint.metrics, ODD_NAME, 100.0, DOCUMENTS, seed=3, poisson=False),
+        "independent": Stream(marginal.metrics, "independent", 150.0, PRODUCT_MIX, seed=4, poisson=False),
+        "leaving": Stream(leaving.metrics, "leaving", 10.0, CHAT, seed=5, poisson=False),
+    }
+    prometheus = PrometheusServer([joint.target, marginal.target, leaving.target])
+    try:
+        prometheus.wait_until_scraping()
+        for stream in streams.values():
+            stream.start()
+        yield prometheus, streams, leaving
+    finally:
+        for stream in streams.values():
+            stream.stop()
+        prometheus.stop()
+        for exporter in (joint, marginal, leaving):
+            try:
+                exporter.close()
+            except OSError:
+                pass
+
+
+def source(prometheus, model, **overrides) -> PrometheusSource:
+    settings = {"window_s": WINDOW_S, "min_requests": 100, **overrides}
+    config = PrometheusConfig(url=prometheus.url, selector={"model_name": model}, **settings)
+    return PrometheusSource(config)
+
+
+def wait_for_window(start: float) -> None:
+    remaining = start + WINDOW_S + 3 - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def test_rate_mix_shift_staleness_and_escaping(traffic):
+    prometheus, streams, leaving = traffic
+    started = time.monotonic()
+    wait_for_window(started)
+
+    chat = source(prometheus, "chat").workload(GRID)
+    assert chat.status == "ok" and chat.mix_source == MIX_ROUTER
+    assert chat.rate == pytest.approx(200.0, rel=0.05)
+    assert total_variation(chat.workload.distribution, CHAT.distribution(GRID)) <= 0.05
+
+    independent = source(prometheus, "independent").workload(GRID)
+    assert independent.status == "ok" and independent.mix_source == MIX_INDEPENDENT
+    assert any("independent" in note for note in independent.notes)
+    assert independent.rate == pytest.approx(150.0, rel=0.05)
+    assert total_variation(independent.workload.distribution, PRODUCT_MIX.distribution(GRID)) <= 0.05
+
+    odd = source(prometheus, ODD_NAME).workload(GRID)  # the label value is matched exactly, not injected
+    assert odd.status == "ok" and odd.rate == pytest.approx(100.0, rel=0.05)
+    assert total_variation(odd.workload.distribution, DOCUMENTS.distribution(GRID)) <= 0.05
+
+    injected = source(prometheus, 'chat"} or vector(1) #').workload(GRID)
+    assert injected.status == "no_series" and injected.workload is None
+
+    # The mix shifts from chat to documents; one window later the estimate follows it.
+    streams["shift"].set_mix(DOCUMENTS)
+    leaving.close()
+    shifted_at = time.monotonic()
+    wait_for_window(shifted_at)
+    shift = source(prometheus, "shift").workload(GRID)
+    assert shift.status == "ok" and shift.rate == pytest.approx(150.0, rel=0.05)
+    assert total_variation(shift.workload.distribution, DOCUMENTS.distribution(GRID)) <= 0.05
+
+    gone = source(prometheus, "leaving").workload(GRID)
+    assert gone.status in ("stale", "no_series") and not gone.trustworthy
+
+
+def test_no_series_is_not_a_zero_to_scale_down_on(traffic):
+    prometheus, _, _ = traffic
+    result = source(prometheus, "nobody-serves-this").workload(GRID)
+    assert result.status == "no_series" and result.workload is None and not result.trustworthy
+
+
+def test_too_few_requests_is_flagged(traffic):
+    prometheus, _, _ = traffic
+    time.sleep(3)
+    result = source(prometheus, "chat", min_requests=10**9).workload(GRID)
+    assert result.status == "too_few_requests" and result.workload is not None
+    assert any("not trustworthy" in note for note in result.notes)
+
+
+def test_prometheus_down_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(MetricsError, match=url.replace(".", r"\.")):
+        PrometheusSource(PrometheusConfig(url=url, retries=1, backoff_s=0.01, timeout_s=1)).workload(GRID)
+
+
+def test_slow_prometheus_times_out():
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            time.sleep(2)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        started = time.monotonic()
+        with pytest.raises(MetricsError, match="too slow"):
+            PrometheusSource(PrometheusConfig(url=url, retries=1, backoff_s=0.01, timeout_s=0.3)).workload(GRID)
+        assert time.monotonic() - started < 5
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_counter_reset_keeps_the_rate():
+    """The exporter restarts (counters back to 0) inside the window; rate() spans the reset."""
+    port = free_port()
+    registry = CollectorRegistry()
+    metrics = VllmMetrics(registry, router=True)
+    server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+    prometheus = PrometheusServer([f"127.0.0.1:{port}"])
+    stream = Stream(metrics, "reset", 250.0, CHAT, seed=9, poisson=False)
+    try:
+        prometheus.wait_until_scraping()
+        stream.start()
+        time.sleep(WINDOW_S / 2)
+        stream.stop()
+        server.shutdown()
+        server.server_close()
+        registry = CollectorRegistry()
+        metrics = VllmMetrics(registry, router=True)
+        server, _ = start_http_server(port, addr="127.0.0.1", registry=registry)
+        stream = Stream(metrics, "reset", 250.0, CHAT, seed=10, poisson=False)
+        stream.start()
+        time.sleep(WINDOW_S / 2 + 4)
+        result = source(prometheus, "reset").workload(GRID)
+        assert result.status == "ok"
+        assert result.rate == pytest.approx(250.0, rel=0.1)
+        assert total_variation(result.workload.distribution, CHAT.distribution(GRID)) <= 0.05
+    finally:
+        stream.stop()
+        prometheus.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_solves_on_live_traffic(traffic, capsys):
+    import json
+
+    from melange.solver.cli import main
+
+    from ..conftest import EXAMPLES
+    prometheus, _, _ = traffic
+    time.sleep(2)
+    code = main(["solve", str(EXAMPLES / "arena-llama2-7b" / "bundle.yaml"), "--prometheus", prometheus.url,
+                 "--model-name", "chat", "--window", f"{int(WINDOW_S)}s", "--output", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["rate"] == pytest.approx(200.0, rel=0.05)
+    assert any("live workload" in note for note in document["notes"])
+    assert document["status"] == "optimal"
+
+    code = main(["solve", str(EXAMPLES / "arena-llama2-7b" / "bundle.yaml"), "--prometheus", prometheus.url,
+                 "--model-name", "nobody", "--output", "json"])
+    out, err = capsys.readouterr()
+    assert code == 3 and out == "" and "no_series" in err
