@@ -1,0 +1,316 @@
+"""The size-aware router: an OpenAI-compatible proxy that sends each request to a GPU pool by the
+routing table's weights for its size bucket, so the solver's heterogeneous allocation holds.
+
+    python -m melange.operator.router --table /etc/melange/routing.json --port 8080 --model-name NAME
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from melange.operator.routing_config import RoutingTable, load_table
+from melange.solver.errors import InputError
+from melange.solver.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS, ROUTER_OUTPUT_LABEL,
+                                         ROUTER_SIZE_EDGES)
+
+log = logging.getLogger("melange.router")
+
+# A fast input-length estimate: about 4 characters per token for English text with Llama/GPT BPE
+# tokenizers (OpenAI's tokenizer guidance); `--tokenize` counts exactly through the upstream.
+CHARS_PER_TOKEN = 4.0
+MAX_BODY_BYTES = 8 * 1024 * 1024
+UNHEALTHY_BACKOFF_S = 5.0
+PROXIED_PATHS = ("/v1/completions", "/v1/chat/completions")
+_HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host", "upgrade"}
+
+
+def estimate_input_tokens(body: Mapping[str, Any]) -> int:
+    """Input tokens of a completion or chat request, estimated from its text length."""
+    if "messages" in body:
+        chars = 0
+        for message in body.get("messages") or []:
+            content = message.get("content") if isinstance(message, Mapping) else None
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):
+                chars += sum(len(part.get("text", "")) for part in content if isinstance(part, Mapping))
+        return int(chars / CHARS_PER_TOKEN) + 4 * len(body.get("messages") or [])
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list):
+        if prompt and all(isinstance(p, int) for p in prompt):
+            return len(prompt)  # already token ids
+        return int(sum(len(p) for p in prompt if isinstance(p, str)) / CHARS_PER_TOKEN)
+    return int(len(str(prompt)) / CHARS_PER_TOKEN)
+
+
+def requested_output_tokens(body: Mapping[str, Any]) -> int | None:
+    """`max_tokens` (or `max_completion_tokens`) when the client gave one."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _size_cell(tokens: int) -> str:
+    for edge in ROUTER_SIZE_EDGES:
+        if tokens <= edge:
+            return str(edge)
+    return "+Inf"
+
+
+class RouterMetrics:
+    """What the workload source and dashboards read: the joint size counter and per-pool health."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.joint = Counter(ROUTER_JOINT_REQUESTS.removesuffix("_total"), "Requests by input and output tokens.",
+                             [MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_OUTPUT_LABEL], registry=registry)
+        self.requests = Counter("melange_router_pool_requests", "Requests sent to a pool.", ["pool"], registry=registry)
+        self.errors = Counter("melange_router_pool_errors", "Requests a pool failed.", ["pool"], registry=registry)
+        self.in_flight = Gauge("melange_router_pool_in_flight", "Requests in flight per pool.", ["pool"],
+                               registry=registry)
+        self.latency = Histogram("melange_router_pool_latency_seconds", "Upstream time to the full response.",
+                                 ["pool"], registry=registry)
+        self.no_pool = Counter("melange_router_unroutable", "Requests no pool could take.", registry=registry)
+        self.reloads = Counter("melange_router_table_reloads", "Routing-table reloads.", ["result"], registry=registry)
+
+
+@dataclass
+class PoolState:
+    """In-flight counts per upstream URL and when the pool may be tried again."""
+
+    outstanding: dict[str, int] = field(default_factory=dict)
+    unhealthy_until: float = 0.0
+
+
+class Router:
+    """Holds the current table, picks pools, proxies requests."""
+
+    def __init__(self, table_path: Path, model_name: str = "", upstream_timeout_s: float = 600.0,
+                 connect_timeout_s: float = 2.0, seed: int | None = None) -> None:
+        self.table_path = Path(table_path)
+        self.model_name = model_name
+        self.table: RoutingTable = load_table(self.table_path)
+        self._signature = self._file_signature()
+        self.pools: dict[str, PoolState] = {}
+        self.metrics = RouterMetrics(CollectorRegistry())
+        self._rng = random.Random(seed)
+        self._timeout = aiohttp.ClientTimeout(total=upstream_timeout_s, sock_connect=connect_timeout_s)
+        self.session: aiohttp.ClientSession | None = None
+
+    def _file_signature(self) -> tuple[float, int] | None:
+        try:
+            stat = os.stat(self.table_path)  # follows the ConfigMap's symlink swap
+        except OSError:
+            return None
+        return stat.st_mtime, stat.st_size
+
+    def reload_if_changed(self) -> None:
+        """Swap in a changed table; a bad file is logged and the last good table stays."""
+        signature = self._file_signature()
+        if signature == self._signature:
+            return
+        self._signature = signature
+        try:
+            self.table = load_table(self.table_path)
+        except InputError as error:
+            self.metrics.reloads.labels("rejected").inc()
+            log.error("routing table rejected, keeping the last good one: %s", error)
+            return
+        self.metrics.reloads.labels("ok").inc()
+        log.info("routing table reloaded from %s", self.table_path)
+
+    def candidates(self, input_tokens: int, output_tokens: int | None) -> list[str]:
+        """Pools to try, in order: one drawn by the bucket's weights, then the others that serve it."""
+        table = self.table
+        i = table.grid.input_bucket(input_tokens)
+        if i is None:
+            i = table.grid.shape[0] - 1  # longer than the grid: the pools of the longest bucket
+        j = table.grid.output_bucket(output_tokens) if output_tokens is not None else None
+        weights = {p: w for p, w in table.weights(i, j).items() if w > 0}
+        now = time.monotonic()
+        healthy = {p: w for p, w in weights.items() if self.pools.get(p, PoolState()).unhealthy_until <= now}
+        pool_weights = healthy or weights
+        if not pool_weights:
+            return []
+        names = list(pool_weights)
+        first = self._rng.choices(names, weights=[pool_weights[n] for n in names])[0]
+        return [first] + sorted((n for n in names if n != first), key=lambda n: -pool_weights[n])
+
+    def pick_url(self, pool: str) -> str:
+        """The pool's upstream with the fewest outstanding requests."""
+        state = self.pools.setdefault(pool, PoolState())
+        urls = self.table.pools[pool]
+        return min(urls, key=lambda u: state.outstanding.get(u, 0))
+
+    def mark_unhealthy(self, pool: str) -> None:
+        self.pools.setdefault(pool, PoolState()).unhealthy_until = time.monotonic() + UNHEALTHY_BACKOFF_S
+
+    def record_size(self, input_tokens: int, output_tokens: int) -> None:
+        self.metrics.joint.labels(self.model_name, _size_cell(input_tokens), _size_cell(output_tokens)).inc()
+
+
+ROUTER_KEY: web.AppKey[Router] = web.AppKey("router", Router)
+RELOAD_KEY: web.AppKey[float] = web.AppKey("reload_interval_s", float)
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+async def proxy(request: web.Request) -> web.StreamResponse:
+    """Route one completion request; retry once on another pool if nothing was sent yet."""
+    router: Router = request.app[ROUTER_KEY]
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes", "request_too_large")
+    try:
+        body = json.loads(raw)
+        if not isinstance(body, dict):
+            raise ValueError("not an object")
+    except ValueError as error:
+        return _error(400, f"request body is not a JSON object: {error}", "invalid_request_error")
+    input_tokens = estimate_input_tokens(body)
+    output_tokens = requested_output_tokens(body)
+    pools = router.candidates(input_tokens, output_tokens)
+    if not pools:
+        router.metrics.no_pool.inc()
+        return _error(503, "no GPU pool can serve a request of this size", "no_pool_available")
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    for attempt, pool in enumerate(pools[:2]):
+        url = router.pick_url(pool)
+        state = router.pools[pool]
+        state.outstanding[url] = state.outstanding.get(url, 0) + 1
+        router.metrics.requests.labels(pool).inc()
+        router.metrics.in_flight.labels(pool).inc()
+        started = time.monotonic()
+        response: web.StreamResponse | None = None
+        try:
+            async with router.session.post(f"{url}{request.path}", data=raw, headers=headers,
+                                           timeout=router._timeout) as upstream:
+                response = web.StreamResponse(status=upstream.status, headers={
+                    k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS})
+                await response.prepare(request)
+                tail = b""
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                    tail = (tail + chunk)[-4096:]
+                await response.write_eof()
+                router.metrics.latency.labels(pool).observe(time.monotonic() - started)
+                if upstream.status >= 500:
+                    router.metrics.errors.labels(pool).inc()
+                _record_usage(router, tail, input_tokens)
+                return response
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
+            router.metrics.errors.labels(pool).inc()
+            router.mark_unhealthy(pool)
+            if response is not None and response.prepared:
+                raise  # bytes already went to the client: cannot retry
+            log.warning("pool %s (%s) failed (%s), attempt %d", pool, url, type(error).__name__, attempt + 1)
+        finally:
+            state.outstanding[url] -= 1
+            router.metrics.in_flight.labels(pool).dec()
+    router.metrics.no_pool.inc()
+    return _error(503, "the GPU pools for this request size did not answer", "upstream_unavailable")
+
+
+def _record_usage(router: Router, tail: bytes, input_tokens: int) -> None:
+    """Count the request by size, with output tokens from the response's `usage` when it has one."""
+    text = tail.decode("utf-8", errors="ignore")
+    position = text.rfind('"usage"')
+    if position < 0:
+        return
+    start = text.rfind("{", 0, position)
+    for candidate in (text[start:], text[start:].split("\n")[0]):
+        try:
+            usage = json.loads(candidate).get("usage") or {}
+            break
+        except ValueError:
+            usage = {}
+    output = usage.get("completion_tokens")
+    prompt = usage.get("prompt_tokens", input_tokens)
+    if isinstance(output, int):
+        router.record_size(prompt if isinstance(prompt, int) else input_tokens, output)
+
+
+async def models(request: web.Request) -> web.Response:
+    """/v1/models from the first pool that answers."""
+    router: Router = request.app[ROUTER_KEY]
+    for pool in router.table.pools:
+        try:
+            async with router.session.get(f"{router.pick_url(pool)}/v1/models", timeout=router._timeout) as upstream:
+                return web.Response(body=await upstream.read(), status=upstream.status,
+                                    content_type=upstream.content_type)
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+            router.mark_unhealthy(pool)
+    return _error(503, "no pool answered /v1/models", "upstream_unavailable")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    router: Router = request.app[ROUTER_KEY]
+    return web.Response(body=generate_latest(router.metrics.registry), content_type="text/plain")
+
+
+async def _watch_table(app: web.Application) -> None:
+    router: Router = app[ROUTER_KEY]
+    while True:
+        await asyncio.sleep(app[RELOAD_KEY])
+        router.reload_if_changed()
+
+
+def build_app(router: Router, reload_interval_s: float = 1.0) -> web.Application:
+    """The aiohttp application serving the router."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[ROUTER_KEY] = router
+    app[RELOAD_KEY] = reload_interval_s
+    for path in PROXIED_PATHS:
+        app.router.add_post(path, proxy)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", health)
+    app.router.add_get("/metrics", metrics)
+
+    async def lifecycle(app: web.Application):
+        router.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        watcher = asyncio.create_task(_watch_table(app))
+        yield
+        watcher.cancel()
+        await router.session.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+def main() -> None:
+    """Run the router until interrupted."""
+    parser = argparse.ArgumentParser(description="Size-aware OpenAI-compatible router for Mélange GPU pools.")
+    parser.add_argument("--table", type=Path, required=True, help="routing-table file (JSON or YAML)")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--model-name", default="", help="model_name label on the router's metrics")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    web.run_app(build_app(Router(args.table, args.model_name)), host=args.host, port=args.port, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Reads and checks the router's routing-table file (written by melange.solver.routing)."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from melange.solver.buckets import BucketGrid, grid_from_dict
+from melange.solver.checks import require_mapping, sequence, text
+from melange.solver.errors import InputError
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Pools with their upstream URLs and, per input bucket (and optionally per (input, output)
+    bucket), each pool's share of requests."""
+
+    grid: BucketGrid
+    pools: Mapping[str, tuple[str, ...]]
+    input_weights: tuple[Mapping[str, float], ...]
+    joint_weights: tuple[tuple[Mapping[str, float], ...], ...] | None = None
+
+    def weights(self, input_bucket: int, output_bucket: int | None) -> Mapping[str, float]:
+        """The pool weights for a request of these buckets (joint when known, else per input bucket)."""
+        if self.joint_weights is not None and output_bucket is not None:
+            return self.joint_weights[input_bucket][output_bucket]
+        return self.input_weights[input_bucket]
+
+
+def _weights(value: Any, pools: Mapping[str, Any], where: str) -> dict[str, float]:
+    mapping = require_mapping(value, where)
+    weights = {}
+    for name, weight in mapping.items():
+        if name not in pools:
+            raise InputError(f"{where}.{name}", "unknown pool", ", ".join(sorted(pools)))
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise InputError(f"{where}.{name}", f"weight must be a finite number >= 0, got {weight!r}")
+        if weight > 0:
+            weights[name] = float(weight)
+    return weights
+
+
+def table_from_dict(data: Any, where: str) -> RoutingTable:
+    """Check a routing-table document: every pool has http(s) URLs, weights name known pools."""
+    mapping = require_mapping(data, where)
+    grid = grid_from_dict(mapping.get("grid"), f"{where}.grid")
+    pools_data = require_mapping(mapping.get("pools"), f"{where}.pools")
+    if not pools_data:
+        raise InputError(f"{where}.pools", "no pools")
+    pools = {}
+    for name, entry in pools_data.items():
+        urls = sequence(require_mapping(entry, f"{where}.pools.{name}").get("urls"), f"{where}.pools.{name}.urls")
+        checked = tuple(text(u, f"{where}.pools.{name}.urls[{k}]").rstrip("/") for k, u in enumerate(urls))
+        for k, url in enumerate(checked):
+            if not url.startswith(("http://", "https://")):
+                raise InputError(f"{where}.pools.{name}.urls[{k}]", f"not an http(s) URL: {url!r}")
+        pools[str(name)] = checked
+    rows, columns = grid.shape
+    input_weights = tuple(_weights(w, pools, f"{where}.input_weights[{i}]")
+                          for i, w in enumerate(sequence(mapping.get("input_weights"), f"{where}.input_weights",
+                                                         length=rows)))
+    joint = None
+    if mapping.get("joint_weights") is not None:
+        joint = tuple(tuple(_weights(w, pools, f"{where}.joint_weights[{i}][{j}]")
+                            for j, w in enumerate(sequence(row, f"{where}.joint_weights[{i}]", length=columns)))
+                      for i, row in enumerate(sequence(mapping["joint_weights"], f"{where}.joint_weights", length=rows)))
+    return RoutingTable(grid, pools, input_weights, joint)
+
+
+def load_table(path: Path) -> RoutingTable:
+    """Read a routing-table file (JSON or YAML)."""
+    try:
+        content = Path(path).read_text()
+    except OSError as error:
+        raise InputError(str(path), f"cannot read routing table: {error.strerror}") from None
+    try:
+        data = json.loads(content) if Path(path).suffix == ".json" else yaml.safe_load(content)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise InputError(str(path), f"not valid JSON/YAML: {error}") from None
+    return table_from_dict(data, str(path))

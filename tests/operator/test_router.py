@@ -1,0 +1,147 @@
+"""The router against local OpenAI-compatible upstreams on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from melange.operator.router import Router, build_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+STREAM_CHUNKS = [f'data: {{"id": "x", "choices": [{{"text": "tok{k} é"}}]}}\n\n'.encode() for k in range(20)] + [
+    b'data: {"id": "x", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 20}}\n\n',
+    b"data: [DONE]\n\n"]
+
+
+def upstream_app(name: str) -> web.Application:
+    async def complete(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for chunk in STREAM_CHUNKS:
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        return web.json_response({"served_by": name, "usage": {"prompt_tokens": 12, "completion_tokens": 30}})
+
+    async def list_models(request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m"}]})
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", complete)
+    app.router.add_post("/v1/chat/completions", complete)
+    app.router.add_get("/v1/models", list_models)
+    return app
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+def table(urls: dict[str, str], input_weights: list[dict[str, float]]) -> dict:
+    return {"grid": {"input_edges": [100, 1000], "output_edges": [100, 1000]},
+            "pools": {name: {"urls": [url]} for name, url in urls.items()}, "input_weights": input_weights}
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path):
+    runners, urls = [], {}
+    for name in ("a", "b"):
+        runner, url = await serve(upstream_app(name))
+        runners.append(runner)
+        urls[name] = url
+    urls["down"] = "http://127.0.0.1:9"  # discard port: nothing listens
+    path = tmp_path / "routing.json"
+    path.write_text(json.dumps(table(urls, [{"a": 0.7, "b": 0.3}, {"down": 0.5, "b": 0.5}])))
+    router = Router(path, model_name="m", seed=1)
+    runner, router_url = await serve(build_app(router, reload_interval_s=0.05))
+    runners.append(runner)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        yield router, router_url, urls, path, session
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def send_many(session, url: str, count: int, prompt: str = "hi") -> list[tuple[int, str]]:
+    semaphore = asyncio.Semaphore(64)
+
+    async def one():
+        async with semaphore:
+            async with session.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 5}) as response:
+                data = await response.json()
+                return response.status, data.get("served_by", "")
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def test_shares_follow_the_table(cluster):
+    router, url, _, _, session = cluster
+    results = await send_many(session, url, 10_000)
+    assert all(status == 200 for status, _ in results)
+    shares = Counter(name for _, name in results)
+    assert shares["a"] / 10_000 == pytest.approx(0.7, abs=0.02)
+    assert shares["b"] / 10_000 == pytest.approx(0.3, abs=0.02)
+
+
+async def test_streaming_passes_through_byte_for_byte(cluster):
+    router, url, _, _, session = cluster
+    async with session.post(f"{url}/v1/completions", json={"prompt": "hi", "stream": True}) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        received = await response.read()
+    assert received == b"".join(STREAM_CHUNKS)
+    exposed = router.metrics.joint.labels("m", "10", "20")._value.get()
+    assert exposed == 1  # usage from the stream fed the joint size counter
+
+
+async def test_reload_under_load_loses_nothing(cluster):
+    router, url, urls, path, session = cluster
+    load = asyncio.create_task(send_many(session, url, 3000))
+    await asyncio.sleep(0.2)
+    path.write_text(json.dumps(table(urls, [{"b": 1.0}, {"b": 1.0}])) + " ")
+    results = await load
+    assert all(status == 200 for status, _ in results)
+    after = await send_many(session, url, 200)
+    assert {name for _, name in after} == {"b"}
+
+
+async def test_bad_table_keeps_the_last_good_one(cluster):
+    router, url, urls, path, session = cluster
+    path.write_text(json.dumps(table(urls, [{"nope": 1.0}, {"b": 1.0}])))
+    await asyncio.sleep(0.3)
+    assert router.metrics.reloads.labels("rejected")._value.get() >= 1
+    results = await send_many(session, url, 50)
+    assert {name for _, name in results} <= {"a", "b"} and all(s == 200 for s, _ in results)
+
+
+async def test_down_pool_is_skipped_before_any_byte(cluster):
+    router, url, _, _, session = cluster
+    results = await send_many(session, url, 200, prompt="x" * 1200)  # ~300 tokens: bucket 1 (down or b)
+    assert all(status == 200 for status, _ in results)
+    assert {name for _, name in results} == {"b"}
+    assert router.metrics.errors.labels("down")._value.get() >= 1
+
+
+async def test_bad_input(cluster):
+    router, url, urls, path, session = cluster
+    async with session.post(f"{url}/v1/completions", data=b"{not json") as response:
+        assert response.status == 400 and "JSON" in (await response.json())["error"]["message"]
+    async with session.post(f"{url}/v1/completions", data=b"x" * (9 * 1024 * 1024)) as response:
+        assert response.status == 413
+    path.write_text(json.dumps(table(urls, [{"a": 1.0}, {}])))
+    await asyncio.sleep(0.3)
+    async with session.post(f"{url}/v1/completions", json={"prompt": "y" * 1200}) as response:
+        assert response.status == 503 and (await response.json())["error"]["type"] == "no_pool_available"
+    async with session.get(f"{url}/v1/models") as response:
+        assert response.status == 200
