@@ -309,7 +309,9 @@ def main() -> None:
     parser.add_argument("--model-name", default="", help="model_name label on the router's metrics")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(build_app(Router(args.table, args.model_name)), host=args.host, port=args.port, access_log=None)
+    # handler_cancellation: a client that disconnects cancels its handler, and with it the upstream request.
+    web.run_app(build_app(Router(args.table, args.model_name)), host=args.host, port=args.port, access_log=None,
+                handler_cancellation=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""Latency the router adds (p50, p99) and the highest request rate through it versus direct to an
+upstream, for short non-streaming and streaming completions, on this machine.
+
+The upstream and the router run in separate processes (one core each on a 2-core machine); the
+load generator is a third process with 32 concurrent connections.
+
+Usage: python bench/router_overhead.py [--requests 3000]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from common import print_table
+
+CHUNKS = [f'data: {{"choices": [{{"text": "t{k}"}}]}}\n\n'.encode() for k in range(16)] + [b"data: [DONE]\n\n"]
+
+
+def run_upstream(port: int) -> None:
+    async def complete(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for chunk in CHUNKS:
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        return web.json_response({"choices": [{"text": "ok"}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", complete)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def run_router(port: int, table: str) -> None:
+    from melange.operator.router import Router, build_app
+    web.run_app(build_app(Router(Path(table), "bench")), host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+async def measure(url: str, count: int, stream: bool, concurrency: int) -> tuple[float, float, float]:
+    latencies: list[float] = []
+    semaphore = asyncio.Semaphore(concurrency)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def one() -> None:
+            async with semaphore:
+                started = time.perf_counter()
+                async with session.post(f"{url}/v1/completions", json={"prompt": "hello", "max_tokens": 4,
+                                                                      "stream": stream}) as response:
+                    await response.read()
+                latencies.append(time.perf_counter() - started)
+        await asyncio.gather(*(one() for _ in range(50)))  # warm up
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return statistics.median(latencies) * 1000, latencies[int(0.99 * len(latencies))] * 1000, count / elapsed
+
+
+async def serial_latency(url: str, count: int, stream: bool) -> tuple[float, float]:
+    latencies = []
+    async with aiohttp.ClientSession() as session:
+        for k in range(count + 20):
+            started = time.perf_counter()
+            async with session.post(f"{url}/v1/completions", json={"prompt": "hello", "stream": stream}) as response:
+                await response.read()
+            if k >= 20:
+                latencies.append(time.perf_counter() - started)
+    latencies.sort()
+    return statistics.median(latencies) * 1000, latencies[int(0.99 * len(latencies))] * 1000
+
+
+def wait_for(port: int) -> None:
+    import socket
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args()
+    upstream_port, router_port = 18091, 18092
+    table = Path(tempfile.mkdtemp()) / "routing.json"
+    table.write_text(json.dumps({"grid": {"input_edges": [100000], "output_edges": [100000]},
+                                 "pools": {"p": {"urls": [f"http://127.0.0.1:{upstream_port}"]}},
+                                 "input_weights": [{"p": 1.0}]}))
+    processes = [multiprocessing.Process(target=run_upstream, args=(upstream_port,), daemon=True),
+                 multiprocessing.Process(target=run_router, args=(router_port, str(table)), daemon=True)]
+    for process in processes:
+        process.start()
+    wait_for(upstream_port)
+    wait_for(router_port)
+    rows = []
+    try:
+        for stream in (False, True):
+            kind = "streaming (17 SSE chunks)" if stream else "non-streaming"
+            direct = asyncio.run(serial_latency(f"http://127.0.0.1:{upstream_port}", 500, stream))
+            routed = asyncio.run(serial_latency(f"http://127.0.0.1:{router_port}", 500, stream))
+            direct_load = asyncio.run(measure(f"http://127.0.0.1:{upstream_port}", args.requests, stream, 32))
+            routed_load = asyncio.run(measure(f"http://127.0.0.1:{router_port}", args.requests, stream, 32))
+            rows.append([kind, f"{direct[0]:.2f}", f"{routed[0]:.2f}", f"{routed[0] - direct[0]:+.2f}",
+                         f"{direct[1]:.2f}", f"{routed[1]:.2f}", f"{routed[1] - direct[1]:+.2f}",
+                         f"{direct_load[2]:.0f}", f"{routed_load[2]:.0f}"])
+    finally:
+        for process in processes:
+            process.terminate()
+    print_table(["requests", "direct p50 ms", "routed p50 ms", "added p50", "direct p99 ms", "routed p99 ms",
+                 "added p99", "direct req/s", "routed req/s"], rows)
+
+
+if __name__ == "__main__":
+    main()
