@@ -1,18 +1,16 @@
 """Reads and checks the router's routing-table file (written by melange.solver.routing)."""
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from melange.solver.buckets import BucketGrid, grid_from_dict
 from melange.solver.checks import require_mapping, sequence, text
 from melange.solver.errors import InputError
+from melange.solver.inputs import load_document
 
 
 @dataclass(frozen=True)
@@ -74,12 +72,4 @@ def table_from_dict(data: Any, where: str) -> RoutingTable:
 
 def load_table(path: Path) -> RoutingTable:
     """Read a routing-table file (JSON or YAML)."""
-    try:
-        content = Path(path).read_text()
-    except OSError as error:
-        raise InputError(str(path), f"cannot read routing table: {error.strerror}") from None
-    try:
-        data = json.loads(content) if Path(path).suffix == ".json" else yaml.safe_load(content)
-    except (json.JSONDecodeError, yaml.YAMLError) as error:
-        raise InputError(str(path), f"not valid JSON/YAML: {error}") from None
-    return table_from_dict(data, str(path))
+    return table_from_dict(load_document(Path(path)), str(path))

@@ -153,7 +153,6 @@ def read_inputs(args: argparse.Namespace) -> LoadedInputs:
         problem = loaded.problem
         if args.workload or args.trace:
             workload = _workload_from_flags(args)
-            loaded = LoadedInputs(Problem(workload, problem.options, problem.profiles), loaded.settings)
             loaded = LoadedInputs(assemble(workload, problem.options, problem.profiles).problem, loaded.settings)
         elif args.rate is not None:
             loaded = LoadedInputs(Problem(problem.workload.with_rate(args.rate), problem.options, problem.profiles),

@@ -23,7 +23,7 @@ from urllib3.util.retry import Retry
 from melange.solver.buckets import BucketGrid
 from melange.solver.errors import InputError
 from melange.solver.histograms import cumulative_to_intervals, rebin, rebin_joint
-from melange.solver.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS,
+from melange.solver.metric_names import (ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS,
                                          ROUTER_OUTPUT_LABEL, ROUTER_SIZE_EDGES, VLLM_GENERATION_TOKENS,
                                          VLLM_PROMPT_TOKENS, VLLM_REQUEST_SUCCESS, vllm_name_regex)
 from melange.solver.workload import Workload, make_workload
