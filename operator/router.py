@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from melange.operator.request_size import estimate_input_tokens, requested_output_tokens, tokenize_request
 from melange.operator.routing_config import RoutingTable, load_table
 from melange.solver.errors import InputError
 from melange.solver.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS, ROUTER_OUTPUT_LABEL,
@@ -28,41 +29,11 @@ from melange.solver.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER
 
 log = logging.getLogger("melange.router")
 
-# A fast input-length estimate: about 4 characters per token for English text with Llama/GPT BPE
-# tokenizers (OpenAI's tokenizer guidance); `--tokenize` counts exactly through the upstream.
-CHARS_PER_TOKEN = 4.0
 MAX_BODY_BYTES = 8 * 1024 * 1024
 UNHEALTHY_BACKOFF_S = 5.0
+TOKENIZE_TIMEOUT_S = 2.0
 PROXIED_PATHS = ("/v1/completions", "/v1/chat/completions")
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "host", "upgrade"}
-
-
-def estimate_input_tokens(body: Mapping[str, Any]) -> int:
-    """Input tokens of a completion or chat request, estimated from its text length."""
-    if "messages" in body:
-        chars = 0
-        for message in body.get("messages") or []:
-            content = message.get("content") if isinstance(message, Mapping) else None
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):
-                chars += sum(len(part.get("text", "")) for part in content if isinstance(part, Mapping))
-        return int(chars / CHARS_PER_TOKEN) + 4 * len(body.get("messages") or [])
-    prompt = body.get("prompt", "")
-    if isinstance(prompt, list):
-        if prompt and all(isinstance(p, int) for p in prompt):
-            return len(prompt)  # already token ids
-        return int(sum(len(p) for p in prompt if isinstance(p, str)) / CHARS_PER_TOKEN)
-    return int(len(str(prompt)) / CHARS_PER_TOKEN)
-
-
-def requested_output_tokens(body: Mapping[str, Any]) -> int | None:
-    """`max_tokens` (or `max_completion_tokens`) when the client gave one."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
 
 
 def _size_cell(tokens: int) -> str:
@@ -86,6 +57,8 @@ class RouterMetrics:
         self.latency = Histogram("melange_router_pool_latency_seconds", "Upstream time to the full response.",
                                  ["pool"], registry=registry)
         self.no_pool = Counter("melange_router_unroutable", "Requests no pool could take.", registry=registry)
+        self.tokenize_fallbacks = Counter("melange_router_tokenize_fallbacks",
+                                          "Requests estimated because /tokenize did not answer.", registry=registry)
         self.reloads = Counter("melange_router_table_reloads", "Routing-table reloads.", ["result"], registry=registry)
 
 
@@ -101,15 +74,17 @@ class Router:
     """Holds the current table, picks pools, proxies requests."""
 
     def __init__(self, table_path: Path, model_name: str = "", upstream_timeout_s: float = 600.0,
-                 connect_timeout_s: float = 2.0, seed: int | None = None) -> None:
+                 connect_timeout_s: float = 2.0, seed: int | None = None, tokenize: bool = False) -> None:
         self.table_path = Path(table_path)
         self.model_name = model_name
+        self.tokenize = tokenize
         self.table: RoutingTable = load_table(self.table_path)
         self._signature = self._file_signature()
         self.pools: dict[str, PoolState] = {}
         self.metrics = RouterMetrics(CollectorRegistry())
         self._rng = random.Random(seed)
         self._timeout = aiohttp.ClientTimeout(total=upstream_timeout_s, sock_connect=connect_timeout_s)
+        self._tokenize_timeout = aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_S, sock_connect=connect_timeout_s)
         self.session: aiohttp.ClientSession | None = None
 
     def _file_signature(self) -> tuple[float, int] | None:
@@ -160,9 +135,34 @@ class Router:
     def mark_unhealthy(self, pool: str) -> None:
         self.pools.setdefault(pool, PoolState()).unhealthy_until = time.monotonic() + UNHEALTHY_BACKOFF_S
 
+    async def input_tokens(self, body: Mapping[str, Any]) -> int:
+        """The request's input tokens: counted by an upstream's `/tokenize` when `tokenize` is on
+        and one answers in time, estimated from the text otherwise."""
+        request = tokenize_request(body) if self.tokenize else None
+        if request is not None:
+            now = time.monotonic()
+            for pool in self.table.pools:
+                if self.pools.get(pool, PoolState()).unhealthy_until > now:
+                    continue
+                try:
+                    async with self.session.post(f"{self.pick_url(pool)}/tokenize", json=request,
+                                                 timeout=self._tokenize_timeout) as answer:
+                        count = (await answer.json(content_type=None)).get("count") if answer.status == 200 else None
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError):
+                    count = None
+                if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+                    return count
+                break  # every pool serves the same model: one failed count is enough to fall back
+            self.metrics.tokenize_fallbacks.inc()
+        return estimate_input_tokens(body)
+
     def record_size(self, input_tokens: int, output_tokens: int) -> None:
         self.metrics.joint.labels(self.model_name, _size_cell(input_tokens), _size_cell(output_tokens)).inc()
 
+
+# How the router is served: a client that disconnects cancels its handler, and with it the upstream
+# request (aiohttp leaves handler_cancellation off by default since 3.9).
+SERVER_OPTIONS: dict[str, Any] = {"access_log": None, "handler_cancellation": True}
 
 ROUTER_KEY: web.AppKey[Router] = web.AppKey("router", Router)
 RELOAD_KEY: web.AppKey[float] = web.AppKey("reload_interval_s", float)
@@ -185,7 +185,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
             raise ValueError("not an object")
     except ValueError as error:
         return _error(400, f"request body is not a JSON object: {error}", "invalid_request_error")
-    input_tokens = estimate_input_tokens(body)
+    input_tokens = await router.input_tokens(body)
     output_tokens = requested_output_tokens(body)
     pools = router.candidates(input_tokens, output_tokens)
     if not pools:
@@ -307,11 +307,12 @@ def main() -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--model-name", default="", help="model_name label on the router's metrics")
+    parser.add_argument("--tokenize", action="store_true",
+                        help="count input tokens exactly through the upstream's /tokenize (vLLM) instead of estimating")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # handler_cancellation: a client that disconnects cancels its handler, and with it the upstream request.
-    web.run_app(build_app(Router(args.table, args.model_name)), host=args.host, port=args.port, access_log=None,
-                handler_cancellation=True)
+    web.run_app(build_app(Router(args.table, args.model_name, tokenize=args.tokenize)), host=args.host,
+                port=args.port, **SERVER_OPTIONS)
 
 
 if __name__ == "__main__":

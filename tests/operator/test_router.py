@@ -10,7 +10,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from melange.operator.router import Router, build_app
+from melange.operator.router import SERVER_OPTIONS, Router, build_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -19,9 +19,16 @@ STREAM_CHUNKS = [f'data: {{"id": "x", "choices": [{{"text": "tok{k} é"}}]}}\n\n
     b"data: [DONE]\n\n"]
 
 
-def upstream_app(name: str) -> web.Application:
+def upstream_app(name: str, disconnects: asyncio.Queue | None = None) -> web.Application:
     async def complete(request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if body.get("prompt") == "slow":  # a long generation: report when the caller goes away
+            try:
+                await asyncio.sleep(5)
+            except asyncio.CancelledError:  # served with handler_cancellation: the caller went away
+                disconnects.put_nowait(name)
+                raise
+            return web.json_response({"served_by": name})
         if body.get("stream"):
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await response.prepare(request)
@@ -34,7 +41,14 @@ def upstream_app(name: str) -> web.Application:
     async def list_models(request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m"}]})
 
+    async def tokenize(request: web.Request) -> web.Response:  # one token per word, unlike the estimate
+        body = await request.json()
+        text = body.get("prompt") or " ".join(m["content"] for m in body.get("messages", []))
+        return web.json_response({"count": len(text.split()), "max_model_len": 4096, "tokens": []})
+
     app = web.Application()
+    if name != "no-tokenize":
+        app.router.add_post("/tokenize", tokenize)
     app.router.add_post("/v1/completions", complete)
     app.router.add_post("/v1/chat/completions", complete)
     app.router.add_get("/v1/models", list_models)
@@ -42,7 +56,7 @@ def upstream_app(name: str) -> web.Application:
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, **SERVER_OPTIONS)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -58,8 +72,9 @@ def table(urls: dict[str, str], input_weights: list[dict[str, float]]) -> dict:
 @pytest_asyncio.fixture
 async def cluster(tmp_path):
     runners, urls = [], {}
+    disconnects: asyncio.Queue = asyncio.Queue()
     for name in ("a", "b"):
-        runner, url = await serve(upstream_app(name))
+        runner, url = await serve(upstream_app(name, disconnects))
         runners.append(runner)
         urls[name] = url
     urls["down"] = "http://127.0.0.1:9"  # discard port: nothing listens
@@ -69,6 +84,7 @@ async def cluster(tmp_path):
     runner, router_url = await serve(build_app(router, reload_interval_s=0.05))
     runners.append(runner)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        session.disconnects = disconnects
         yield router, router_url, urls, path, session
     for runner in runners:
         await runner.cleanup()
@@ -145,3 +161,51 @@ async def test_bad_input(cluster):
         assert response.status == 503 and (await response.json())["error"]["type"] == "no_pool_available"
     async with session.get(f"{url}/v1/models") as response:
         assert response.status == 200
+
+
+async def test_client_disconnect_cancels_the_upstream_request(cluster):
+    router, url, _, _, session = cluster
+    for stream in (False, True):
+        with pytest.raises(asyncio.TimeoutError):
+            async with session.post(f"{url}/v1/completions", json={"prompt": "slow", "stream": stream},
+                                    timeout=aiohttp.ClientTimeout(total=0.3)) as response:
+                await response.read()
+        # the upstream would run 5 s; it must see its connection close soon after the client left
+        assert await asyncio.wait_for(session.disconnects.get(), timeout=2.0) in {"a", "b"}
+    await asyncio.sleep(0.1)
+    assert sum(sum(state.outstanding.values()) for state in router.pools.values()) == 0
+
+
+async def routed_by(router_url: str, session, prompt: str, count: int) -> Counter:
+    results = await send_many(session, router_url, count, prompt=prompt)
+    assert all(status == 200 for status, _ in results)
+    return Counter(name for _, name in results)
+
+
+async def test_exact_counting_through_tokenize(cluster, tmp_path):
+    _, url, urls, path, session = cluster
+    prompt = "word " * 90  # 90 tokens by /tokenize (bucket 0: a or b), ~115 estimated (bucket 1: b only)
+    assert set(await routed_by(url, session, prompt, 100)) == {"b"}
+    exact = Router(path, model_name="m", seed=2, tokenize=True)
+    runner, exact_url = await serve(build_app(exact))
+    try:
+        shares = await routed_by(exact_url, session, prompt, 400)
+        assert shares["a"] / 400 == pytest.approx(0.7, abs=0.1)
+        assert exact.metrics.tokenize_fallbacks._value.get() == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_tokenize_falls_back_to_the_estimate(cluster, tmp_path):
+    _, _, _, _, session = cluster
+    upstream, upstream_url = await serve(upstream_app("no-tokenize"))
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(table({"no-tokenize": upstream_url}, [{"no-tokenize": 1.0}, {"no-tokenize": 1.0}])))
+    router = Router(path, tokenize=True)
+    runner, url = await serve(build_app(router))
+    try:
+        assert set(await routed_by(url, session, "word " * 90, 20)) == {"no-tokenize"}
+        assert router.metrics.tokenize_fallbacks._value.get() == 20
+    finally:
+        await runner.cleanup()
+        await upstream.cleanup()
