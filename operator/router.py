@@ -60,6 +60,25 @@ class RouterMetrics:
         self.tokenize_fallbacks = Counter("melange_router_tokenize_fallbacks",
                                           "Requests estimated because /tokenize did not answer.", registry=registry)
         self.reloads = Counter("melange_router_table_reloads", "Routing-table reloads.", ["result"], registry=registry)
+        self._pool_series: dict[str, PoolSeries] = {}
+
+    def pool(self, name: str) -> PoolSeries:
+        """The pool's labelled series, looked up once per pool rather than once per request."""
+        series = self._pool_series.get(name)
+        if series is None:
+            series = self._pool_series[name] = PoolSeries(self.requests.labels(name), self.errors.labels(name),
+                                                          self.in_flight.labels(name), self.latency.labels(name))
+        return series
+
+
+@dataclass(frozen=True)
+class PoolSeries:
+    """One pool's children of the per-pool metrics."""
+
+    requests: Counter
+    errors: Counter
+    in_flight: Gauge
+    latency: Histogram
 
 
 @dataclass
@@ -196,54 +215,64 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         url = router.pick_url(pool)
         state = router.pools[pool]
         state.outstanding[url] = state.outstanding.get(url, 0) + 1
-        router.metrics.requests.labels(pool).inc()
-        router.metrics.in_flight.labels(pool).inc()
+        series = router.metrics.pool(pool)
+        series.requests.inc()
+        series.in_flight.inc()
         started = time.monotonic()
         response: web.StreamResponse | None = None
         try:
             async with router.session.post(f"{url}{request.path}", data=raw, headers=headers,
                                            timeout=router._timeout) as upstream:
-                response = web.StreamResponse(status=upstream.status, headers={
-                    k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS})
-                await response.prepare(request)
-                tail = b""
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                    tail = (tail + chunk)[-4096:]
-                await response.write_eof()
-                router.metrics.latency.labels(pool).observe(time.monotonic() - started)
+                reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+                streamed = upstream.content_length is None
+                if not streamed:  # a whole body: one write, and still retryable
+                    tail = await upstream.read()
+                    response = web.Response(body=tail, status=upstream.status, headers=reply_headers)
+                else:  # a stream: pass each chunk on as it comes
+                    response = web.StreamResponse(status=upstream.status, headers=reply_headers)
+                    await response.prepare(request)
+                    tail = b""
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                        tail = (tail + chunk)[-4096:]
+                    await response.write_eof()
+                series.latency.observe(time.monotonic() - started)
                 if upstream.status >= 500:
-                    router.metrics.errors.labels(pool).inc()
-                _record_usage(router, tail, input_tokens)
+                    series.errors.inc()
+                _record_usage(router, tail, streamed, input_tokens)
                 return response
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
-            router.metrics.errors.labels(pool).inc()
+            series.errors.inc()
             router.mark_unhealthy(pool)
             if response is not None and response.prepared:
                 raise  # bytes already went to the client: cannot retry
             log.warning("pool %s (%s) failed (%s), attempt %d", pool, url, type(error).__name__, attempt + 1)
         finally:
             state.outstanding[url] -= 1
-            router.metrics.in_flight.labels(pool).dec()
+            series.in_flight.dec()
     router.metrics.no_pool.inc()
     return _error(503, "the GPU pools for this request size did not answer", "upstream_unavailable")
 
 
-def _record_usage(router: Router, tail: bytes, input_tokens: int) -> None:
-    """Count the request by size, with output tokens from the response's `usage` when it has one."""
-    text = tail.decode("utf-8", errors="ignore")
-    position = text.rfind('"usage"')
-    if position < 0:
+def _record_usage(router: Router, payload: bytes, streamed: bool, input_tokens: int) -> None:
+    """Count the request by size, with the token counts of the response's `usage` when it has one:
+    the JSON body, or the last server-sent event that carries it."""
+    text = payload.decode("utf-8", errors="ignore")
+    usage: Any = None
+    try:
+        if not streamed:
+            usage = json.loads(text).get("usage")
+        else:
+            for line in reversed(text.splitlines()):
+                if line.startswith("data:") and '"usage"' in line:
+                    usage = json.loads(line[5:]).get("usage")
+                    break
+    except (ValueError, AttributeError):
         return
-    start = text.rfind("{", 0, position)
-    for candidate in (text[start:], text[start:].split("\n")[0]):
-        try:
-            usage = json.loads(candidate).get("usage") or {}
-            break
-        except ValueError:
-            usage = {}
+    if not isinstance(usage, Mapping):
+        return
     output = usage.get("completion_tokens")
-    prompt = usage.get("prompt_tokens", input_tokens)
+    prompt = usage.get("prompt_tokens")
     if isinstance(output, int):
         router.record_size(prompt if isinstance(prompt, int) else input_tokens, output)
 
@@ -300,6 +329,17 @@ def build_app(router: Router, reload_interval_s: float = 1.0) -> web.Application
     return app
 
 
+def serve(router: Router, host: str, port: int) -> None:
+    """Serve the router until interrupted, on uvloop where it is installed (it roughly halves the
+    event loop's cost per proxied request)."""
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = None
+    web.run_app(build_app(router), host=host, port=port, loop=loop, print=None, **SERVER_OPTIONS)
+
+
 def main() -> None:
     """Run the router until interrupted."""
     parser = argparse.ArgumentParser(description="Size-aware OpenAI-compatible router for Mélange GPU pools.")
@@ -311,8 +351,7 @@ def main() -> None:
                         help="count input tokens exactly through the upstream's /tokenize (vLLM) instead of estimating")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    web.run_app(build_app(Router(args.table, args.model_name, tokenize=args.tokenize)), host=args.host,
-                port=args.port, **SERVER_OPTIONS)
+    serve(Router(args.table, args.model_name, tokenize=args.tokenize), args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,9 @@ def upstream_app(name: str, disconnects: asyncio.Queue | None = None) -> web.App
                 await response.write(chunk)
             await response.write_eof()
             return response
-        return web.json_response({"served_by": name, "usage": {"prompt_tokens": 12, "completion_tokens": 30}})
+        return web.json_response({"id": "cmpl-1", "served_by": name,  # shaped like vLLM's answer
+                                  "choices": [{"index": 0, "text": "ok", "logprobs": None, "finish_reason": "length"}],
+                                  "usage": {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}})
 
     async def list_models(request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m"}]})
@@ -108,6 +110,7 @@ async def test_shares_follow_the_table(cluster):
     shares = Counter(name for _, name in results)
     assert shares["a"] / 10_000 == pytest.approx(0.7, abs=0.02)
     assert shares["b"] / 10_000 == pytest.approx(0.3, abs=0.02)
+    assert router.metrics.joint.labels("m", "16", "32")._value.get() == 10_000  # sizes from each `usage`
 
 
 async def test_streaming_passes_through_byte_for_byte(cluster):
