@@ -61,6 +61,7 @@ class OptionSpec:
     replica_price: float
     max_replicas: int | None = None
     spot: bool = False
+    min_replicas: int = 0
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ def _round_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings
 def _build(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings, integer_slices: bool = True):
     s = settings.slice_factor
     model = pulp.LpProblem("melange", pulp.LpMinimize)
-    n = [model.add_variable(f"n_{g}", lowBound=0, upBound=o.max_replicas, cat=pulp.LpInteger)
+    n = [model.add_variable(f"n_{g}", lowBound=o.min_replicas, upBound=o.max_replicas, cat=pulp.LpInteger)
          for g, o in enumerate(options)]
     active = [k for k, item in enumerate(items) if item.rate > 0]
     y: dict[tuple[int, int], pulp.LpVariable] = {}

@@ -14,7 +14,8 @@ class GpuOption:
     """One purchasable replica shape.
 
     `price_per_hour` is the on-demand price of ONE GPU; a replica uses `gpus_per_replica` GPUs
-    (tensor parallelism) and costs their sum. `max_replicas` is a quota (None: unbounded).
+    (tensor parallelism) and costs their sum. `max_replicas` is a quota (None: unbounded);
+    `min_replicas` a floor (replicas kept warm, or ones already bought).
     `spot` options may be pre-empted; the solver can cap their share of the traffic.
     """
 
@@ -24,6 +25,7 @@ class GpuOption:
     gpus_per_replica: int = 1
     max_replicas: int | None = None
     spot: bool = False
+    min_replicas: int = 0
 
     @property
     def gpu_type(self) -> str:
@@ -36,24 +38,31 @@ class GpuOption:
 
 
 _FIELDS = ["name", "price_per_hour"]
-_OPTIONAL = ["gpu", "gpus_per_replica", "max_replicas", "spot"]
+_OPTIONAL = ["gpu", "gpus_per_replica", "max_replicas", "min_replicas", "spot"]
 
 
 def option_from_dict(data: Any, where: str) -> GpuOption:
-    """Read one option: `{name, price_per_hour, gpu?, gpus_per_replica?, max_replicas?, spot?}`."""
+    """Read one option: `{name, price_per_hour, gpu?, gpus_per_replica?, max_replicas?, min_replicas?, spot?}`."""
     mapping: Mapping[str, Any] = require_mapping(data, where)
     require_keys(mapping, where, _FIELDS, _OPTIONAL)
     spot = mapping.get("spot", False)
     if not isinstance(spot, bool):
         raise InputError(f"{where}.spot", f"expected true or false, got {spot!r}")
     max_replicas = mapping.get("max_replicas")
+    if max_replicas is not None:
+        max_replicas = integer(max_replicas, f"{where}.max_replicas", minimum=0)
+    min_replicas = integer(mapping.get("min_replicas", 0), f"{where}.min_replicas", minimum=0)
+    if max_replicas is not None and min_replicas > max_replicas:
+        raise InputError(f"{where}.min_replicas", f"{min_replicas} is above max_replicas {max_replicas}",
+                         "min_replicas <= max_replicas")
     return GpuOption(
         name=text(mapping["name"], f"{where}.name"),
         price_per_hour=number(mapping["price_per_hour"], f"{where}.price_per_hour", minimum=0, strict_minimum=True),
         gpu=text(mapping["gpu"], f"{where}.gpu") if "gpu" in mapping else "",
         gpus_per_replica=integer(mapping.get("gpus_per_replica", 1), f"{where}.gpus_per_replica", minimum=1),
-        max_replicas=None if max_replicas is None else integer(max_replicas, f"{where}.max_replicas", minimum=0),
+        max_replicas=max_replicas,
         spot=spot,
+        min_replicas=min_replicas,
     )
 
 

@@ -63,7 +63,7 @@ def fit_constants(observations: Sequence[Observation], start: PerfConstants = Pe
             improved = False
             for name in names:
                 for factor in (step, 1 / step):
-                    value = getattr(best, name) * factor
+                    value = (getattr(best, name) or 0.01) * factor  # a zero constant can still grow
                     value = min(value, _UPPER_BOUNDS.get(name, value))
                     candidate = best.with_values(**{name: value})
                     error = fit_error(candidate, observations)

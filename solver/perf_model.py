@@ -38,10 +38,11 @@ class PerfConstants:
     Mélange authors' measured Llama-2-7B profiles (L4, A10G, A100, H100; vLLM 0.2.7); the bench
     prints them with the leave-one-GPU-out error. `melange profile measure --fit` refits them."""
 
-    bandwidth_efficiency: float = 0.75  # share of peak memory bandwidth that weight/KV reads reach
-    compute_efficiency: float = 0.45  # share of peak dense FP16 FLOPs that prefill reaches (MFU)
-    step_overhead_ms: float = 4.0  # scheduler and kernel-launch time per engine step
-    sequence_overhead_ms: float = 0.1  # CPU time per running sequence per step (sampling, detokenizing)
+    bandwidth_efficiency: float = 0.84  # share of peak memory bandwidth that weight/KV reads reach
+    compute_efficiency: float = 0.64  # share of peak dense FP16 FLOPs that prefill reaches (MFU)
+    step_overhead_ms: float = 7.1  # scheduler and kernel-launch time per engine step
+    sequence_overhead_ms: float = 0.34  # CPU time per running sequence per step (sampling, detokenizing)
+    request_overhead_ms: float = 1.45  # CPU time per request (HTTP, tokenizing) that holds up the engine loop
     gpu_memory_utilization: float = 0.9  # vLLM's default --gpu-memory-utilization
     reserved_memory_gb: float = 1.5  # activations, CUDA context and graphs, outside the KV cache
     max_num_seqs: int = 256  # vLLM's default --max-num-seqs
@@ -54,7 +55,8 @@ class PerfConstants:
         return replace(self, **values)
 
 
-FITTED_CONSTANTS = ("bandwidth_efficiency", "compute_efficiency", "step_overhead_ms", "sequence_overhead_ms")
+FITTED_CONSTANTS = ("bandwidth_efficiency", "compute_efficiency", "step_overhead_ms", "sequence_overhead_ms",
+                    "request_overhead_ms")
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,9 @@ class Replica:
             batch_prefill = np.where(p_prefill > 0, arrivals / np.maximum(p_prefill, 1e-300), 1.0)
             prefill = self.prefill_step_s(batch_prefill, inputs)
             batch = arrivals * outputs
-            return self.decode_step_s(batch, inputs + outputs / 2) + p_prefill * prefill, prefill, batch
+            per_request = arrivals * self.constants.request_overhead_ms / 1e3
+            return (self.decode_step_s(batch, inputs + outputs / 2) + p_prefill * prefill + per_request,
+                    prefill, batch)
 
         busy, _, _ = cycle_parts(_CYCLE_GRID)
         steady = busy <= _CYCLE_GRID

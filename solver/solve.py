@@ -56,7 +56,7 @@ def _indices(problem: Problem, mode: str) -> list[tuple[int, ...]]:
 
 def option_specs(problem: Problem) -> list[OptionSpec]:
     """The ILP's view of the options."""
-    return [OptionSpec(o.name, o.replica_price, o.max_replicas, o.spot) for o in problem.options]
+    return [OptionSpec(o.name, o.replica_price, o.max_replicas, o.spot, o.min_replicas) for o in problem.options]
 
 
 def allocate(problem: Problem, settings: IlpSettings, mode: str = "paper") -> Allocation:
@@ -96,7 +96,8 @@ def single_type_replicas(problem: Problem, settings: IlpSettings) -> dict[str, i
             result[option.name] = None
             continue
         load = sum(item.rate * item.seconds_per_request[g] for item in items)
-        replicas = max(math.ceil(load / settings.target_utilisation - LOAD_TOLERANCE), settings.min_total_replicas)
+        replicas = max(math.ceil(load / settings.target_utilisation - LOAD_TOLERANCE), settings.min_total_replicas,
+                       option.min_replicas)
         over_quota = option.max_replicas is not None and replicas > option.max_replicas
         spot_capped = option.spot and settings.max_spot_share is not None and settings.max_spot_share < 1 \
             and problem.workload.rate > 0

@@ -162,3 +162,13 @@ def test_bad_settings_are_named(field, value):
     with pytest.raises(InputError) as error:
         solve_ilp([Item("b", 1.0, (1.0,))], [OptionSpec("a", 1.0)], IlpSettings(**{field: value}))
     assert field in str(error.value)
+
+
+def test_min_replicas_keep_a_floor_and_are_used():
+    items = [Item("b", 2.0, (1.0, 0.5))]
+    free = solve_ilp(items, [OptionSpec("cheap", 1.0), OptionSpec("warm", 3.0)], IlpSettings())
+    assert free.replicas == (2, 0) and free.cost_per_hour == 2.0
+    floored = solve_ilp(items, [OptionSpec("cheap", 1.0), OptionSpec("warm", 3.0, min_replicas=1)], IlpSettings())
+    assert floored.replicas == (0, 1) and floored.cost_per_hour == 3.0  # the warm replica takes the traffic
+    idle = solve_ilp([Item("b", 0.0, (1.0,))], [OptionSpec("warm", 3.0, min_replicas=2)], IlpSettings())
+    assert idle.replicas == (2,)

@@ -18,6 +18,8 @@ def test_tensor_parallel_replica_costs_all_its_gpus():
     ({"name": "a", "price_per_hour": 1, "gpus_per_replica": 1.5}, "o.gpus_per_replica"),
     ({"name": "a", "price_per_hour": 1, "max_replicas": -1}, "o.max_replicas"),
     ({"name": "a", "price_per_hour": 1, "spot": "yes"}, "o.spot"),
+    ({"name": "a", "price_per_hour": 1, "min_replicas": -1}, "o.min_replicas"),
+    ({"name": "a", "price_per_hour": 1, "min_replicas": 3, "max_replicas": 2}, "o.min_replicas"),
     ({"name": "a", "price_per_hour": 1, "prise": 2}, "o.prise"),
     ({"price_per_hour": 1}, "o"),
 ])

@@ -1,0 +1,54 @@
+"""Estimated profiles: a profile for (model, GPU, tensor parallelism, SLO, grid) from the performance
+model, in seconds and without a GPU. Each bucket is evaluated at its upper edges, as the Mélange
+profiler sent fixed-size requests at the bucket labels, so the estimate is conservative within the
+bucket."""
+from __future__ import annotations
+
+import datetime
+from importlib import metadata
+
+import numpy as np
+
+from melange.solver.buckets import BucketGrid
+from melange.solver.catalog import GpuSpec, ModelSpec
+from melange.solver.errors import InputError
+from melange.solver.perf_model import PerfConstants, Replica
+from melange.solver.profiles import Profile, Slo
+
+RATE_DECIMALS = 4  # req/s are kept to 0.1 milli-request per second
+
+
+def tool_version() -> str:
+    """The installed melange version, for provenance."""
+    try:
+        return metadata.version("melange-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid, tensor_parallel: int = 1,
+                     constants: PerfConstants = PerfConstants(), date: str | None = None) -> Profile:
+    """The estimated profile; buckets the replica cannot serve within the SLO are None."""
+    if slo.tpot_ms is None and slo.ttft_ms is None:
+        raise InputError("slo", "no latency bound", "tpot_ms and/or ttft_ms")
+    if slo.percentile is not None:
+        raise InputError("slo.percentile", f"p{slo.percentile:g} cannot be estimated",
+                         "the mean (leave percentile out); measure the server for percentiles")
+    if tensor_parallel < 1 or model.attention_heads % tensor_parallel:
+        raise InputError("tensor_parallel", f"{tensor_parallel} does not divide the model's "
+                         f"{model.attention_heads} attention heads", "a divisor of the attention heads")
+    replica = Replica(gpu, model, tensor_parallel, constants)
+    inputs, outputs = np.meshgrid(np.array(grid.input_edges, float), np.array(grid.output_edges, float),
+                                  indexing="ij")
+    rates = replica.max_rate(inputs.ravel(), outputs.ravel(),
+                             None if slo.tpot_ms is None else slo.tpot_ms / 1e3,
+                             None if slo.ttft_ms is None else slo.ttft_ms / 1e3).reshape(inputs.shape)
+    max_rps = tuple(tuple(round(float(r), RATE_DECIMALS) if round(float(r), RATE_DECIMALS) > 0 else None
+                          for r in row) for row in rates)
+    provenance = {"source": "estimated", "method": "roofline + continuous-batching model (melange.solver.perf_model)",
+                  "tool_version": tool_version(), "date": date or datetime.date.today().isoformat(),
+                  "gpu_spec": {"memory_gb": gpu.memory_gb, "bandwidth_gb_s": gpu.bandwidth_gb_s,
+                               "fp16_tflops": gpu.fp16_tflops},
+                  "constants": constants.to_dict(), "kv_cache_tokens": max(0, int(replica.kv_cache_tokens))}
+    return Profile(model=model.name, gpu=gpu.name, grid=grid, max_rps=max_rps, slo=slo,
+                   gpus_per_replica=tensor_parallel, provenance=provenance)
