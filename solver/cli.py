@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from melange.solver.allocation import SolveReport
-from melange.solver.buckets import BucketGrid, grid_from_dict
+from melange.solver.buckets import BucketGrid, grid_from_dict, paper_grid
+from melange.solver.catalog import load_catalog, resolve_model
+from melange.solver.catalog_inputs import catalog_options_and_profiles, parse_gpu_choices, parse_prices
+from melange.solver.profiles import Slo
 from melange.solver.metric_names import MODEL_LABEL
 from melange.solver.prometheus_source import (DEFAULT_MIN_REQUESTS, MetricsError, PrometheusConfig, PrometheusSource,
                                               parse_duration, read_bearer_token)
@@ -19,7 +22,9 @@ from melange.solver.errors import InputError
 from melange.solver.ilp import DEFAULT_SOLVER, SOLVERS, IlpSettings
 from melange.solver.inputs import (LoadedInputs, assemble, load_bundle, load_document, load_options, load_profiles,
                                    load_trace_workload, load_workload)
+from melange.solver.measure import MeasureError
 from melange.solver.problem import Problem
+from melange.solver.profile_cli import add_profile_parser
 from melange.solver.solve import MODES, solve
 
 EXIT_USER_ERROR = 2
@@ -64,6 +69,15 @@ def _solve_parser(commands: argparse._SubParsersAction) -> None:
                       help=f"requests in the window below which the mix is flagged untrustworthy "
                            f"(default {DEFAULT_MIN_REQUESTS})")
     inputs.add_argument("--profiles", type=Path, nargs="+", help="profile YAML file(s)")
+    catalog = parser.add_argument_group("GPU catalog (instead of --options/--profiles: estimated profiles, no profiling)")
+    catalog.add_argument("--model", help="catalog model (e.g. llama-3-8b) or a Hugging Face config.json path")
+    catalog.add_argument("--gpus", help="GPU types to mix, with GPUs per replica where above 1: l4,a10g,h100:2")
+    catalog.add_argument("--tpot-ms", type=float, help="mean TPOT SLO in ms (default 120 unless --ttft-ms is given)")
+    catalog.add_argument("--ttft-ms", type=float, help="mean TTFT SLO in ms")
+    catalog.add_argument("--price", action="append", default=[], metavar="GPU=USD",
+                         help="override a catalog price ($/h per GPU); repeatable")
+    catalog.add_argument("--catalog", type=Path, action="append", default=[],
+                         help="extra catalog file (GPUs and models); repeatable")
     model = parser.add_argument_group("model")
     model.add_argument("--mode", choices=MODES, default="paper",
                        help="paper: split per (input, output) bucket as in the paper; routable: split per input "
@@ -86,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="melange", description="Cheapest mix of GPU types for LLM serving.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _solve_parser(commands)
+    add_profile_parser(commands)
     return parser
 
 
@@ -128,10 +143,46 @@ def _live_workload(args: argparse.Namespace, grid: BucketGrid) -> Workload:
                      f"requests, status {live.status}",) + workload.notes)
 
 
+def catalog_slo(tpot_ms: float | None, ttft_ms: float | None) -> Slo:
+    """The SLO from --tpot-ms/--ttft-ms; mean TPOT 120 ms (the paper's relaxed SLO) when neither is given."""
+    if tpot_ms is None and ttft_ms is None:
+        tpot_ms = 120.0
+    for flag, value in (("--tpot-ms", tpot_ms), ("--ttft-ms", ttft_ms)):
+        if value is not None:
+            number(value, flag, minimum=0, strict_minimum=True)
+    return Slo(tpot_ms=tpot_ms, ttft_ms=ttft_ms)
+
+
+def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:
+    """Options and estimated profiles from the catalog, for the workload of the flags."""
+    if not args.gpus:
+        raise InputError("--model", "given without --gpus", "--gpus l4,a10g,... with --model")
+    if args.bundle is not None or args.options or args.profiles:
+        raise InputError("--model", "given with a bundle, --options or --profiles", "one source of GPU options")
+    catalog = load_catalog(args.catalog)
+    model = resolve_model(catalog, args.model)
+    if args.prometheus:
+        workload = _live_workload(args, paper_grid())
+        if args.rate is not None:
+            workload = workload.with_rate(args.rate)
+    elif args.workload or args.trace:
+        workload = _workload_from_flags(args)
+    else:
+        raise InputError("--model", "no workload", "--trace, --workload or --prometheus")
+    options, profiles = catalog_options_and_profiles(catalog, model, parse_gpu_choices(args.gpus),
+                                                     catalog_slo(args.tpot_ms, args.ttft_ms), workload.grid,
+                                                     parse_prices(args.price))
+    return assemble(workload, options, profiles)
+
+
 def read_inputs(args: argparse.Namespace) -> LoadedInputs:
     """Assemble the problem from a bundle and/or separate files; flags override the bundle."""
     if args.rate is not None:
         number(args.rate, "--rate", minimum=0)
+    if args.model or args.gpus:
+        if not args.model:
+            raise InputError("--gpus", "given without --model", "--model NAME with --gpus")
+        return _catalog_inputs(args)
     if args.prometheus and (args.workload or args.trace):
         raise InputError("--prometheus", "given with --workload/--trace", "one workload source")
     if args.prometheus:
@@ -270,6 +321,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except (MetricsError, MetricsUnavailable) as error:
         print(f"melange: metrics unavailable: {error}", file=sys.stderr)
+        return EXIT_METRICS_UNAVAILABLE
+    except MeasureError as error:
+        print(f"melange: server unavailable: {error}", file=sys.stderr)
         return EXIT_METRICS_UNAVAILABLE
     except BrokenPipeError:  # the reader (e.g. `head`) went away; not an error of ours
         sys.stderr.close()
