@@ -1,7 +1,9 @@
 """Estimated profiles: a profile for (model, GPU, tensor parallelism, SLO, grid) from the performance
 model, in seconds and without a GPU. Each bucket is evaluated at its upper edges, as the Mélange
 profiler sent fixed-size requests at the bucket labels, so the estimate is conservative within the
-bucket."""
+bucket. Where the upper edges exceed the model's context, the bucket is evaluated at its largest
+request that fits (input first shortened, then output); a bucket whose smallest request does not
+fit cannot be served."""
 from __future__ import annotations
 
 import datetime
@@ -26,6 +28,17 @@ def tool_version() -> str:
         return "unknown"
 
 
+def bucket_size(grid: BucketGrid, i: int, j: int, context_length: int) -> tuple[int, int] | None:
+    """The request size that stands for bucket (i, j): its upper edges, shortened to fit the
+    context; None when even its smallest request does not fit."""
+    low_in = (grid.input_edges[i - 1] if i else 0) + 1
+    low_out = (grid.output_edges[j - 1] if j else 0) + 1
+    if low_in + low_out > context_length:
+        return None
+    inputs = min(grid.input_edges[i], max(low_in, context_length - grid.output_edges[j]))
+    return inputs, min(grid.output_edges[j], context_length - inputs)
+
+
 def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid, tensor_parallel: int = 1,
                      constants: PerfConstants = PerfConstants(), date: str | None = None) -> Profile:
     """The estimated profile; buckets the replica cannot serve within the SLO are None."""
@@ -38,11 +51,12 @@ def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid,
         raise InputError("tensor_parallel", f"{tensor_parallel} does not divide the model's "
                          f"{model.attention_heads} attention heads", "a divisor of the attention heads")
     replica = Replica(gpu, model, tensor_parallel, constants)
-    inputs, outputs = np.meshgrid(np.array(grid.input_edges, float), np.array(grid.output_edges, float),
-                                  indexing="ij")
-    rates = replica.max_rate(inputs.ravel(), outputs.ravel(),
-                             None if slo.tpot_ms is None else slo.tpot_ms / 1e3,
-                             None if slo.ttft_ms is None else slo.ttft_ms / 1e3).reshape(inputs.shape)
+    sizes = [bucket_size(grid, i, j, model.context_length) for i in range(grid.shape[0]) for j in range(grid.shape[1])]
+    inputs = np.array([size[0] if size else 1 for size in sizes], float)
+    outputs = np.array([size[1] if size else 1 for size in sizes], float)
+    rates = replica.max_rate(inputs, outputs, None if slo.tpot_ms is None else slo.tpot_ms / 1e3,
+                             None if slo.ttft_ms is None else slo.ttft_ms / 1e3)
+    rates = np.where([size is not None for size in sizes], rates, 0.0).reshape(grid.shape)
     max_rps = tuple(tuple(round(float(r), RATE_DECIMALS) if round(float(r), RATE_DECIMALS) > 0 else None
                           for r in row) for row in rates)
     provenance = {"source": "estimated", "method": "roofline + continuous-batching model (melange.solver.perf_model)",

@@ -38,11 +38,11 @@ class PerfConstants:
     Mélange authors' measured Llama-2-7B profiles (L4, A10G, A100, H100; vLLM 0.2.7); the bench
     prints them with the leave-one-GPU-out error. `melange profile measure --fit` refits them."""
 
-    bandwidth_efficiency: float = 0.84  # share of peak memory bandwidth that weight/KV reads reach
-    compute_efficiency: float = 0.64  # share of peak dense FP16 FLOPs that prefill reaches (MFU)
-    step_overhead_ms: float = 7.1  # scheduler and kernel-launch time per engine step
+    bandwidth_efficiency: float = 0.83  # share of peak memory bandwidth that weight/KV reads reach
+    compute_efficiency: float = 0.67  # share of peak dense FP16 FLOPs that prefill reaches (MFU)
+    step_overhead_ms: float = 6.3  # scheduler and kernel-launch time per engine step
     sequence_overhead_ms: float = 0.34  # CPU time per running sequence per step (sampling, detokenizing)
-    request_overhead_ms: float = 1.45  # CPU time per request (HTTP, tokenizing) that holds up the engine loop
+    request_overhead_ms: float = 5.5  # CPU time per request (HTTP, tokenizing) that holds up the engine loop
     gpu_memory_utilization: float = 0.9  # vLLM's default --gpu-memory-utilization
     reserved_memory_gb: float = 1.5  # activations, CUDA context and graphs, outside the KV cache
     max_num_seqs: int = 256  # vLLM's default --max-num-seqs

@@ -21,14 +21,14 @@ _SINGLE_GPU = ("L4", "A10G", "L40S", "A100-40GB", "A100-80GB", "H100-SXM", "H100
 # (GPU, GPUs per replica) per model: one GPU where the weights fit with room for a KV cache,
 # tensor parallelism where they do not.
 SHIPPED_PAIRS: dict[str, tuple[tuple[str, int], ...]] = {
-    "llama-2-7b": tuple((g, 1) for g in ("T4",) + _SINGLE_GPU),
+    "llama-2-7b": tuple((g, 1) for g in _SINGLE_GPU),
     "llama-3-8b": tuple((g, 1) for g in _SINGLE_GPU),
     "mistral-7b": tuple((g, 1) for g in _SINGLE_GPU),
     "qwen2.5-7b": tuple((g, 1) for g in _SINGLE_GPU),
-    "llama-3-70b": (("A100-80GB", 2), ("A100-80GB", 4), ("H100-SXM", 2), ("H100-SXM", 4), ("H200", 1),
-                    ("H200", 2), ("B200", 1), ("MI300X", 1), ("L40S", 4)),
-    "qwen2.5-72b": (("A100-80GB", 2), ("A100-80GB", 4), ("H100-SXM", 2), ("H100-SXM", 4), ("H200", 1),
-                    ("H200", 2), ("B200", 1), ("MI300X", 1), ("L40S", 4)),
+    "llama-3-70b": (("A100-80GB", 4), ("H100-SXM", 4), ("H100-SXM", 8), ("H200", 2), ("B200", 1), ("MI300X", 1),
+                    ("L40S", 4)),
+    "qwen2.5-72b": (("A100-80GB", 4), ("H100-SXM", 4), ("H100-SXM", 8), ("H200", 2), ("B200", 1), ("MI300X", 1),
+                    ("L40S", 4)),
     "mixtral-8x7b": (("A100-80GB", 2), ("H100-SXM", 2), ("H200", 1), ("B200", 1), ("MI300X", 1), ("L40S", 4)),
 }
 DATA_FOLDER = Path(__file__).resolve().parent / "data" / "profiles"
