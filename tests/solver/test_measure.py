@@ -91,18 +91,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_imitation(port: int) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("imitation_server.py")), str(port)])
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    return server
+
+
 @pytest.mark.integration
 def test_measure_end_to_end_against_an_imitated_gpu(tmp_path, capsys):
     gpu = ImitatedGpu()
     port = free_port()
-    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("imitation_server.py")), str(port)])
+    server = start_imitation(port)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         grid = tmp_path / "grid.yaml"
         grid.write_text(yaml.safe_dump({"input_edges": [64, 1024, 2048], "output_edges": [32]}))
         output = tmp_path / "profile.yaml"
@@ -130,3 +135,40 @@ def test_measure_end_to_end_against_an_imitated_gpu(tmp_path, capsys):
     progress = capsys.readouterr().err
     assert "buckets" in progress  # the progress bar
     print(progress, f"capacity {truth:.2f} req/s")
+
+
+@pytest.mark.integration
+def test_fit_mode_fits_the_estimator_to_the_measured_buckets(tmp_path, capsys):
+    """`--fit` resumed from a state file holding its six buckets: no trial runs, the constants are
+    fitted to those rates and the whole grid is estimated with them."""
+    catalog = shipped_catalog()
+    gpu, model = catalog.gpu("a10g"), catalog.model("llama-2-7b")
+    grid = BucketGrid((25, 100, 250, 500, 1000, 2000), (25, 100, 250, 500, 1000, 2000))
+    truth = PerfConstants(bandwidth_efficiency=0.6, step_overhead_ms=3.0, request_overhead_ms=1.0)
+    picks = fit_buckets(grid)
+    probe = Observation(gpu, model, tuple(grid.input_edges[i] for i, _ in picks),
+                        tuple(grid.output_edges[j] for _, j in picks), (1.0,) * len(picks), 0.12)
+    measured = dict(zip(picks, probe.estimate(truth)))
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    fingerprint = {"endpoint": endpoint, "model": "llama-2-7b", "gpu": "A10G", "tp": 1,
+                   "slo": {"tpot_ms": 120.0, "ttft_ms": None}, "grid": grid.to_dict(), "fit": True, "prompt": "tokens"}
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"fingerprint": fingerprint, "buckets": {
+        f"{i},{j}": {"max_rps": float(rate), "trials": []} for (i, j), rate in measured.items()}}))
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(grid.to_dict()))
+    output = tmp_path / "fitted.yaml"
+    server = start_imitation(port)
+    try:
+        code = main(["profile", "measure", "--endpoint", endpoint, "--model", "llama-2-7b", "--gpu", "a10g",
+                     "--tpot-ms", "120", "--grid", str(grid_file), "--fit", "--state", str(state), "-o", str(output)])
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert code == 0
+    profile = yaml.safe_load(output.read_text())
+    assert profile["provenance"]["source"] == "estimated" and len(profile["provenance"]["fitted_to"]) == len(picks)
+    for (i, j), rate in measured.items():
+        assert profile["max_rps"][i][j] == pytest.approx(rate, rel=0.05)
+    assert "req/s:" not in capsys.readouterr().err  # resumed: no trial ran

@@ -62,3 +62,12 @@ def test_solve_from_the_catalog_errors(tmp_path, capsys):
                           (["--model", "gpt-5", "--gpus", "l4", "--trace", trace], "unknown model")):
         code, _, err = run(capsys, "solve", *argv)
         assert code == 2 and message in err, err
+
+
+def test_measure_an_unreachable_server_exits_3(tmp_path, capsys):
+    code, out, err = run(capsys, "profile", "measure", "--endpoint", "http://127.0.0.1:9", "--model", "llama-3-8b",
+                         "--gpu", "l4", "--tpot-ms", "100", "-o", tmp_path / "p.yaml")
+    assert code == 3 and "server unavailable" in err and "127.0.0.1:9/v1/models" in err
+    code, _, err = run(capsys, "profile", "measure", "--endpoint", "http://127.0.0.1:9", "--model", "llama-3-8b",
+                       "--gpu", "l4", "--tpot-ms", "100", "--min-requests", "50", "--max-requests", "10")
+    assert code == 2 and "--min-requests" in err
