@@ -10,8 +10,9 @@ Serving is continuous batching as vLLM schedules it: a cycle is one decode step 
 batch plus, when requests arrived during the previous cycle, one prefill step over all of them.
 With Poisson arrivals at rate `lam` and cycle length T, a prefill step happens with probability
 1 - exp(-lam T) and carries lam T / (1 - exp(-lam T)) requests; by Little's law the decode batch
-is lam * O * T. The steady cycle length is the smallest T with
-T = decode(lam O T) + P(prefill) * prefill(batch). TPOT follows the Mélange paper: request latency
+is lam * O * T. CPU work per request (HTTP, tokenizing) holds up the engine loop for lam T times
+its cost per cycle. The steady cycle length is the smallest T with
+T = decode(lam O T) + P(prefill) * prefill(batch) + lam T * request cost. TPOT follows the Mélange paper: request latency
 divided by output tokens, TTFT being half a cycle of waiting plus the prefill step. The batch is
 bounded by vLLM's `max_num_seqs` and by the KV cache left after the weights.
 
@@ -44,9 +45,12 @@ class PerfConstants:
     sequence_overhead_ms: float = 0.34  # CPU time per running sequence per step (sampling, detokenizing)
     request_overhead_ms: float = 5.5  # CPU time per request (HTTP, tokenizing) that holds up the engine loop
     gpu_memory_utilization: float = 0.9  # vLLM's default --gpu-memory-utilization
-    reserved_memory_gb: float = 1.5  # activations, CUDA context and graphs, outside the KV cache
+    # Assumed, not fitted: memory vLLM keeps outside the KV cache (activations, CUDA context and
+    # graphs), and the latency of the two small all-reduces per layer under tensor parallelism (of
+    # the order of 10 us each over NVLink). Neither moves the single-GPU calibration.
+    reserved_memory_gb: float = 1.5
     max_num_seqs: int = 256  # vLLM's default --max-num-seqs
-    allreduce_ms_per_layer: float = 0.02  # two tensor-parallel all-reduces per layer (NVLink latency)
+    allreduce_ms_per_layer: float = 0.02
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
