@@ -157,10 +157,9 @@ def load_catalog(extra: Iterable[Path] = ()) -> Catalog:
     return catalog
 
 
-def model_from_hf_config(data: Mapping[str, Any], name: str) -> ModelSpec:
+def model_from_hf_config(data: Mapping[str, Any], name: str, where: str = "config.json") -> ModelSpec:
     """A model from a Hugging Face `config.json` (Llama, Mistral, Qwen2, Mixtral field names);
     the parameter count is computed from the shapes."""
-    where = f"{name} config.json"
     require_mapping(data, where)
     for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size"):
         if key not in data:
@@ -196,5 +195,5 @@ def resolve_model(catalog: Catalog, name_or_path: str) -> ModelSpec:
             data = json.loads(path.read_text())
         except ValueError as error:
             raise InputError(str(path), f"is not JSON: {error}") from None
-        return model_from_hf_config(data, path.parent.name or path.stem)
+        return model_from_hf_config(data, path.parent.name or path.stem, str(path))
     return catalog.model(name_or_path)

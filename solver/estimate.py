@@ -47,7 +47,9 @@ def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid,
     if slo.percentile is not None:
         raise InputError("slo.percentile", f"p{slo.percentile:g} cannot be estimated",
                          "the mean (leave percentile out); measure the server for percentiles")
-    if tensor_parallel < 1 or model.attention_heads % tensor_parallel:
+    if tensor_parallel < 1:
+        raise InputError("tensor_parallel", f"{tensor_parallel} GPUs per replica", "1 or more")
+    if model.attention_heads % tensor_parallel:
         raise InputError("tensor_parallel", f"{tensor_parallel} does not divide the model's "
                          f"{model.attention_heads} attention heads", "a divisor of the attention heads")
     replica = Replica(gpu, model, tensor_parallel, constants)

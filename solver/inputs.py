@@ -28,6 +28,19 @@ class LoadedInputs:
     settings: Mapping[str, Any]
 
 
+class _TableDumper(yaml.SafeDumper):
+    """Lists of plain values on one line, so a profile's matrix reads as a table."""
+
+
+_TableDumper.add_representer(list, lambda dumper, data: dumper.represent_sequence(
+    "tag:yaml.org,2002:seq", data, flow_style=all(not isinstance(v, (list, dict)) for v in data)))
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML that `load_document` reads back, with number lists (rows, edges) on one line each."""
+    return yaml.dump(data, Dumper=_TableDumper, sort_keys=False, width=120, allow_unicode=True)
+
+
 def load_document(path: Path) -> Any:
     """Parse a YAML or JSON file (JSON is YAML too, but its errors read better from `json`)."""
     try:

@@ -6,14 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
 from melange.solver.buckets import BucketGrid, grid_from_dict, paper_grid
 from melange.solver.catalog import load_catalog, resolve_model
 from melange.solver.checks import number
 from melange.solver.errors import InputError
 from melange.solver.estimate import estimate_profile
 from melange.solver.perf_model import PerfConstants
+from melange.solver.inputs import dump_yaml
 from melange.solver.profiles import Profile, Slo
 
 
@@ -91,7 +90,7 @@ def load_constants(path: Path | None) -> PerfConstants:
 
 def write_profile(profile: Profile, output: Path | None) -> None:
     """The profile as YAML, to a file or stdout."""
-    text = yaml.safe_dump(profile.to_dict(), sort_keys=False, width=120)
+    text = dump_yaml(profile.to_dict())
     if output is None:
         sys.stdout.write(text)
     else:
