@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from melange.operator.request_size import estimate_input_tokens, requested_output_tokens, tokenize_request
@@ -105,6 +106,7 @@ class Router:
         self._timeout = aiohttp.ClientTimeout(total=upstream_timeout_s, sock_connect=connect_timeout_s)
         self._tokenize_timeout = aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT_S, sock_connect=connect_timeout_s)
         self.session: aiohttp.ClientSession | None = None
+        self._urls: dict[tuple[str, str], URL] = {}
 
     def _file_signature(self) -> tuple[float, int] | None:
         try:
@@ -150,6 +152,14 @@ class Router:
         state = self.pools.setdefault(pool, PoolState())
         urls = self.table.pools[pool]
         return min(urls, key=lambda u: state.outstanding.get(u, 0))
+
+    def upstream_url(self, base: str, path: str) -> URL:
+        """`base` + `path`, parsed once and reused (URL parsing is a visible share of a proxied request)."""
+        key = (base, path)
+        url = self._urls.get(key)
+        if url is None:
+            url = self._urls[key] = URL(base + path)
+        return url
 
     def mark_unhealthy(self, pool: str) -> None:
         self.pools.setdefault(pool, PoolState()).unhealthy_until = time.monotonic() + UNHEALTHY_BACKOFF_S
@@ -221,7 +231,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         response: web.StreamResponse | None = None
         try:
-            async with router.session.post(f"{url}{request.path}", data=raw, headers=headers,
+            async with router.session.post(router.upstream_url(url, request.path), data=raw, headers=headers,
                                            timeout=router._timeout) as upstream:
                 reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
                 streamed = upstream.content_length is None
@@ -319,7 +329,9 @@ def build_app(router: Router, reload_interval_s: float = 1.0) -> web.Application
     app.router.add_get("/metrics", metrics)
 
     async def lifecycle(app: web.Application):
-        router.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # No cookie jar: a proxy must not carry one client's cookies to another's requests.
+        router.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                               cookie_jar=aiohttp.DummyCookieJar())
         watcher = asyncio.create_task(_watch_table(app))
         yield
         watcher.cancel()
