@@ -14,6 +14,7 @@ import yaml
 
 from melange.solver.checks import integer, number, require_keys, require_mapping, sequence, text
 from melange.solver.errors import InputError
+from melange.solver.inputs import load_document
 
 BYTES_PER_PARAMETER = 2  # FP16/BF16 weights and KV cache, vLLM's default dtype for these models
 
@@ -150,7 +151,6 @@ def shipped_catalog() -> Catalog:
 
 def load_catalog(extra: Iterable[Path] = ()) -> Catalog:
     """The shipped catalog extended (and overridden by name) with the user's catalog files."""
-    from melange.solver.inputs import load_document
     catalog = shipped_catalog()
     for path in extra:
         catalog = catalog.merged(catalog_from_dict(load_document(Path(path)), str(path)))

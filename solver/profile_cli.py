@@ -8,11 +8,12 @@ from pathlib import Path
 
 from melange.solver.buckets import BucketGrid, grid_from_dict, paper_grid
 from melange.solver.catalog import load_catalog, resolve_model
-from melange.solver.checks import number
+from melange.solver.checks import number, require_keys, require_mapping
 from melange.solver.errors import InputError
 from melange.solver.estimate import estimate_profile
 from melange.solver.perf_model import PerfConstants
-from melange.solver.inputs import dump_yaml
+from melange.solver.inputs import dump_yaml, load_document
+from melange.solver.measure import MeasureConfig, measure_profile
 from melange.solver.profiles import Profile, Slo
 
 
@@ -70,7 +71,6 @@ def profile_slo(args: argparse.Namespace) -> Slo:
 
 
 def _grid(args: argparse.Namespace) -> BucketGrid:
-    from melange.solver.inputs import load_document
     return grid_from_dict(load_document(args.grid), str(args.grid)) if args.grid else paper_grid()
 
 
@@ -78,8 +78,6 @@ def load_constants(path: Path | None) -> PerfConstants:
     """Performance-model constants from a YAML mapping (missing ones keep their defaults)."""
     if path is None:
         return PerfConstants()
-    from melange.solver.checks import require_keys, require_mapping
-    from melange.solver.inputs import load_document
     data = require_mapping(load_document(path), str(path))
     data = data.get("constants", data)
     require_mapping(data, f"{path}.constants")
@@ -107,7 +105,6 @@ def _run_estimate(args: argparse.Namespace) -> int:
 
 
 def _run_measure(args: argparse.Namespace) -> int:
-    from melange.solver.measure import MeasureConfig, measure_profile
     catalog = load_catalog(args.catalog)
     model = resolve_model(catalog, args.model)
     gpu = catalog.gpu(args.gpu)
