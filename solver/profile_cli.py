@@ -75,15 +75,19 @@ def _grid(args: argparse.Namespace) -> BucketGrid:
 
 
 def load_constants(path: Path | None) -> PerfConstants:
-    """Performance-model constants from a YAML mapping (missing ones keep their defaults)."""
+    """Performance-model constants from a YAML mapping, or from a profile that records them (an
+    estimate, e.g. the output of `measure --fit`); missing ones keep their defaults."""
     if path is None:
         return PerfConstants()
     data = require_mapping(load_document(path), str(path))
-    data = data.get("constants", data)
-    require_mapping(data, f"{path}.constants")
-    fields = list(PerfConstants().to_dict())
-    require_keys(data, str(path), [], fields)
-    return PerfConstants(**{k: number(v, f"{path}.{k}", minimum=0) for k, v in data.items()})
+    where = str(path)
+    if isinstance(data.get("provenance"), dict) and "constants" in data["provenance"]:
+        data, where = data["provenance"]["constants"], f"{path}.provenance.constants"
+    elif "constants" in data:
+        data, where = data["constants"], f"{path}.constants"
+    data = require_mapping(data, where)
+    require_keys(data, where, [], list(PerfConstants().to_dict()))
+    return PerfConstants(**{k: number(v, f"{where}.{k}", minimum=0) for k, v in data.items()})
 
 
 def write_profile(profile: Profile, output: Path | None) -> None:

@@ -71,3 +71,21 @@ def test_measure_an_unreachable_server_exits_3(tmp_path, capsys):
     code, _, err = run(capsys, "profile", "measure", "--endpoint", "http://127.0.0.1:9", "--model", "llama-3-8b",
                        "--gpu", "l4", "--tpot-ms", "100", "--min-requests", "50", "--max-requests", "10")
     assert code == 2 and "--min-requests" in err
+
+
+def test_estimate_reuses_constants_from_a_fitted_profile(tmp_path, capsys):
+    fitted = tmp_path / "fitted.yaml"
+    code, _, _ = run(capsys, "profile", "estimate", "--model", "llama-2-7b", "--gpu", "a10g", "--tpot-ms", "120",
+                     "-o", fitted)
+    profile = yaml.safe_load(fitted.read_text())
+    profile["provenance"]["constants"]["bandwidth_efficiency"] = 0.4  # as if a --fit run had found a slow GPU
+    fitted.write_text(yaml.safe_dump(profile))
+    code, out, _ = run(capsys, "profile", "estimate", "--model", "llama-2-7b", "--gpu", "a10g", "--tpot-ms", "120",
+                       "--constants", fitted)
+    slower = yaml.safe_load(out)
+    assert code == 0 and slower["provenance"]["constants"]["bandwidth_efficiency"] == 0.4
+    assert slower["max_rps"][0][0] < profile["max_rps"][0][0]
+    (tmp_path / "bad.yaml").write_text("constants: {bandwidth_efficiency: fast}\n")
+    code, _, err = run(capsys, "profile", "estimate", "--model", "llama-2-7b", "--gpu", "a10g", "--tpot-ms", "120",
+                       "--constants", tmp_path / "bad.yaml")
+    assert code == 2 and "constants.bandwidth_efficiency" in err
