@@ -64,7 +64,10 @@ def main() -> None:
     parser.add_argument("--pieces", type=int, default=300, help="pieces per kind of text")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    import sentencepiece
+    try:
+        import sentencepiece
+    except ImportError:
+        raise SystemExit("this benchmark needs sentencepiece: pip install sentencepiece mistral-common") from None
     processor = sentencepiece.SentencePieceProcessor(model_file=str(args.tokenizer or default_tokenizer()))
     rng = random.Random(args.seed)
     rows = []
