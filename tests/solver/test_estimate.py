@@ -92,3 +92,12 @@ def test_bad_prices():
         catalog_options_and_profiles(CATALOG, CATALOG.model("llama-3-8b"), [("l4", 1)], Slo(tpot_ms=120),
                                      paper_grid(), {"a10g": 1.0})
     assert "not among --gpus" in str(error.value)
+
+
+@pytest.mark.parametrize("model,gpu,tp", [("llama-3-8b", "l4", 1), ("llama-2-7b", "h100", 1),
+                                          ("llama-3-70b", "h100", 4), ("mixtral-8x7b", "h200", 1)])
+def test_longer_input_buckets_never_get_a_higher_rate(model, gpu, tp):
+    profile = estimate_profile(CATALOG.model(model), CATALOG.gpu(gpu), Slo(tpot_ms=120), paper_grid(), tp)
+    for j in range(profile.grid.shape[1]):
+        column = [row[j] for row in profile.max_rps if row[j] is not None]
+        assert column == sorted(column, reverse=True), f"output bucket {j}: {column}"
