@@ -3,8 +3,13 @@ model, in seconds and without a GPU. Each bucket is evaluated at its upper edges
 profiler sent fixed-size requests at the bucket labels, so the estimate is conservative within the
 bucket. Where the upper edges exceed the model's context, the bucket is evaluated at its largest
 request that fits (input first shortened, then output); a bucket whose smallest request does not
-fit cannot be served. Since a bucket with longer inputs holds only longer requests, its rate is
-capped at the rate of the bucket before it (shortening to the context could otherwise raise it)."""
+fit cannot be served.
+
+A bucket of longer requests never gets a higher rate than a bucket of shorter ones: each rate is
+capped by its neighbours with shorter inputs or outputs. Two things could otherwise raise it:
+shortening to the context, and the paper's TPOT (request latency / output tokens), under which a
+long prompt with few output tokens misses the SLO at a rate the same prompt with more output
+meets. The cap errs towards more GPUs."""
 from __future__ import annotations
 
 import datetime
@@ -60,7 +65,8 @@ def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid,
     rates = replica.max_rate(inputs, outputs, None if slo.tpot_ms is None else slo.tpot_ms / 1e3,
                              None if slo.ttft_ms is None else slo.ttft_ms / 1e3)
     rates = np.where([size is not None for size in sizes], rates, 0.0).reshape(grid.shape)
-    rates = np.where(rates > 0, np.minimum.accumulate(np.where(rates > 0, rates, np.inf), axis=0), 0.0)
+    capped = np.minimum.accumulate(np.minimum.accumulate(np.where(rates > 0, rates, np.inf), axis=0), axis=1)
+    rates = np.where(rates > 0, capped, 0.0)
     max_rps = tuple(tuple(round(float(r), RATE_DECIMALS) if round(float(r), RATE_DECIMALS) > 0 else None
                           for r in row) for row in rates)
     provenance = {"source": "estimated", "method": "roofline + continuous-batching model (melange.solver.perf_model)",

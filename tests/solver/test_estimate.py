@@ -96,8 +96,11 @@ def test_bad_prices():
 
 @pytest.mark.parametrize("model,gpu,tp", [("llama-3-8b", "l4", 1), ("llama-2-7b", "h100", 1),
                                           ("llama-3-70b", "h100", 4), ("mixtral-8x7b", "h200", 1)])
-def test_longer_input_buckets_never_get_a_higher_rate(model, gpu, tp):
+def test_longer_request_buckets_never_get_a_higher_rate(model, gpu, tp):
     profile = estimate_profile(CATALOG.model(model), CATALOG.gpu(gpu), Slo(tpot_ms=120), paper_grid(), tp)
     for j in range(profile.grid.shape[1]):
         column = [row[j] for row in profile.max_rps if row[j] is not None]
         assert column == sorted(column, reverse=True), f"output bucket {j}: {column}"
+    for i, row in enumerate(profile.max_rps):
+        served = [rate for rate in row if rate is not None]
+        assert served == sorted(served, reverse=True), f"input bucket {i}: {served}"
