@@ -6,10 +6,11 @@ request that fits (input first shortened, then output); a bucket whose smallest 
 fit cannot be served.
 
 A bucket of longer requests never gets a higher rate than a bucket of shorter ones: each rate is
-capped by its neighbours with shorter inputs or outputs. Two things could otherwise raise it:
-shortening to the context, and the paper's TPOT (request latency / output tokens), under which a
-long prompt with few output tokens misses the SLO at a rate the same prompt with more output
-meets. The cap errs towards more GPUs."""
+capped by its neighbours with shorter inputs or outputs, and a bucket whose shorter neighbour
+cannot be served cannot be served either. Two things could otherwise raise a rate: shortening to
+the context, and the paper's TPOT (request latency / output tokens), under which a long prompt
+with few output tokens misses the SLO at a rate the same prompt with more output meets. The cap
+errs towards more GPUs, and keeps "a tighter SLO never raises a rate" true bucket by bucket."""
 from __future__ import annotations
 
 import datetime
@@ -65,8 +66,7 @@ def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid,
     rates = replica.max_rate(inputs, outputs, None if slo.tpot_ms is None else slo.tpot_ms / 1e3,
                              None if slo.ttft_ms is None else slo.ttft_ms / 1e3)
     rates = np.where([size is not None for size in sizes], rates, 0.0).reshape(grid.shape)
-    capped = np.minimum.accumulate(np.minimum.accumulate(np.where(rates > 0, rates, np.inf), axis=0), axis=1)
-    rates = np.where(rates > 0, capped, 0.0)
+    rates = np.minimum.accumulate(np.minimum.accumulate(rates, axis=0), axis=1)
     max_rps = tuple(tuple(round(float(r), RATE_DECIMALS) if round(float(r), RATE_DECIMALS) > 0 else None
                           for r in row) for row in rates)
     provenance = {"source": "estimated", "method": "roofline + continuous-batching model (melange.solver.perf_model)",

@@ -21,7 +21,8 @@ def test_estimated_profile_is_a_valid_profile_with_provenance():
     assert profile.provenance["constants"]["bandwidth_efficiency"] > 0
     assert profile.max_rps[0][0] > profile.max_rps[5][0] > 0
     assert profile.max_rps[9][0] is None  # 12001+ input tokens exceed Llama-3-8B's 8192 context
-    assert profile.max_rps[8][2] is not None and profile.max_rps[8][3] is None  # 8001 + 101 fits, 8001 + 251 not
+    fast = estimate_profile(CATALOG.model("llama-3-8b"), CATALOG.gpu("h100"), Slo(tpot_ms=120), paper_grid())
+    assert fast.max_rps[8][2] is not None and fast.max_rps[8][3] is None  # 8001 + 101 fits, 8001 + 251 does not
 
 
 def test_bucket_size_shortens_to_the_context():
@@ -104,3 +105,13 @@ def test_longer_request_buckets_never_get_a_higher_rate(model, gpu, tp):
     for i, row in enumerate(profile.max_rps):
         served = [rate for rate in row if rate is not None]
         assert served == sorted(served, reverse=True), f"input bucket {i}: {served}"
+
+
+@pytest.mark.parametrize("gpu", ["l4", "a10g", "l40s", "a100-80gb", "h100"])
+def test_a_tighter_slo_never_raises_a_bucket_rate(gpu):
+    profiles = [estimate_profile(CATALOG.model("llama-3-8b"), CATALOG.gpu(gpu), Slo(tpot_ms=t), paper_grid())
+                for t in (200, 120, 80, 50, 30)]
+    for looser, tighter in zip(profiles, profiles[1:]):
+        for loose_row, tight_row in zip(looser.max_rps, tighter.max_rps):
+            for loose, tight in zip(loose_row, tight_row):
+                assert tight is None or (loose is not None and tight <= loose)
