@@ -35,6 +35,8 @@ from melange.solver.problem import Problem
 from melange.solver.profiles import Profile, Slo
 from melange.solver.solve import solve
 
+CATALOG = shipped_catalog()
+MODEL = CATALOG.model("llama-2-7b")
 CATALOG_NAMES = {"L4": "L4", "A10G": "A10G", "A100": "A100-80GB", "H100": "H100-SXM"}
 SLO = Slo(tpot_ms=120.0)
 RATES = (1, 2, 4, 8, 16, 32)
@@ -43,16 +45,14 @@ HEADROOM_UTILISATION = 0.85
 
 def observations(measured: Problem) -> dict[str, Observation]:
     """The measured tables as fitting observations (every servable cell)."""
-    catalog = shipped_catalog()
-    model = catalog.model("llama-2-7b")
     found = {}
     for profile in measured.profiles:
         grid = profile.grid
         cells = [(grid.input_edges[i], grid.output_edges[j], rate) for i, row in enumerate(profile.max_rps)
                  for j, rate in enumerate(row) if rate]
         inputs, outputs, rates = zip(*cells)
-        found[profile.gpu] = Observation(catalog.gpu(CATALOG_NAMES[profile.gpu]), model, inputs, outputs, rates,
-                                         SLO.tpot_ms / 1e3)
+        found[profile.gpu] = Observation(CATALOG.gpu(CATALOG_NAMES[profile.gpu]), MODEL, inputs, outputs, rates,
+                                         SLO.tpot_s)
     return found
 
 
@@ -62,12 +62,10 @@ def error_row(label: str, errors: np.ndarray) -> list[str]:
 
 def estimated_problem(measured: Problem, constants: PerfConstants) -> Problem:
     """The same workload and options with profiles estimated from specs instead of measured."""
-    catalog = shipped_catalog()
-    model = catalog.model("llama-2-7b")
     grid = measured.workload.grid
     profiles = []
     for profile in measured.profiles:
-        estimate = estimate_profile(model, catalog.gpu(CATALOG_NAMES[profile.gpu]), SLO, grid, constants=constants)
+        estimate = estimate_profile(MODEL, CATALOG.gpu(CATALOG_NAMES[profile.gpu]), SLO, grid, constants=constants)
         profiles.append(Profile("llama-2-7b", profile.gpu, grid, estimate.max_rps, SLO, 1, estimate.provenance))
     return Problem(measured.workload, measured.options, tuple(profiles))
 

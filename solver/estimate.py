@@ -63,8 +63,7 @@ def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid,
     sizes = [bucket_size(grid, i, j, model.context_length) for i in range(grid.shape[0]) for j in range(grid.shape[1])]
     inputs = np.array([size[0] if size else 1 for size in sizes], float)
     outputs = np.array([size[1] if size else 1 for size in sizes], float)
-    rates = replica.max_rate(inputs, outputs, None if slo.tpot_ms is None else slo.tpot_ms / 1e3,
-                             None if slo.ttft_ms is None else slo.ttft_ms / 1e3)
+    rates = replica.max_rate(inputs, outputs, slo.tpot_s, slo.ttft_s)
     rates = np.where([size is not None for size in sizes], rates, 0.0).reshape(grid.shape)
     rates = np.minimum.accumulate(np.minimum.accumulate(rates, axis=0), axis=1)
     max_rps = tuple(tuple(round(float(r), RATE_DECIMALS) if round(float(r), RATE_DECIMALS) > 0 else None

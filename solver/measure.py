@@ -111,9 +111,9 @@ def judge_trial(rate: float, results: Sequence[RequestResult], slo: Slo, warmup_
     reason = ""
     if failed:
         reason = f"{len(failed)} of {len(results)} requests failed: {failed[0].error}"
-    elif slo.tpot_ms is not None and (tpot > slo.tpot_ms / 1e3 or tail_tpot > (1 + TAIL_TOLERANCE) * slo.tpot_ms / 1e3):
+    elif slo.tpot_s is not None and (tpot > slo.tpot_s or tail_tpot > (1 + TAIL_TOLERANCE) * slo.tpot_s):
         reason = f"TPOT {1e3 * tpot:.1f} ms (last third {1e3 * tail_tpot:.1f} ms) > {slo.tpot_ms:g} ms"
-    elif slo.ttft_ms is not None and (ttft > slo.ttft_ms / 1e3 or tail_ttft > (1 + TAIL_TOLERANCE) * slo.ttft_ms / 1e3):
+    elif slo.ttft_s is not None and (ttft > slo.ttft_s or tail_ttft > (1 + TAIL_TOLERANCE) * slo.ttft_s):
         reason = f"TTFT {1e3 * ttft:.1f} ms (last third {1e3 * tail_ttft:.1f} ms) > {slo.ttft_ms:g} ms"
     return TrialResult(rate, len(results), len(failed), tpot, ttft, not reason, reason)
 
@@ -335,14 +335,12 @@ def measure_profile(config: MeasureConfig, model: ModelSpec, gpu: GpuSpec, tenso
         inputs, outputs, rates = zip(*points)
         slo = config.slo
         constants = fit_constants([Observation(gpu, model, inputs, outputs, rates,
-                                               None if slo.tpot_ms is None else slo.tpot_ms / 1e3,
-                                               None if slo.ttft_ms is None else slo.ttft_ms / 1e3, tensor_parallel)])
+                                               slo.tpot_s, slo.ttft_s, tensor_parallel)])
         estimate = estimate_profile(model, gpu, Slo(slo.tpot_ms, slo.ttft_ms), grid, tensor_parallel, constants)
         provenance.update(estimate.provenance)
         provenance["method"] = "performance model fitted to measured buckets (melange profile measure --fit)"
         provenance["fitted_to"] = [{"input_tokens": i, "output_tokens": o, "max_rps": r} for i, o, r in points]
         return Profile(model.name, gpu.name, grid, estimate.max_rps, config.slo, tensor_parallel, provenance)
-    provenance["source"] = "measured"
     max_rps = tuple(tuple(None if measured.get((i, j)) is None else round(measured[(i, j)], 4)
                           for j in range(columns)) for i in range(rows))
     return Profile(model.name, gpu.name, grid, max_rps, config.slo, tensor_parallel,

@@ -24,6 +24,14 @@ class Slo:
     ttft_ms: float | None = None
     percentile: float | None = None
 
+    @property
+    def tpot_s(self) -> float | None:
+        return None if self.tpot_ms is None else self.tpot_ms / 1e3
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.ttft_ms is None else self.ttft_ms / 1e3
+
     def describe(self) -> str:
         stat = "mean" if self.percentile is None else f"p{self.percentile:g}"
         parts = [f"{stat} TPOT <= {self.tpot_ms:g} ms" if self.tpot_ms is not None else "",
