@@ -24,7 +24,7 @@ from melange.solver.inputs import (LoadedInputs, assemble, load_bundle, load_doc
                                    load_trace_workload, load_workload)
 from melange.solver.measure import MeasureError
 from melange.solver.problem import Problem
-from melange.solver.profile_cli import add_profile_parser
+from melange.solver.profile_cli import add_profile_parser, slo_from_flags
 from melange.solver.solve import MODES, solve
 
 EXIT_USER_ERROR = 2
@@ -145,12 +145,7 @@ def _live_workload(args: argparse.Namespace, grid: BucketGrid) -> Workload:
 
 def catalog_slo(tpot_ms: float | None, ttft_ms: float | None) -> Slo:
     """The SLO from --tpot-ms/--ttft-ms; mean TPOT 120 ms (the paper's relaxed SLO) when neither is given."""
-    if tpot_ms is None and ttft_ms is None:
-        tpot_ms = 120.0
-    for flag, value in (("--tpot-ms", tpot_ms), ("--ttft-ms", ttft_ms)):
-        if value is not None:
-            number(value, flag, minimum=0, strict_minimum=True)
-    return Slo(tpot_ms=tpot_ms, ttft_ms=ttft_ms)
+    return slo_from_flags(120.0 if tpot_ms is None and ttft_ms is None else tpot_ms, ttft_ms)
 
 
 def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:

@@ -57,17 +57,16 @@ def add_profile_parser(commands: argparse._SubParsersAction) -> None:
     measure.set_defaults(handler=_run_measure)
 
 
-def profile_slo(args: argparse.Namespace) -> Slo:
-    """The SLO of the flags; at least one bound."""
-    if args.tpot_ms is None and args.ttft_ms is None:
+def slo_from_flags(tpot_ms: float | None, ttft_ms: float | None, percentile: float | None = None) -> Slo:
+    """The SLO of --tpot-ms/--ttft-ms/--percentile, checked; at least one bound."""
+    if tpot_ms is None and ttft_ms is None:
         raise InputError("melange profile", "no SLO", "--tpot-ms and/or --ttft-ms")
-    for flag, value in (("--tpot-ms", args.tpot_ms), ("--ttft-ms", args.ttft_ms)):
+    for flag, value in (("--tpot-ms", tpot_ms), ("--ttft-ms", ttft_ms)):
         if value is not None:
             number(value, flag, minimum=0, strict_minimum=True)
-    percentile = getattr(args, "percentile", None)
     if percentile is not None:
         number(percentile, "--percentile", minimum=0, strict_minimum=True, maximum=100)
-    return Slo(args.tpot_ms, args.ttft_ms, percentile)
+    return Slo(tpot_ms, ttft_ms, percentile)
 
 
 def _grid(args: argparse.Namespace) -> BucketGrid:
@@ -102,7 +101,8 @@ def write_profile(profile: Profile, output: Path | None) -> None:
 
 def _run_estimate(args: argparse.Namespace) -> int:
     catalog = load_catalog(args.catalog)
-    profile = estimate_profile(resolve_model(catalog, args.model), catalog.gpu(args.gpu), profile_slo(args),
+    profile = estimate_profile(resolve_model(catalog, args.model), catalog.gpu(args.gpu),
+                               slo_from_flags(args.tpot_ms, args.ttft_ms),
                                _grid(args), tensor_parallel=args.tp, constants=load_constants(args.constants))
     write_profile(profile, args.output)
     return 0
@@ -119,7 +119,7 @@ def _run_measure(args: argparse.Namespace) -> int:
                          "1 <= --min-requests <= --max-requests")
     state = args.state or (args.output.with_suffix(args.output.suffix + ".state.json") if args.output else None)
     config = MeasureConfig(endpoint=args.endpoint.rstrip("/"), served_model=args.served_model,
-                           slo=profile_slo(args), grid=_grid(args), trial_seconds=args.trial_seconds,
+                           slo=slo_from_flags(args.tpot_ms, args.ttft_ms, args.percentile), grid=_grid(args), trial_seconds=args.trial_seconds,
                            min_requests=args.min_requests, max_requests=args.max_requests,
                            precision=args.precision, prompt=args.prompt, seed=args.seed)
     profile = measure_profile(config, model, gpu, args.tp, state_path=state, fit=args.fit)
