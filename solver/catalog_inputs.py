@@ -63,9 +63,10 @@ def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Se
     """One option per chosen GPU shape, priced from the catalog (or `prices`), each with a shipped
     or freshly estimated profile for `model` at `slo` on `grid`."""
     prices = {k.lower(): v for k, v in (prices or {}).items()}
-    options, profiles = [], []
+    options, profiles, chosen_names = [], [], set()
     for name, gpus in choices:
         gpu = catalog.gpu(name)
+        chosen_names |= {name.lower(), gpu.name.lower(), *gpu.aliases}
         price = next((prices[key] for key in [name.lower(), gpu.name.lower(), *gpu.aliases] if key in prices),
                      gpu.price_per_hour)
         option_name = gpu.name.lower() + (f"-x{gpus}" if gpus > 1 else "")
@@ -74,8 +75,7 @@ def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Se
         options.append(GpuOption(option_name, price, gpu=gpu.name, gpus_per_replica=gpus))
         profiles.append(_shipped_match(model, gpu, gpus, slo, grid)
                         or estimate_profile(model, gpu, slo, grid, tensor_parallel=gpus))
-    unknown = sorted(set(prices) - {n.lower() for n, _ in choices}
-                     - {a for n, _ in choices for a in (catalog.gpu(n).name.lower(), *catalog.gpu(n).aliases)})
+    unknown = sorted(set(prices) - chosen_names)
     if unknown:
         raise InputError("--price", f"{unknown[0]!r} is not among --gpus", "GPU=USD for a GPU given in --gpus")
     return tuple(options), profiles
