@@ -37,26 +37,26 @@ def test_option_without_profile_is_named(tmp_path):
         load_bundle(path)
 
 
-def test_profile_on_another_grid_is_rejected(tmp_path):
+def bundle_with_changed_l4(tmp_path, **changes):
+    """The example bundle with its L4 profile replaced by a copy carrying `changes`."""
     profile = yaml.safe_load((ARENA / "profiles" / "l4.yaml").read_text())
-    profile["grid"]["input_edges"] = [25, 100, 250, 500, 1000, 4000]
+    profile.update(changes)
     (tmp_path / "l4.yaml").write_text(yaml.safe_dump(profile))
     path, data = write_bundle(tmp_path)
     data["profiles"][0] = str(tmp_path / "l4.yaml")
     path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_profile_on_another_grid_is_rejected(tmp_path):
+    grid = {"input_edges": [25, 100, 250, 500, 1000, 4000], "output_edges": [25, 100, 250, 500, 1000, 2000]}
     with pytest.raises(InputError, match="does not match the workload's grid"):
-        load_bundle(path)
+        load_bundle(bundle_with_changed_l4(tmp_path, grid=grid))
 
 
 def test_profiles_for_different_slos_are_rejected(tmp_path):
-    profile = yaml.safe_load((ARENA / "profiles" / "l4.yaml").read_text())
-    profile["slo"] = {"tpot_ms": 40}
-    (tmp_path / "l4.yaml").write_text(yaml.safe_dump(profile))
-    path, data = write_bundle(tmp_path)
-    data["profiles"][0] = str(tmp_path / "l4.yaml")
-    path.write_text(yaml.safe_dump(data))
     with pytest.raises(InputError, match="different SLOs"):
-        load_bundle(path)
+        load_bundle(bundle_with_changed_l4(tmp_path, slo={"tpot_ms": 40}))
 
 
 def test_bundle_with_trace_workload(tmp_path):

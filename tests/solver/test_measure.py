@@ -21,6 +21,7 @@ from melange.solver.perf_fit import Observation, fit_constants
 from melange.solver.perf_model import PerfConstants
 from melange.solver.profiles import Slo
 
+from ..integration.prometheus_server import free_port
 from .imitation_server import ImitatedGpu, capacity
 
 
@@ -83,12 +84,6 @@ def test_fit_recovers_known_constants():
     held_out = Observation(gpu, model, (100, 4000), (100, 50), (1.0, 1.0), 0.12)  # sizes the fit never saw
     assert np.allclose(observed.estimate(fitted), observed.max_rps, rtol=0.05)
     assert np.allclose(held_out.estimate(fitted), held_out.estimate(truth), rtol=0.15)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_imitation(port: int) -> subprocess.Popen:
