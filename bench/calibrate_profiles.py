@@ -26,11 +26,11 @@ import numpy as np
 from common import print_table
 from reproduce_paper import GPUS, arena_problem
 
-from melange.solver.catalog import shipped_catalog
-from melange.solver.estimate import estimate_profile
+from melange.solver.profiling.catalog import shipped_catalog
+from melange.solver.profiling.estimate import estimate_profile
 from melange.solver.ilp import IlpSettings
-from melange.solver.perf_fit import Observation, fit_constants, relative_errors
-from melange.solver.perf_model import FITTED_CONSTANTS, PerfConstants
+from melange.solver.profiling.perf_fit import Observation, fit_constants, relative_errors
+from melange.solver.profiling.perf_model import FITTED_CONSTANTS, PerfConstants
 from melange.solver.problem import Problem
 from melange.solver.profiles import Profile, Slo
 from melange.solver.solve import solve

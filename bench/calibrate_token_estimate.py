@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import print_table
 
-from melange.operator.request_size import estimate_text_tokens
+from melange.operator.router.request_size import estimate_text_tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,31 +21,13 @@ import time
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
 from common import print_table
 
-CHUNKS = [f'data: {{"choices": [{{"text": "t{k}"}}]}}\n\n'.encode() for k in range(16)] + [b"data: [DONE]\n\n"]
-
-
-def run_upstream(port: int) -> None:
-    async def complete(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        if body.get("stream"):
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            for chunk in CHUNKS:
-                await response.write(chunk)
-            await response.write_eof()
-            return response
-        return web.json_response({"choices": [{"text": "ok"}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}})
-
-    app = web.Application()
-    app.router.add_post("/v1/completions", complete)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
-
+from melange.operator.router.proxy import Router, serve
+from melange.testing.openai_upstream import run_upstream, stream_chunks
+from melange.testing.ports import wait_for_port
 
 def run_router(port: int, table: str) -> None:
-    from melange.operator.router import Router, serve
     serve(Router(Path(table), "bench"), "127.0.0.1", port)
 
 
@@ -88,17 +70,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_for(port: int) -> None:
-    import socket
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
@@ -112,12 +83,12 @@ def main() -> None:
                  multiprocessing.Process(target=run_router, args=(router_port, str(table)), daemon=True)]
     for process in processes:
         process.start()
-    wait_for(upstream_port)
-    wait_for(router_port)
+    wait_for_port(upstream_port)
+    wait_for_port(router_port)
     rows = []
     try:
         for stream in (False, True):
-            kind = "streaming (17 SSE chunks)" if stream else "non-streaming"
+            kind = f"streaming ({len(stream_chunks(16))} SSE events)" if stream else "non-streaming"
             direct = asyncio.run(serial_latency(f"http://127.0.0.1:{upstream_port}", 500, stream))
             routed = asyncio.run(serial_latency(f"http://127.0.0.1:{router_port}", 500, stream))
             direct_load = asyncio.run(measure(f"http://127.0.0.1:{upstream_port}", args.requests, stream, 32))

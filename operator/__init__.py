@@ -1,4 +1,4 @@
-"""The Kubernetes side of Mélange: kopf handlers, the planner and the size-aware router.
+"""The Kubernetes side of Mélange: the kopf operator and (in `router`) the size-aware router.
 
 It depends on `melange.solver`, never the other way round.
 """

@@ -1,1 +1,4 @@
-"""The cluster-free core of Mélange: data model, profiles, workloads and the cost-minimising ILP."""
+"""The core of Mélange: buckets, workloads, GPU options, profiles, the cost-minimising ILP and its
+report, file formats. Pure and cluster-free: no network, and no imports of `profiling`, `metrics`,
+`cli` or `melange.operator`.
+"""

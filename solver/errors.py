@@ -25,3 +25,12 @@ class InfeasibleError(InputError):
         self.buckets = tuple(buckets)
         shown = ", ".join(buckets[:12]) + (f" and {len(buckets) - 12} more" if len(buckets) > 12 else "")
         super().__init__("infeasible", f"{reason}: {shown}")
+
+
+class UnavailableError(RuntimeError):
+    """A server we depend on (Prometheus, a server being profiled) could not give a trustworthy answer.
+
+    The CLI prints it as one line and exits 3; the operator keeps the last good allocation.
+    """
+
+    what = "server"

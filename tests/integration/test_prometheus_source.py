@@ -9,11 +9,12 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
 from melange.solver.buckets import paper_grid
-from melange.solver.prometheus_source import (MIX_INDEPENDENT, MIX_ROUTER, MetricsError, PrometheusConfig,
+from melange.solver.metrics.prometheus_source import (MIX_INDEPENDENT, MIX_ROUTER, MetricsError, PrometheusConfig,
                                               PrometheusSource)
-from melange.solver.traffic_player import CHAT, DOCUMENTS, Shape, SizeMix, Stream, VllmMetrics
+from melange.solver.metrics.traffic_player import CHAT, DOCUMENTS, Shape, SizeMix, Stream, VllmMetrics
 
-from .prometheus_server import PrometheusServer, free_port
+from melange.testing.prometheus_server import PrometheusServer
+from melange.testing.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ WINDOW_S = 12.0
 GRID = paper_grid()
 # Independent input/output lengths whose ranges end on vLLM's 1-2-5 bucket edges: the marginal path
 # assumes sizes uniform inside a vLLM bucket, and cannot see a range ending mid-bucket (that error is
-# measured in tests/solver/test_histograms.py).
+# measured in tests/solver/metrics/test_histograms.py).
 PRODUCT_MIX = SizeMix((Shape(1.0, (21, 2000), (11, 500)),))
 ODD_NAME = 'we"ird\\model} or vector(1)'
 
@@ -203,7 +204,7 @@ def test_counter_reset_keeps_the_rate():
 def test_cli_solves_on_live_traffic(traffic, capsys):
     import json
 
-    from melange.solver.cli import main
+    from melange.solver.cli.main import main
 
     from ..conftest import EXAMPLES
     prometheus, _, _ = traffic

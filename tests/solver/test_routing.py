@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from melange.operator.routing_config import table_from_dict
+from melange.operator.router.routing_config import table_from_dict
 from melange.solver.buckets import BucketGrid
 from melange.solver.errors import InputError
 from melange.solver.ilp import IlpSettings

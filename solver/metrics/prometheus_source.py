@@ -1,0 +1,265 @@
+"""Live workload from Prometheus: a vLLM service's request rate and size mix on any solver grid.
+
+The mix comes from the size-aware router's joint (input, output) counter when Prometheus has it,
+else from vLLM's prompt and generation token histograms combined as if input and output lengths
+were independent (the result says so). Faults never turn into a silent zero: an unreachable or
+failing Prometheus raises MetricsError naming the URL; no series, stale series and too few
+requests are reported in `LiveWorkload.status` for the caller to decide.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from melange.solver.buckets import BucketGrid
+from melange.solver.errors import InputError, UnavailableError
+from melange.solver.metrics.histograms import cumulative_to_intervals, rebin, rebin_joint
+from melange.solver.metrics.metric_names import (DEFAULT_MIN_REQUESTS, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS,
+                                         ROUTER_OUTPUT_LABEL, ROUTER_SIZE_EDGES, VLLM_GENERATION_TOKENS,
+                                         VLLM_PROMPT_TOKENS, VLLM_REQUEST_SUCCESS, vllm_name_regex)
+from melange.solver.workload import Workload, make_workload
+
+SELECTOR_LABELS = ("model_name", "namespace", "job", "pod", "service", "instance")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+MIX_ROUTER = "router_joint"
+MIX_INDEPENDENT = "vllm_marginals_independent"
+
+
+class MetricsError(UnavailableError):
+    """Prometheus could not give a trustworthy answer (down, slow, an error, NaN). Names the URL."""
+
+    what = "metrics"
+
+
+def parse_duration(text: str, where: str = "window") -> float:
+    """Seconds in a Prometheus-style duration such as '30s', '10m', '1h'."""
+    match = _DURATION.match(str(text).strip())
+    if not match or float(match.group(1)) <= 0:
+        raise InputError(where, f"cannot read duration {text!r}", "a positive number with ms, s, m, h or d, e.g. 10m")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def escape_label_value(value: str) -> str:
+    """A PromQL double-quoted string body for `value`: backslash, quote and newlines escaped, so a
+    label value can never end the string and inject PromQL."""
+    return (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r"))
+
+
+def label_matchers(selector: Mapping[str, str]) -> str:
+    """`name="value",...` for an equality selector; label names are checked, values escaped."""
+    parts = []
+    for name in sorted(selector):
+        if not _LABEL_NAME.match(name) or name == "__name__":
+            raise InputError(f"selector.{name}", "not a valid label name", "[a-zA-Z_][a-zA-Z0-9_]*, not __name__")
+        value = selector[name]
+        if not isinstance(value, str):
+            raise InputError(f"selector.{name}", f"expected a string, got {value!r}")
+        parts.append(f'{name}="{escape_label_value(value)}"')
+    return ",".join(parts)
+
+
+@dataclass(frozen=True)
+class PrometheusConfig:
+    """Where and what to query. `selector` is label equality (model_name, namespace, job, ...)."""
+
+    url: str
+    selector: Mapping[str, str] = field(default_factory=dict)
+    window_s: float = 600.0
+    bearer_token: str | None = None
+    ca_bundle: str | None = None
+    timeout_s: float = 10.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    min_requests: int = DEFAULT_MIN_REQUESTS
+
+
+def read_bearer_token(token_file: str | None = None, token_env: str | None = None) -> str | None:
+    """The bearer token from a file (e.g. a mounted service-account token) or an environment variable."""
+    if token_file:
+        try:
+            return Path(token_file).read_text().strip() or None
+        except OSError as error:
+            raise InputError(token_file, f"cannot read bearer token: {error.strerror}") from None
+    if token_env:
+        value = os.environ.get(token_env)
+        if not value:
+            raise InputError(token_env, "environment variable is not set or empty")
+        return value.strip()
+    return None
+
+
+@dataclass(frozen=True)
+class LiveWorkload:
+    """`status`: ok; too_few_requests (the mix rests on fewer than `min_requests` requests);
+    no_series (nothing matches the selector: a rate of 0 here means "unknown", not "idle"); stale
+    (the series stopped updating). `workload` is None when there is no mix to report."""
+
+    status: str
+    rate: float
+    requests_in_window: float
+    window_s: float
+    mix_source: str | None
+    workload: Workload | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def trustworthy(self) -> bool:
+        return self.status == "ok"
+
+
+class PrometheusSource:
+    """Queries one Prometheus server; thin shell over prometheus-api-client."""
+
+    def __init__(self, config: PrometheusConfig) -> None:
+        if not re.match(r"^https?://", config.url or ""):
+            raise InputError("prometheus.url", f"not an http(s) URL: {config.url!r}", "http://host:9090")
+        if not (config.window_s > 0) or math.isinf(config.window_s):
+            raise InputError("prometheus.window", f"got {config.window_s!r}", "a positive duration")
+        self.config = config
+        self._matchers = label_matchers(config.selector)
+        session = requests.Session()
+        session.verify = config.ca_bundle or True
+        retry = Retry(total=config.retries, connect=config.retries, read=config.retries,
+                      backoff_factor=config.backoff_s, status_forcelist=(429, 500, 502, 503, 504),
+                      allowed_methods=("GET",), raise_on_status=False)
+        headers = {"Authorization": f"Bearer {config.bearer_token}"} if config.bearer_token else None
+        self._client = PrometheusConnect(url=config.url.rstrip("/"), headers=headers, retry=retry, session=session,
+                                         timeout=config.timeout_s)
+
+    def _selector(self, name_regex: str) -> str:
+        extra = f",{self._matchers}" if self._matchers else ""
+        return f'{{__name__=~"{name_regex}"{extra}}}'
+
+    def _window(self) -> str:
+        return f"{int(round(self.config.window_s))}s"
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """Run an instant query; any failure becomes a MetricsError naming the URL."""
+        try:
+            return self._client.custom_query(promql)
+        except PrometheusApiClientException as error:
+            raise MetricsError(f"Prometheus at {self.config.url} rejected a query: {error}") from None
+        except requests.RequestException as error:
+            raise MetricsError(f"Prometheus at {self.config.url} is unreachable or too slow "
+                               f"(timeout {self.config.timeout_s:g}s, {self.config.retries} retries): "
+                               f"{type(error).__name__}") from None
+        except ValueError as error:  # a body that is not JSON
+            raise MetricsError(f"Prometheus at {self.config.url} sent an unreadable answer: {error}") from None
+
+    def _scalar(self, promql: str) -> float | None:
+        result = self.query(promql)
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        if not math.isfinite(value):
+            raise MetricsError(f"Prometheus at {self.config.url} returned {value} for {promql}")
+        return value
+
+    def _vector(self, promql: str, *labels: str) -> dict[tuple[float, ...], float]:
+        values: dict[tuple[float, ...], float] = {}
+        for sample in self.query(promql):
+            value = float(sample["value"][1])
+            if math.isnan(value) or math.isinf(value):
+                raise MetricsError(f"Prometheus at {self.config.url} returned {value} for {promql}")
+            key = tuple(float(sample["metric"].get(label, "nan")) for label in labels)
+            if any(math.isnan(k) for k in key):
+                continue
+            values[key] = values.get(key, 0.0) + value
+        return values
+
+    def request_rate(self) -> tuple[float | None, float | None]:
+        """Requests/s and requests finished over the window; (None, None) when no series matches."""
+        selector = self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))
+        rate = self._scalar(f"sum(rate({selector}[{self._window()}]))")
+        count = self._scalar(f"sum(increase({selector}[{self._window()}]))")
+        return rate, count
+
+    def is_live(self) -> bool:
+        """True when the request counter still has a current (non-stale) sample."""
+        return self._scalar(f"count({self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))})") is not None
+
+    def router_mix(self, grid: BucketGrid) -> tuple[list[list[float]], float] | None:
+        """The router's joint counts on `grid` (and the count beyond it), or None if it has none."""
+        promql = (f"sum by ({ROUTER_INPUT_LABEL}, {ROUTER_OUTPUT_LABEL}) "
+                  f"(increase({self._selector(ROUTER_JOINT_REQUESTS)}[{self._window()}]))")
+        cells = self._vector(promql, ROUTER_INPUT_LABEL, ROUTER_OUTPUT_LABEL)
+        if not cells or sum(cells.values()) <= 0:
+            return None
+        return rebin_joint({(i, o): c for (i, o), c in cells.items()}, ROUTER_SIZE_EDGES, grid.input_edges,
+                           grid.output_edges)
+
+    def marginal(self, metric: str, edges: tuple[int, ...]) -> tuple[list[float], float] | None:
+        """A vLLM token histogram's counts over the window on solver `edges`, or None if it has none."""
+        promql = f"sum by (le) (increase({self._selector(vllm_name_regex(metric, '_bucket'))}[{self._window()}]))"
+        buckets = {key[0]: value for key, value in self._vector(promql, "le").items()}
+        if not buckets or max(buckets.values()) <= 0:
+            return None
+        rebinned = rebin(cumulative_to_intervals(buckets), edges)
+        return list(rebinned.counts), rebinned.beyond
+
+    def workload(self, grid: BucketGrid) -> LiveWorkload:
+        """The live workload on `grid`. Raises MetricsError when Prometheus fails."""
+        rate, count = self.request_rate()
+        window = self.config.window_s
+        if rate is None:
+            return LiveWorkload("no_series", 0.0, 0.0, window, None, None,
+                                (f"no series match {self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))} "
+                                 f"at {self.config.url}",))
+        notes: list[str] = []
+        status = "ok" if self.is_live() else "stale"
+        if status == "stale":
+            notes.append("the request counter has no current sample: the service or its scrape target is gone")
+        joint = self.router_mix(grid)
+        if joint is not None:
+            matrix, beyond = joint
+            source = MIX_ROUTER
+            notes.append("size mix from the router's joint (input, output) counter")
+        else:
+            inputs = self.marginal(VLLM_PROMPT_TOKENS, grid.input_edges)
+            outputs = self.marginal(VLLM_GENERATION_TOKENS, grid.output_edges)
+            if inputs is None or outputs is None:
+                return LiveWorkload("no_series" if status == "ok" else status, rate, count or 0.0, window, None,
+                                    None, tuple(notes + ["no token histograms in the window"]))
+            matrix, beyond = _independent(inputs, outputs)
+            source = MIX_INDEPENDENT
+            notes.append("size mix from vLLM's prompt and generation histograms, assuming input and output "
+                         "lengths are independent")
+        placed = sum(map(sum, matrix))
+        if placed <= 0:
+            return LiveWorkload(status, rate, count or 0.0, window, source, None,
+                                tuple(notes + ["every request lies beyond the grid"]))
+        if beyond > 0:
+            notes.append(f"{100 * beyond / (placed + beyond):.2f}% of requests lie beyond the grid and are left out")
+        requests_seen = count or 0.0
+        if status == "ok" and requests_seen < self.config.min_requests:
+            status = "too_few_requests"
+            notes.append(f"only {requests_seen:.0f} requests in the window (< {self.config.min_requests}): "
+                         "the mix is not trustworthy")
+        workload = make_workload(rate, grid, [[v / placed for v in row] for row in matrix], "prometheus",
+                                 notes=notes)
+        return LiveWorkload(status, rate, requests_seen, window, source, workload, tuple(notes))
+
+
+def _independent(inputs: tuple[list[float], float], outputs: tuple[list[float], float]) -> tuple[list[list[float]], float]:
+    """Joint counts as the product of the marginals (scaled to the input histogram's total)."""
+    input_counts, input_beyond = inputs
+    output_counts, output_beyond = outputs
+    input_total = sum(input_counts) + input_beyond
+    output_total = sum(output_counts) + output_beyond
+    if input_total <= 0 or output_total <= 0:
+        return [[0.0] * len(output_counts) for _ in input_counts], 0.0
+    matrix = [[a * b / output_total for b in output_counts] for a in input_counts]
+    placed = sum(map(sum, matrix))
+    return matrix, max(0.0, input_total - placed)

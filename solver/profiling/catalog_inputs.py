@@ -1,0 +1,81 @@
+"""GPU options and profiles straight from the catalog, for `melange solve --model M --gpus ...`:
+shipped estimated profiles where they match the request, estimated on the spot otherwise, so a
+solve needs no profiling at all."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from melange.solver.buckets import BucketGrid
+from melange.solver.profiling.catalog import Catalog, GpuSpec, ModelSpec
+from melange.solver.checks import number
+from melange.solver.errors import InputError
+from melange.solver.profiling.estimate import estimate_profile
+from melange.solver.options import GpuOption
+from melange.solver.profiles import Profile, Slo
+from melange.solver.profiling.shipped_profiles import shipped_profiles
+
+
+def parse_gpu_choices(value: str) -> list[tuple[str, int]]:
+    """`l4,a10g,h100:2` -> [("l4", 1), ("a10g", 1), ("h100", 2)]: GPU names with GPUs per replica."""
+    choices = []
+    for part in value.split(","):
+        name, _, count = part.strip().partition(":")
+        if not name:
+            raise InputError("--gpus", f"empty GPU name in {value!r}", "GPU[:GPUS_PER_REPLICA],... e.g. l4,a10g,h100:2")
+        try:
+            gpus = int(count) if count else 1
+        except ValueError:
+            raise InputError("--gpus", f"{count!r} is not a whole number of GPUs per replica",
+                             "GPU[:GPUS_PER_REPLICA], e.g. h100:2") from None
+        if gpus < 1:
+            raise InputError("--gpus", f"{part.strip()!r} asks for {gpus} GPUs per replica", "1 or more")
+        choices.append((name, gpus))
+    return choices
+
+
+def parse_prices(values: Sequence[str]) -> dict[str, float]:
+    """`GPU=USD` pairs overriding catalog prices (per GPU, per hour)."""
+    prices = {}
+    for item in values:
+        name, sep, price = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError("--price", f"cannot read {item!r}", "GPU=USD_PER_HOUR, e.g. h100=4.5")
+        try:
+            prices[name.strip().lower()] = number(float(price), f"--price {name.strip()}", minimum=0,
+                                                  strict_minimum=True)
+        except ValueError:
+            raise InputError("--price", f"{price!r} is not a number", "GPU=USD_PER_HOUR") from None
+    return prices
+
+
+def _shipped_match(model: ModelSpec, gpu: GpuSpec, gpus: int, slo: Slo, grid: BucketGrid) -> Profile | None:
+    spec = {"memory_gb": gpu.memory_gb, "bandwidth_gb_s": gpu.bandwidth_gb_s, "fp16_tflops": gpu.fp16_tflops}
+    for profile in shipped_profiles(model.name):
+        if (profile.gpu == gpu.name and profile.gpus_per_replica == gpus and profile.slo == slo
+                and profile.grid == grid and profile.provenance.get("gpu_spec") == spec):
+            return profile
+    return None
+
+
+def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Sequence[tuple[str, int]], slo: Slo,
+                                 grid: BucketGrid, prices: Mapping[str, float] | None = None
+                                 ) -> tuple[tuple[GpuOption, ...], list[Profile]]:
+    """One option per chosen GPU shape, priced from the catalog (or `prices`), each with a shipped
+    or freshly estimated profile for `model` at `slo` on `grid`."""
+    prices = {k.lower(): v for k, v in (prices or {}).items()}
+    options, profiles, chosen_names = [], [], set()
+    for name, gpus in choices:
+        gpu = catalog.gpu(name)
+        chosen_names |= {name.lower(), gpu.name.lower(), *gpu.aliases}
+        price = next((prices[key] for key in [name.lower(), gpu.name.lower(), *gpu.aliases] if key in prices),
+                     gpu.price_per_hour)
+        option_name = gpu.name.lower() + (f"-x{gpus}" if gpus > 1 else "")
+        if any(o.name == option_name for o in options):
+            raise InputError("--gpus", f"{name}:{gpus} is given twice", "each GPU shape once")
+        options.append(GpuOption(option_name, price, gpu=gpu.name, gpus_per_replica=gpus))
+        profiles.append(_shipped_match(model, gpu, gpus, slo, grid)
+                        or estimate_profile(model, gpu, slo, grid, tensor_parallel=gpus))
+    unknown = sorted(set(prices) - chosen_names)
+    if unknown:
+        raise InputError("--price", f"{unknown[0]!r} is not among --gpus", "GPU=USD for a GPU given in --gpus")
+    return tuple(options), profiles

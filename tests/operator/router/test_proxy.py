@@ -1,0 +1,170 @@
+"""The router against local OpenAI-compatible upstreams on 127.0.0.1."""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from melange.operator.router.proxy import SERVER_OPTIONS, Router, build_app
+from melange.testing.openai_upstream import serve_app, stream_chunks, upstream_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+STREAM_CHUNKS = stream_chunks()
+
+
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    return await serve_app(app, **SERVER_OPTIONS)
+
+
+def table(urls: dict[str, str], input_weights: list[dict[str, float]]) -> dict:
+    return {"grid": {"input_edges": [100, 1000], "output_edges": [100, 1000]},
+            "pools": {name: {"urls": [url]} for name, url in urls.items()}, "input_weights": input_weights}
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path):
+    runners, urls = [], {}
+    disconnects: asyncio.Queue = asyncio.Queue()
+    for name in ("a", "b"):
+        runner, url = await serve(upstream_app(name, disconnects))
+        runners.append(runner)
+        urls[name] = url
+    urls["down"] = "http://127.0.0.1:9"  # discard port: nothing listens
+    path = tmp_path / "routing.json"
+    path.write_text(json.dumps(table(urls, [{"a": 0.7, "b": 0.3}, {"down": 0.5, "b": 0.5}])))
+    router = Router(path, model_name="m", seed=1)
+    runner, router_url = await serve(build_app(router, reload_interval_s=0.05))
+    runners.append(runner)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        session.disconnects = disconnects
+        yield router, router_url, urls, path, session
+    for runner in runners:
+        await runner.cleanup()
+
+
+async def send_many(session, url: str, count: int, prompt: str = "hi") -> list[tuple[int, str]]:
+    semaphore = asyncio.Semaphore(64)
+
+    async def one():
+        async with semaphore:
+            async with session.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": 5}) as response:
+                data = await response.json()
+                return response.status, data.get("served_by", "")
+    return await asyncio.gather(*(one() for _ in range(count)))
+
+
+async def test_shares_follow_the_table(cluster):
+    router, url, _, _, session = cluster
+    results = await send_many(session, url, 10_000)
+    assert all(status == 200 for status, _ in results)
+    shares = Counter(name for _, name in results)
+    assert shares["a"] / 10_000 == pytest.approx(0.7, abs=0.02)
+    assert shares["b"] / 10_000 == pytest.approx(0.3, abs=0.02)
+    assert router.metrics.joint.labels("m", "16", "32")._value.get() == 10_000  # sizes from each `usage`
+
+
+async def test_streaming_passes_through_byte_for_byte(cluster):
+    router, url, _, _, session = cluster
+    async with session.post(f"{url}/v1/completions", json={"prompt": "hi", "stream": True}) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        received = await response.read()
+    assert received == b"".join(STREAM_CHUNKS)
+    exposed = router.metrics.joint.labels("m", "10", "20")._value.get()
+    assert exposed == 1  # usage from the stream fed the joint size counter
+
+
+async def test_reload_under_load_loses_nothing(cluster):
+    router, url, urls, path, session = cluster
+    load = asyncio.create_task(send_many(session, url, 3000))
+    await asyncio.sleep(0.2)
+    path.write_text(json.dumps(table(urls, [{"b": 1.0}, {"b": 1.0}])) + " ")
+    results = await load
+    assert all(status == 200 for status, _ in results)
+    after = await send_many(session, url, 200)
+    assert {name for _, name in after} == {"b"}
+
+
+async def test_bad_table_keeps_the_last_good_one(cluster):
+    router, url, urls, path, session = cluster
+    path.write_text(json.dumps(table(urls, [{"nope": 1.0}, {"b": 1.0}])))
+    await asyncio.sleep(0.3)
+    assert router.metrics.reloads.labels("rejected")._value.get() >= 1
+    results = await send_many(session, url, 50)
+    assert {name for _, name in results} <= {"a", "b"} and all(s == 200 for s, _ in results)
+
+
+async def test_down_pool_is_skipped_before_any_byte(cluster):
+    router, url, _, _, session = cluster
+    results = await send_many(session, url, 200, prompt="x" * 1200)  # ~300 tokens: bucket 1 (down or b)
+    assert all(status == 200 for status, _ in results)
+    assert {name for _, name in results} == {"b"}
+    assert router.metrics.errors.labels("down")._value.get() >= 1
+
+
+async def test_bad_input(cluster):
+    router, url, urls, path, session = cluster
+    async with session.post(f"{url}/v1/completions", data=b"{not json") as response:
+        assert response.status == 400 and "JSON" in (await response.json())["error"]["message"]
+    async with session.post(f"{url}/v1/completions", data=b"x" * (9 * 1024 * 1024)) as response:
+        assert response.status == 413
+    path.write_text(json.dumps(table(urls, [{"a": 1.0}, {}])))
+    await asyncio.sleep(0.3)
+    async with session.post(f"{url}/v1/completions", json={"prompt": "y" * 1200}) as response:
+        assert response.status == 503 and (await response.json())["error"]["type"] == "no_pool_available"
+    async with session.get(f"{url}/v1/models") as response:
+        assert response.status == 200
+
+
+async def test_client_disconnect_cancels_the_upstream_request(cluster):
+    router, url, _, _, session = cluster
+    for stream in (False, True):
+        with pytest.raises(asyncio.TimeoutError):
+            async with session.post(f"{url}/v1/completions", json={"prompt": "slow", "stream": stream},
+                                    timeout=aiohttp.ClientTimeout(total=0.3)) as response:
+                await response.read()
+        # the upstream would run 5 s; it must see its connection close soon after the client left
+        assert await asyncio.wait_for(session.disconnects.get(), timeout=2.0) in {"a", "b"}
+    await asyncio.sleep(0.1)
+    assert sum(sum(state.outstanding.values()) for state in router.pools.values()) == 0
+
+
+async def routed_by(router_url: str, session, prompt: str, count: int) -> Counter:
+    results = await send_many(session, router_url, count, prompt=prompt)
+    assert all(status == 200 for status, _ in results)
+    return Counter(name for _, name in results)
+
+
+async def test_exact_counting_through_tokenize(cluster, tmp_path):
+    _, url, urls, path, session = cluster
+    prompt = "word " * 90  # 90 tokens by /tokenize (bucket 0: a or b), ~115 estimated (bucket 1: b only)
+    assert set(await routed_by(url, session, prompt, 100)) == {"b"}
+    exact = Router(path, model_name="m", seed=2, tokenize=True)
+    runner, exact_url = await serve(build_app(exact))
+    try:
+        shares = await routed_by(exact_url, session, prompt, 400)
+        assert shares["a"] / 400 == pytest.approx(0.7, abs=0.1)
+        assert exact.metrics.tokenize_fallbacks._value.get() == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_tokenize_falls_back_to_the_estimate(cluster, tmp_path):
+    _, _, _, _, session = cluster
+    upstream, upstream_url = await serve(upstream_app("no-tokenize", tokenize=False))
+    path = tmp_path / "plain.json"
+    path.write_text(json.dumps(table({"no-tokenize": upstream_url}, [{"no-tokenize": 1.0}, {"no-tokenize": 1.0}])))
+    router = Router(path, tokenize=True)
+    runner, url = await serve(build_app(router))
+    try:
+        assert set(await routed_by(url, session, "word " * 90, 20)) == {"no-tokenize"}
+        assert router.metrics.tokenize_fallbacks._value.get() == 20
+    finally:
+        await runner.cleanup()
+        await upstream.cleanup()

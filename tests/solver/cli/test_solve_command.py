@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from melange.solver.cli.main import main
+
+from ...conftest import EXAMPLES
+
+ARENA = EXAMPLES / "arena-llama2-7b"
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_table_output(capsys):
+    code, out, _ = run(capsys, "solve", ARENA / "bundle.yaml")
+    assert code == 0
+    assert "mix" in out and "vs best single type" in out and "routable mode" in out
+
+
+def test_json_output_is_only_json(capsys):
+    code, out, _ = run(capsys, "solve", ARENA / "bundle.yaml", "--rate", "1", "--output", "json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["status"] == "optimal"
+    assert document["replicas"] == {"l4": 1, "a10g": 1, "a100-80gb": 0, "h100": 0}
+    assert document["cost_per_hour"] == pytest.approx(1.71)
+    assert document["single_type"]["h100"] == pytest.approx(7.516)
+
+
+def test_separate_files_and_flags(capsys):
+    code, out, _ = run(capsys, "solve", "--workload", ARENA / "workload.yaml", "--options", ARENA / "options.yaml",
+                       "--profiles", *sorted((ARENA / "profiles").glob("*.yaml")), "--mode", "routable",
+                       "--target-utilisation", "0.8", "--output", "json")
+    document = json.loads(out)
+    assert code == 0 and document["mode"] == "routable"
+    for option in document["options"]:
+        if option["replicas"]:
+            assert option["utilisation"] <= 0.8 + 1e-6
+
+
+def test_console_script_keeps_stdout_clean_with_highs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "melange.solver.cli", "solve", str(ARENA / "bundle.yaml"),
+                             "--output", "json", "--solver", "highs"], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout)["status"] == "optimal"
+
+
+def test_reference_json_accepted_unchanged(tmp_path, capsys):
+    path = tmp_path / "example.json"
+    path.write_text(json.dumps({"gpu_info": {"g0": {"cost": 0.86, "tputs": [[7.6], [0.41]]},
+                                             "g1": {"cost": 4.88, "tputs": [[0.49], [2.56]]}},
+                                "workload_distribution": [[0.6078424999887332], [0.392157500011267]],
+                                "total_request_rate": 20, "slice_factor": 2}))
+    for solver in ("highs", "cbc"):
+        code, out, _ = run(capsys, "solve", path, "--output", "json", "--solver", solver)
+        document = json.loads(out)
+        assert code == 0 and document["cost_per_hour"] == pytest.approx(18.06)
+        assert document["replicas"] == {"g0": 21, "g1": 0}
+
+
+def bad_reference(tmp_path, **changes):
+    data = {"gpu_info": {"A": {"cost": 1.0, "tputs": [[1.0, 1.0]]}}, "workload_distribution": [[0.5, 0.5]],
+            "total_request_rate": 1.0, "slice_factor": 1}
+    data.update(changes)
+    path = tmp_path / "ref.json"
+    path.write_text(json.dumps(data).replace('"NaN"', "NaN"))
+    return path
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"gpu_info": {"A": {"cost": 1.0, "tputs": [[1.0, 0]]}}}, "no GPU option can serve these buckets: in#0 out#1"),
+    ({"total_request_rate": -3}, "rate: must be >= 0"),
+    ({"total_request_rate": "NaN"}, "rate: must be a finite number"),
+    ({"workload_distribution": []}, "workload_distribution: must not be empty"),
+    ({"workload_distribution": [[0.5, 0.5], [0.5]]}, "workload_distribution[1]: has 1 entries"),
+])
+def test_user_errors_are_one_line_exit_2(tmp_path, capsys, changes, message):
+    code, out, err = run(capsys, "solve", bad_reference(tmp_path, **changes), "--output", "json")
+    assert code == 2 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_solver_is_one_line_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "melange.solver.cli", "solve", str(ARENA / "bundle.yaml"),
+                             "--solver", "glpk"], capture_output=True, text=True)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "invalid choice: 'glpk'" in result.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--rate", "nan"], "--rate: must be a finite number"),
+    (["--rate", "-1"], "--rate: must be >= 0"),
+    (["--slice-factor", "0"], "slice_factor"),
+    (["--target-utilisation", "1.5"], "target_utilisation"),
+    (["--current", "l4"], "--current"),
+])
+def test_bad_flags(capsys, flags, message):
+    code, out, err = run(capsys, "solve", ARENA / "bundle.yaml", *flags)
+    assert code == 2 and message in err and out == ""
+
+
+def test_infeasible_quota_is_reported(tmp_path, capsys):
+    data = yaml.safe_load((ARENA / "bundle.yaml").read_text())
+    data["profiles"] = [str(ARENA / p) for p in data["profiles"]]
+    for option in data["options"]:
+        option["max_replicas"] = 0
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, _, err = run(capsys, "solve", path)
+    assert code == 2 and "infeasible" in err
+
+
+def test_missing_inputs(capsys):
+    code, _, err = run(capsys, "solve", "--options", ARENA / "options.yaml")
+    assert code == 2 and "missing --workload or --trace" in err
