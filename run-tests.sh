@@ -24,9 +24,11 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.melange-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  # Not `python -m pip`: with the checkout root as the first import path, the project's `operator/`
+  # folder would shadow the standard library's `operator` module.
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
 
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/pytest "$@"
