@@ -126,12 +126,14 @@ def read_trace(path: Path) -> list[TraceRequest]:
         content = path.read_text()
     except OSError as error:
         raise InputError(str(path), f"cannot read trace: {error.strerror}") from None
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        requests = list(_jsonl_requests(content, str(path)))
-    else:
-        requests = list(_csv_requests(content, str(path)))
+    return parse_trace(content, str(path), jsonl=path.suffix.lower() in (".jsonl", ".ndjson"))
+
+
+def parse_trace(content: str, where: str, jsonl: bool) -> list[TraceRequest]:
+    """Read a trace's text (CSV, or JSONL when `jsonl`); `where` names it in errors."""
+    requests = list(_jsonl_requests(content, where) if jsonl else _csv_requests(content, where))
     if not requests:
-        raise InputError(str(path), "trace holds no requests")
+        raise InputError(where, "trace holds no requests")
     return requests
 
 

@@ -57,6 +57,11 @@ def _shipped_match(model: ModelSpec, gpu: GpuSpec, gpus: int, slo: Slo, grid: Bu
     return None
 
 
+def catalog_profile(model: ModelSpec, gpu: GpuSpec, gpus: int, slo: Slo, grid: BucketGrid) -> Profile:
+    """The shipped profile for this shape when one matches exactly, else a fresh estimate."""
+    return _shipped_match(model, gpu, gpus, slo, grid) or estimate_profile(model, gpu, slo, grid, tensor_parallel=gpus)
+
+
 def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Sequence[tuple[str, int]], slo: Slo,
                                  grid: BucketGrid, prices: Mapping[str, float] | None = None
                                  ) -> tuple[tuple[GpuOption, ...], list[Profile]]:
@@ -73,8 +78,7 @@ def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Se
         if any(o.name == option_name for o in options):
             raise InputError("--gpus", f"{name}:{gpus} is given twice", "each GPU shape once")
         options.append(GpuOption(option_name, price, gpu=gpu.name, gpus_per_replica=gpus))
-        profiles.append(_shipped_match(model, gpu, gpus, slo, grid)
-                        or estimate_profile(model, gpu, slo, grid, tensor_parallel=gpus))
+        profiles.append(catalog_profile(model, gpu, gpus, slo, grid))
     unknown = sorted(set(prices) - chosen_names)
     if unknown:
         raise InputError("--price", f"{unknown[0]!r} is not among --gpus", "GPU=USD for a GPU given in --gpus")

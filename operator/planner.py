@@ -1,0 +1,295 @@
+"""From an allocation to the Kubernetes objects that run it, as plain dicts (no API calls).
+
+Per GPU option in use: a vLLM Deployment and a Service (`<service>-<option>`), and with Karpenter a
+`karpenter.sh/v1` NodePool whose GPU limit follows the replicas. In front: the routing ConfigMap,
+the router Deployment and the Service clients call (`<service>`). Every object carries the owner
+reference (NodePools, cluster-scoped, cannot: they carry labels and are deleted explicitly), the
+`app.kubernetes.io/*` labels and a hash of its content, so an unchanged object is never written.
+
+vLLM flags follow the production-stack chart's shape (`vllm serve MODEL --host --port
+--tensor-parallel-size ...`, a memory-backed /dev/shm for tensor parallelism, probes on /health),
+github.com/vllm-project/production-stack helm/templates/deployment-vllm-multi.yaml.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from melange.operator.spec import GpuOptionSpec, ServiceSpec
+from melange.solver.profiles import Profile
+
+GROUP, VERSION, KIND = "melange.ai", "v1alpha1", "LLMService"
+API_VERSION = f"{GROUP}/{VERSION}"
+MANAGED_BY = "melange-operator"
+SERVICE_LABEL = f"{GROUP}/service"
+OPTION_LABEL = f"{GROUP}/option"
+HASH_ANNOTATION = f"{GROUP}/spec-hash"
+ROUTING_KEY = "routing.json"
+ROUTING_MOUNT = "/etc/melange/routing"
+ROUTER_PORT = 8080
+SERVICE_PORT = 8000
+GPU_RESOURCE = "nvidia.com/gpu"
+NODEPOOL_LABEL = "karpenter.sh/nodepool"
+AWS_GPU_NAME_LABEL = "karpenter.k8s.aws/instance-gpu-name"
+# vLLM serving settings a profile may record (provenance.serving or the estimator's constants),
+# passed to `vllm serve` so that what runs is what was planned.
+SERVING_FLAGS = {"max_num_seqs": "--max-num-seqs", "gpu_memory_utilization": "--gpu-memory-utilization",
+                 "max_model_len": "--max-model-len"}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The LLMService the objects belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Images:
+    """Defaults from the operator's flags, used where the spec names no image."""
+
+    vllm: str = "vllm/vllm-openai:v0.11.0"
+    router: str = "ghcr.io/melange-ai/melange-operator:0.1.0"
+
+
+def pool_name(owner: Owner, option: str) -> str:
+    """Name of an option's Deployment and Service."""
+    return f"{owner.name}-{option}"
+
+
+def routing_config_name(owner: Owner) -> str:
+    return f"{owner.name}-routing"
+
+
+def router_name(owner: Owner) -> str:
+    return f"{owner.name}-router"
+
+
+def nodepool_name(owner: Owner, option: str) -> str:
+    """NodePools are cluster-scoped: the namespace is part of the name."""
+    return f"{owner.namespace}-{owner.name}-{option}"
+
+
+def pool_url(owner: Owner, option: str, port: int = SERVICE_PORT) -> str:
+    """The in-cluster URL of an option's Service (resolves through the pod's DNS search path)."""
+    return f"http://{pool_name(owner, option)}.{owner.namespace}.svc:{port}"
+
+
+def labels(owner: Owner, component: str, option: str | None = None) -> dict[str, str]:
+    """The labels of every owned object; `melange.ai/service` and `melange.ai/option` select them."""
+    result = {"app.kubernetes.io/name": "vllm" if component == "pool" else "melange-router"
+              if component == "router" else "melange",
+              "app.kubernetes.io/instance": owner.name, "app.kubernetes.io/component": component,
+              "app.kubernetes.io/managed-by": MANAGED_BY, SERVICE_LABEL: owner.name}
+    if option is not None:
+        result[OPTION_LABEL] = option
+    return result
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": KIND, "name": owner.name, "uid": owner.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def content_hash(obj: Mapping[str, Any]) -> str:
+    """A short hash of an object's desired content (its hash annotation left out)."""
+    body = json.loads(json.dumps(obj, sort_keys=True))
+    body.get("metadata", {}).get("annotations", {}).pop(HASH_ANNOTATION, None)
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _finish(obj: dict[str, Any], owner: Owner, namespaced: bool = True) -> dict[str, Any]:
+    if namespaced:
+        obj["metadata"]["namespace"] = owner.namespace
+        obj["metadata"]["ownerReferences"] = [owner_reference(owner)]
+    obj["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = content_hash(obj)
+    return obj
+
+
+def serving_args(profile: Profile) -> list[str]:
+    """The `vllm serve` flags a profile was made under (estimates: the estimator's constants)."""
+    provenance = profile.provenance
+    settings = dict(provenance.get("constants") or {}) if isinstance(provenance.get("constants"), Mapping) else {}
+    if isinstance(provenance.get("serving"), Mapping):
+        settings.update(provenance["serving"])
+    return [arg for key, flag in SERVING_FLAGS.items() if settings.get(key) is not None
+            for arg in (flag, str(settings[key]))]
+
+
+def _merge_resources(user: Mapping[str, Any], gpus: int) -> dict[str, Any]:
+    """The user's resources with the GPU count forced in; quantities as strings (the client needs them so)."""
+    resources = {kind: {k: str(v) for k, v in dict(user.get(kind) or {}).items()} for kind in ("requests", "limits")}
+    resources["limits"][GPU_RESOURCE] = str(gpus)
+    resources["requests"][GPU_RESOURCE] = str(gpus)
+    return resources
+
+
+def vllm_deployment(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: int, profile: Profile,
+                    images: Images) -> dict[str, Any]:
+    """The vLLM Deployment of one GPU option."""
+    port = spec.serving.port
+    selector = {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name}
+    args = [spec.model, "--served-model-name", spec.model, "--host", "0.0.0.0", "--port", str(port),
+            "--tensor-parallel-size", str(option.gpus_per_replica), *serving_args(profile), *spec.serving.args]
+    probe = {"httpGet": {"path": "/health", "port": "http"}}
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "image": spec.serving.image or images.vllm,
+        "command": ["vllm", "serve"],
+        "args": args,
+        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+        "env": [dict(e) for e in spec.serving.env],
+        "resources": _merge_resources(spec.serving.resources, option.gpus_per_replica),
+        # Loading weights can take many minutes: the startup probe allows 30 min before liveness starts.
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 3, "timeoutSeconds": 5},
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "nodeSelector": dict(option.node_selector),
+        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule; the pods tolerate that taint.
+        "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
+                        *[dict(t) for t in option.tolerations]],
+        "terminationGracePeriodSeconds": 60,
+    }
+    if spec.node_pool_provider == "karpenter":
+        pod_spec["nodeSelector"][NODEPOOL_LABEL] = nodepool_name(owner, option.name)
+    if option.gpus_per_replica > 1:  # NCCL between tensor-parallel workers needs a large shared memory
+        pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
+        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    return _finish({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": pool_name(owner, option.name), "labels": labels(owner, "pool", option.name)},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector},
+            # A GPU is rarely free for a surge pod: replace one replica at a time instead.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": labels(owner, "pool", option.name),
+                             "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+                                             "prometheus.io/path": "/metrics"}},
+                "spec": pod_spec,
+            },
+        },
+    }, owner)
+
+
+def pool_service(owner: Owner, spec: ServiceSpec, option: str) -> dict[str, Any]:
+    """The Service in front of one option's pods; the router reaches the pool through it."""
+    return _finish({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": pool_name(owner, option), "labels": labels(owner, "pool", option)},
+        "spec": {"selector": {SERVICE_LABEL: owner.name, OPTION_LABEL: option},
+                 "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]},
+    }, owner)
+
+
+def routing_config_map(owner: Owner, table: Mapping[str, Any]) -> dict[str, Any]:
+    """The routing table the router reads from its mounted file."""
+    return _finish({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": routing_config_name(owner), "labels": labels(owner, "routing")},
+        "data": {ROUTING_KEY: json.dumps(table, indent=1, sort_keys=True)},
+    }, owner)
+
+
+def router_deployment(owner: Owner, spec: ServiceSpec, images: Images) -> dict[str, Any]:
+    """The size-aware router: it reads the routing ConfigMap (re-read when the file changes)."""
+    probe_port = {"port": "http"}
+    return _finish({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": router_name(owner), "labels": labels(owner, "router")},
+        "spec": {
+            "replicas": spec.router_replicas,
+            "selector": {"matchLabels": {SERVICE_LABEL: owner.name, "app.kubernetes.io/component": "router"}},
+            "template": {
+                "metadata": {"labels": labels(owner, "router"),
+                             "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(ROUTER_PORT),
+                                             "prometheus.io/path": "/metrics"}},
+                "spec": {
+                    "containers": [{
+                        "name": "router",
+                        "image": spec.router_image or images.router,
+                        "command": ["melange-router"],
+                        "args": ["--table", f"{ROUTING_MOUNT}/{ROUTING_KEY}", "--port", str(ROUTER_PORT),
+                                 "--model-name", spec.model],
+                        "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
+                        "readinessProbe": {"httpGet": {"path": "/readyz", **probe_port}, "periodSeconds": 5},
+                        "livenessProbe": {"httpGet": {"path": "/healthz", **probe_port}, "periodSeconds": 15},
+                        "resources": {"requests": {"cpu": "250m", "memory": "128Mi"},
+                                      "limits": {"cpu": "2", "memory": "512Mi"}},
+                        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True}],
+                    }],
+                    "volumes": [{"name": "routing", "configMap": {"name": routing_config_name(owner)}}],
+                },
+            },
+        },
+    }, owner)
+
+
+def router_service(owner: Owner) -> dict[str, Any]:
+    """The Service clients call: `http://<service>.<namespace>.svc:8000/v1/...`."""
+    return _finish({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": owner.name, "labels": labels(owner, "router")},
+        "spec": {"selector": {SERVICE_LABEL: owner.name, "app.kubernetes.io/component": "router"},
+                 "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}]},
+    }, owner)
+
+
+def nodepool(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: int, profile: Profile) -> dict[str, Any]:
+    """A Karpenter v1 NodePool for one option: GPU nodes for its pods, at most the GPUs it needs.
+
+    Requirements: the option's nodeSelector, and on AWS (`karpenter.k8s.aws` node classes) the GPU
+    name label (https://karpenter.sh/docs/reference/instance-types/: instance-gpu-name is lower case).
+    """
+    requirements = [{"key": key, "operator": "In", "values": [value]}
+                    for key, value in sorted(option.node_selector.items())]
+    if spec.node_class_ref and spec.node_class_ref.get("group") == "karpenter.k8s.aws" \
+            and not any(r["key"] == AWS_GPU_NAME_LABEL for r in requirements):
+        requirements.append({"key": AWS_GPU_NAME_LABEL, "operator": "In",
+                             "values": [profile.gpu.lower().split("-")[0]]})
+    requirements.append({"key": "karpenter.sh/capacity-type", "operator": "In",
+                         "values": ["spot"] if option.spot else ["on-demand"]})
+    return _finish({
+        "apiVersion": "karpenter.sh/v1", "kind": "NodePool",
+        "metadata": {"name": nodepool_name(owner, option.name),
+                     "labels": {**labels(owner, "nodepool", option.name),
+                                f"{GROUP}/namespace": owner.namespace}},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name}},
+                "spec": {"nodeClassRef": dict(spec.node_class_ref or {}), "requirements": requirements,
+                         "taints": [{"key": GPU_RESOURCE, "effect": "NoSchedule"}],
+                         "expireAfter": "720h"},
+            },
+            "limits": {GPU_RESOURCE: str(replicas * option.gpus_per_replica)},
+            "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m"},
+        },
+    }, owner, namespaced=False)
+
+
+def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles: Mapping[str, Profile],
+         routing_table: Mapping[str, Any], images: Images = Images()) -> list[dict[str, Any]]:
+    """Every object the allocation `replicas` (option name -> replicas) needs, in apply order."""
+    objects: list[dict[str, Any]] = []
+    for option in spec.options:
+        count = replicas.get(option.name, 0)
+        if count <= 0:
+            continue
+        if spec.node_pool_provider == "karpenter":
+            objects.append(nodepool(owner, spec, option, count, profiles[option.name]))
+        objects.append(vllm_deployment(owner, spec, option, count, profiles[option.name], images))
+        objects.append(pool_service(owner, spec, option.name))
+    objects += [routing_config_map(owner, routing_table), router_deployment(owner, spec, images),
+                router_service(owner)]
+    return objects

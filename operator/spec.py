@@ -1,0 +1,338 @@
+"""The LLMService spec, read into frozen dataclasses with errors that name the field.
+
+The CRD's OpenAPI schema rejects what it can at admission; this reader checks again (an operator
+may run against objects written before a schema change, or under a server that skips CEL) and
+adds what a schema cannot know, so a bad spec is reported in status and changes nothing.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from melange.solver.buckets import BucketGrid, grid_from_dict
+from melange.solver.checks import integer, number, require_keys, require_mapping, sequence, text
+from melange.solver.errors import InputError
+from melange.solver.metrics.prometheus_source import parse_duration
+from melange.solver.profiles import Slo
+
+DNS_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+MODES = ("apply", "recommend")
+ROUTING_MODES = ("routable", "paper")
+WORKLOAD_SOURCES = ("static", "prometheus")
+NODE_POOL_PROVIDERS = ("none", "karpenter")
+DEFAULT_TARGET_UTILISATION = 0.85  # 15% headroom: estimated profiles err by 10-15% (README, calibration)
+
+
+@dataclass(frozen=True)
+class KeyRef:
+    """A key of a ConfigMap or Secret in the service's namespace."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class GpuOptionSpec:
+    """One `spec.gpuOptions[]` entry. `profile_inline`/`profile_ref` None: estimate from the catalog."""
+
+    name: str
+    gpu: str
+    price_per_hour: float | None
+    gpus_per_replica: int = 1
+    min_replicas: int = 0
+    max_replicas: int | None = None
+    spot: bool = False
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    profile_inline: Mapping[str, Any] | None = None
+    profile_ref: KeyRef | None = None
+
+
+@dataclass(frozen=True)
+class StaticWorkload:
+    rate: float
+    distribution: tuple[tuple[float, ...], ...] | None = None
+    trace_ref: KeyRef | None = None
+
+
+@dataclass(frozen=True)
+class PrometheusWorkload:
+    url: str | None = None
+    selector: Mapping[str, str] = field(default_factory=dict)
+    window_s: float = 600.0
+    window: str = "10m"
+    min_requests: int | None = None
+    bearer_token_ref: KeyRef | None = None
+    ca_ref: KeyRef | None = None
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    source: str
+    static: StaticWorkload | None
+    prometheus: PrometheusWorkload | None
+    grid: BucketGrid | None
+
+
+@dataclass(frozen=True)
+class ReallocationSpec:
+    interval_s: float = 60.0
+    target_utilisation: float = DEFAULT_TARGET_UTILISATION
+    min_savings_percent: float = 5.0
+    cooldown_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    image: str | None = None
+    args: tuple[str, ...] = ()
+    env: tuple[Mapping[str, Any], ...] = ()
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A whole LLMService spec."""
+
+    model: str
+    catalog_model: str | None
+    slo: Slo
+    options: tuple[GpuOptionSpec, ...]
+    workload: WorkloadSpec
+    reallocation: ReallocationSpec = ReallocationSpec()
+    mode: str = "apply"
+    routing_mode: str = "routable"
+    node_pool_provider: str = "none"
+    node_class_ref: Mapping[str, str] | None = None
+    serving: ServingSpec = ServingSpec()
+    router_image: str | None = None
+    router_replicas: int = 2
+
+    def option(self, name: str) -> GpuOptionSpec:
+        return next(o for o in self.options if o.name == name)
+
+
+_SPEC_FIELDS = ["model", "catalogModel", "slo", "gpuOptions", "workload", "reallocation", "mode", "routingMode",
+                "nodePools", "serving", "router"]
+_OPTION_FIELDS = ["name", "gpu", "pricePerHour", "gpusPerReplica", "minReplicas", "maxReplicas", "spot",
+                  "nodeSelector", "tolerations", "profile"]
+
+
+def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
+    """Read an LLMService `spec`; InputError names the first wrong field (e.g. `spec.gpuOptions[1].gpu`)."""
+    data = require_mapping(spec, where)
+    require_keys(data, where, ["model", "slo", "gpuOptions"], _SPEC_FIELDS)
+    options = tuple(_option(item, f"{where}.gpuOptions[{k}]")
+                    for k, item in enumerate(sequence(data["gpuOptions"], f"{where}.gpuOptions")))
+    seen: set[str] = set()
+    for k, option in enumerate(options):
+        if option.name in seen:
+            raise InputError(f"{where}.gpuOptions[{k}].name", f"duplicate option name {option.name!r}", "unique names")
+        seen.add(option.name)
+    catalog_model = _optional_text(data, "catalogModel", where)
+    if catalog_model is None:
+        unprofiled = [o.name for o in options if o.profile_inline is None and o.profile_ref is None]
+        if unprofiled:
+            raise InputError(f"{where}.catalogModel", f"missing, and option {unprofiled[0]!r} has no profile",
+                             "a catalog model to estimate profiles from, or a profile on every option")
+    realloc = _reallocation(data.get("reallocation", {}), f"{where}.reallocation")
+    node_pools = require_mapping(data.get("nodePools", {}), f"{where}.nodePools")
+    require_keys(node_pools, f"{where}.nodePools", [], ["provider", "nodeClassRef"])
+    provider = _choice(node_pools.get("provider", "none"), f"{where}.nodePools.provider", NODE_POOL_PROVIDERS)
+    node_class = node_pools.get("nodeClassRef")
+    if node_class is not None:
+        node_class = require_mapping(node_class, f"{where}.nodePools.nodeClassRef")
+        require_keys(node_class, f"{where}.nodePools.nodeClassRef", ["group", "kind", "name"])
+        node_class = {k: text(node_class[k], f"{where}.nodePools.nodeClassRef.{k}") for k in ("group", "kind", "name")}
+    if provider == "karpenter" and node_class is None:
+        raise InputError(f"{where}.nodePools.nodeClassRef", "missing for provider karpenter",
+                         "{group, kind, name} of the node class, e.g. karpenter.k8s.aws EC2NodeClass default")
+    router = require_mapping(data.get("router", {}), f"{where}.router")
+    require_keys(router, f"{where}.router", [], ["image", "replicas"])
+    return ServiceSpec(
+        model=text(data["model"], f"{where}.model"),
+        catalog_model=catalog_model,
+        slo=_slo(data["slo"], f"{where}.slo"),
+        options=options,
+        workload=_workload(data.get("workload", {"source": "static"}), f"{where}.workload"),
+        reallocation=realloc,
+        mode=_choice(data.get("mode", "apply"), f"{where}.mode", MODES),
+        routing_mode=_choice(data.get("routingMode", "routable"), f"{where}.routingMode", ROUTING_MODES),
+        node_pool_provider=provider,
+        node_class_ref=node_class,
+        serving=_serving(data.get("serving", {}), f"{where}.serving"),
+        router_image=_optional_text(router, "image", f"{where}.router"),
+        router_replicas=integer(router.get("replicas", 2), f"{where}.router.replicas", minimum=1),
+    )
+
+
+def _choice(value: Any, where: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InputError(where, f"unknown value {value!r}", ", ".join(allowed))
+    return value
+
+
+def _optional_text(data: Mapping[str, Any], key: str, where: str) -> str | None:
+    return None if data.get(key) is None else text(data[key], f"{where}.{key}")
+
+
+def _key_ref(value: Any, where: str) -> KeyRef:
+    data = require_mapping(value, where)
+    require_keys(data, where, ["name", "key"])
+    return KeyRef(text(data["name"], f"{where}.name"), text(data["key"], f"{where}.key"))
+
+
+def _dns_label(value: Any, where: str, max_length: int) -> str:
+    name = text(value, where)
+    if (len(name) > max_length or set(name) - DNS_LABEL_CHARS or name.startswith("-") or name.endswith("-")):
+        raise InputError(where, f"{name!r} is not a DNS label of at most {max_length} characters",
+                         "lower-case letters, digits and '-', starting and ending alphanumeric")
+    return name
+
+
+def _slo(value: Any, where: str) -> Slo:
+    data = require_mapping(value, where)
+    require_keys(data, where, [], ["tpotMs", "ttftMs", "percentile"])
+    bounds = {key: None if data.get(key) is None else number(data[key], f"{where}.{key}", minimum=0,
+                                                                 strict_minimum=True)
+              for key in ("tpotMs", "ttftMs")}
+    if bounds["tpotMs"] is None and bounds["ttftMs"] is None:
+        raise InputError(where, "no latency bound", "tpotMs and/or ttftMs")
+    percentile = data.get("percentile")
+    if percentile is not None:
+        percentile = number(percentile, f"{where}.percentile", minimum=0, strict_minimum=True, maximum=100)
+    return Slo(bounds["tpotMs"], bounds["ttftMs"], percentile)
+
+
+def _option(value: Any, where: str) -> GpuOptionSpec:
+    data = require_mapping(value, where)
+    require_keys(data, where, ["name", "gpu"], _OPTION_FIELDS)
+    max_replicas = None if data.get("maxReplicas") is None else integer(data["maxReplicas"], f"{where}.maxReplicas",
+                                                                        minimum=0)
+    min_replicas = integer(data.get("minReplicas", 0), f"{where}.minReplicas", minimum=0)
+    if max_replicas is not None and min_replicas > max_replicas:
+        raise InputError(f"{where}.minReplicas", f"{min_replicas} is above maxReplicas {max_replicas}",
+                         "minReplicas <= maxReplicas")
+    spot = data.get("spot", False)
+    if not isinstance(spot, bool):
+        raise InputError(f"{where}.spot", f"expected true or false, got {spot!r}")
+    selector = require_mapping(data.get("nodeSelector", {}), f"{where}.nodeSelector")
+    for key, label in selector.items():
+        if not isinstance(label, str):
+            raise InputError(f"{where}.nodeSelector.{key}", f"expected a string, got {label!r}")
+    tolerations = tuple(require_mapping(t, f"{where}.tolerations[{k}]")
+                        for k, t in enumerate(sequence(data.get("tolerations", []), f"{where}.tolerations",
+                                                       nonempty=False)))
+    inline, ref = None, None
+    if data.get("profile") is not None:
+        profile = require_mapping(data["profile"], f"{where}.profile")
+        require_keys(profile, f"{where}.profile", [], ["inline", "configMapRef"])
+        if ("inline" in profile) == ("configMapRef" in profile):
+            raise InputError(f"{where}.profile", "needs exactly one source", "inline or configMapRef")
+        if "inline" in profile:
+            inline = require_mapping(profile["inline"], f"{where}.profile.inline")
+        else:
+            ref = _key_ref(profile["configMapRef"], f"{where}.profile.configMapRef")
+    price = data.get("pricePerHour")
+    return GpuOptionSpec(
+        name=_dns_label(data["name"], f"{where}.name", 24),
+        gpu=text(data["gpu"], f"{where}.gpu"),
+        price_per_hour=None if price is None else number(price, f"{where}.pricePerHour", minimum=0,
+                                                         strict_minimum=True),
+        gpus_per_replica=integer(data.get("gpusPerReplica", 1), f"{where}.gpusPerReplica", minimum=1),
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        spot=spot,
+        node_selector=dict(selector),
+        tolerations=tolerations,
+        profile_inline=inline,
+        profile_ref=ref,
+    )
+
+
+def _workload(value: Any, where: str) -> WorkloadSpec:
+    data = require_mapping(value, where)
+    require_keys(data, where, [], ["source", "static", "prometheus", "grid"])
+    source = _choice(data.get("source", "static"), f"{where}.source", WORKLOAD_SOURCES)
+    grid = None
+    if data.get("grid") is not None:
+        raw = require_mapping(data["grid"], f"{where}.grid")
+        require_keys(raw, f"{where}.grid", ["inputEdges", "outputEdges"])
+        grid = grid_from_dict({"input_edges": raw["inputEdges"], "output_edges": raw["outputEdges"]}, f"{where}.grid")
+    static = None
+    if data.get("static") is not None:
+        raw = require_mapping(data["static"], f"{where}.static")
+        require_keys(raw, f"{where}.static", ["rate"], ["distribution", "traceConfigMapRef"])
+        if ("distribution" in raw) == ("traceConfigMapRef" in raw):
+            raise InputError(f"{where}.static", "needs exactly one mix", "distribution or traceConfigMapRef")
+        distribution = None
+        if "distribution" in raw:
+            distribution = tuple(tuple(number(v, f"{where}.static.distribution[{i}][{j}]", minimum=0)
+                                       for j, v in enumerate(sequence(row, f"{where}.static.distribution[{i}]")))
+                                 for i, row in enumerate(sequence(raw["distribution"], f"{where}.static.distribution")))
+        static = StaticWorkload(
+            rate=number(raw["rate"], f"{where}.static.rate", minimum=0),
+            distribution=distribution,
+            trace_ref=_key_ref(raw["traceConfigMapRef"], f"{where}.static.traceConfigMapRef")
+            if "traceConfigMapRef" in raw else None)
+    if source == "static" and static is None:
+        raise InputError(f"{where}.static", "missing for source static", "{rate, distribution | traceConfigMapRef}")
+    prometheus = None
+    if data.get("prometheus") is not None:
+        raw = require_mapping(data["prometheus"], f"{where}.prometheus")
+        require_keys(raw, f"{where}.prometheus", [], ["url", "selector", "window", "minRequests",
+                                                      "bearerTokenSecretRef", "caConfigMapRef"])
+        window = str(raw.get("window", "10m"))
+        selector = require_mapping(raw.get("selector", {}), f"{where}.prometheus.selector")
+        for key, label in selector.items():
+            if not isinstance(label, str):
+                raise InputError(f"{where}.prometheus.selector.{key}", f"expected a string, got {label!r}")
+        prometheus = PrometheusWorkload(
+            url=_optional_text(raw, "url", f"{where}.prometheus"),
+            selector=dict(selector),
+            window_s=parse_duration(window, f"{where}.prometheus.window"),
+            window=window,
+            min_requests=None if raw.get("minRequests") is None else integer(
+                raw["minRequests"], f"{where}.prometheus.minRequests", minimum=0),
+            bearer_token_ref=_key_ref(raw["bearerTokenSecretRef"], f"{where}.prometheus.bearerTokenSecretRef")
+            if "bearerTokenSecretRef" in raw else None,
+            ca_ref=_key_ref(raw["caConfigMapRef"], f"{where}.prometheus.caConfigMapRef")
+            if "caConfigMapRef" in raw else None)
+    elif source == "prometheus":
+        prometheus = PrometheusWorkload()
+    return WorkloadSpec(source, static, prometheus, grid)
+
+
+def _reallocation(value: Any, where: str) -> ReallocationSpec:
+    data = require_mapping(value, where)
+    require_keys(data, where, [], ["interval", "targetUtilisation", "minSavingsPercent", "cooldown"])
+    return ReallocationSpec(
+        interval_s=parse_duration(str(data.get("interval", "60s")), f"{where}.interval"),
+        target_utilisation=number(data.get("targetUtilisation", DEFAULT_TARGET_UTILISATION),
+                                  f"{where}.targetUtilisation", minimum=0, strict_minimum=True, maximum=1),
+        min_savings_percent=number(data.get("minSavingsPercent", 5.0), f"{where}.minSavingsPercent", minimum=0,
+                                   maximum=100),
+        cooldown_s=parse_duration(str(data.get("cooldown", "10m")), f"{where}.cooldown"),
+    )
+
+
+def _serving(value: Any, where: str) -> ServingSpec:
+    data = require_mapping(value, where)
+    require_keys(data, where, [], ["image", "args", "env", "resources", "port"])
+    args = tuple(text(a, f"{where}.args[{k}]") if isinstance(a, str) else _not_string(a, f"{where}.args[{k}]")
+                 for k, a in enumerate(sequence(data.get("args", []), f"{where}.args", nonempty=False)))
+    env = tuple(require_mapping(e, f"{where}.env[{k}]")
+                for k, e in enumerate(sequence(data.get("env", []), f"{where}.env", nonempty=False)))
+    for k, entry in enumerate(env):
+        text(entry.get("name"), f"{where}.env[{k}].name")
+    port = integer(data.get("port", 8000), f"{where}.port", minimum=1)
+    if port > 65535:
+        raise InputError(f"{where}.port", f"{port} is not a TCP port", "1-65535")
+    return ServingSpec(image=_optional_text(data, "image", where), args=args, env=env,
+                       resources=dict(require_mapping(data.get("resources", {}), f"{where}.resources")), port=port)
+
+
+def _not_string(value: Any, where: str) -> str:
+    raise InputError(where, f"expected a string, got {value!r}", "quote numbers in args, e.g. \"8192\"")

@@ -1,0 +1,61 @@
+"""The LLMService status: the solve's figures in camelCase and the conditions, as plain dicts."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from melange.solver.allocation import SolveReport
+
+CONDITION_TYPES = ("Ready", "Solved", "Infeasible", "InvalidSpec", "MetricsAvailable")
+
+
+def _money(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def solve_status(report: SolveReport, workload_source: str, window: str | None = None) -> dict[str, Any]:
+    """The status fields of a solve: allocation, $/h, best single type, savings, the other mode's $/h."""
+    allocation = report.allocation
+    best = report.best_single
+    other = report.other_mode
+    savings = report.savings_percent(best[1] if best else None)
+    status: dict[str, Any] = {
+        "allocation": {name: count for name, count in allocation.replicas.items()},
+        "costPerHour": _money(allocation.cost_per_hour),
+        "bestSingleType": None if best is None else {"name": best[0], "costPerHour": _money(best[1])},
+        "savingsPercent": None if savings is None else round(savings, 2),
+        "otherModeCostPerHour": _money(other.cost_per_hour) if other is not None and other.solved else None,
+        "workload": {"rate": round(report.rate, 6), "source": workload_source},
+    }
+    if window is not None:
+        status["workload"]["window"] = window
+    if report.notes:
+        status["workload"]["notes"] = list(report.notes)[:5]
+    return status
+
+
+def condition(kind: str, true: bool, reason: str, message: str, now: str, generation: int | None,
+              previous: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    """One condition in Kubernetes' shape; `lastTransitionTime` moves only when the status flips."""
+    status = "True" if true else "False"
+    old = next((c for c in previous if c.get("type") == kind), None)
+    since = old.get("lastTransitionTime", now) if old is not None and old.get("status") == status else now
+    result = {"type": kind, "status": status, "reason": reason, "message": message[:1024],
+              "lastTransitionTime": since}
+    if generation is not None:
+        result["observedGeneration"] = generation
+    return result
+
+
+def merge_conditions(previous: Sequence[Mapping[str, Any]], updates: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Previous conditions with `updates` replacing those of the same type, in a stable order."""
+    by_type = {c["type"]: dict(c) for c in previous if "type" in c}
+    by_type.update({c["type"]: dict(c) for c in updates})
+    order = {kind: k for k, kind in enumerate(CONDITION_TYPES)}
+    return sorted(by_type.values(), key=lambda c: (order.get(c["type"], len(order)), c["type"]))
+
+
+def describe_mix(allocation: Mapping[str, int]) -> str:
+    """'2 x l4 + 1 x a100' (options with replicas only), or 'nothing'."""
+    parts = [f"{count} x {name}" for name, count in allocation.items() if count > 0]
+    return " + ".join(parts) or "nothing"
