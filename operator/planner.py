@@ -107,7 +107,8 @@ def _finish(obj: dict[str, Any], owner: Owner, namespaced: bool = True) -> dict[
     if namespaced:
         obj["metadata"]["namespace"] = owner.namespace
         obj["metadata"]["ownerReferences"] = [owner_reference(owner)]
-    obj["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = content_hash(obj)
+    annotations = obj["metadata"].setdefault("annotations", {})
+    annotations[HASH_ANNOTATION] = content_hash(obj)
     return obj
 
 

@@ -1,0 +1,133 @@
+"""The planner's objects: what a vLLM operator would write by hand, valid for a recent Kubernetes."""
+from __future__ import annotations
+
+import json
+
+import kubernetes_validate
+import pytest
+
+from melange.operator.planner import HASH_ANNOTATION, Images, Owner, content_hash, plan, pool_url
+from melange.operator.spec import parse_spec
+from melange.solver.profiles import Profile, Slo
+from melange.solver.buckets import BucketGrid
+
+OWNER = Owner("chat", "llm", "1234-abcd")
+GRID = BucketGrid((100,), (100,))
+
+
+def profile(gpu: str, tp: int = 1, provenance: dict | None = None) -> Profile:
+    return Profile("m", gpu, GRID, ((1.0,),), Slo(tpot_ms=100), tp, provenance or {"source": "measured"})
+
+
+def spec(**overrides):
+    data = {"model": "meta-llama/Llama-3.1-8B", "slo": {"tpotMs": 100}, "catalogModel": "llama-3-8b",
+            "gpuOptions": [{"name": "l4", "gpu": "l4", "nodeSelector": {"gpu": "l4"},
+                            "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]},
+                           {"name": "h100x2", "gpu": "h100", "gpusPerReplica": 2},
+                           {"name": "a10g", "gpu": "a10g"}],
+            "workload": {"static": {"rate": 1, "distribution": [[1]]}},
+            "serving": {"args": ["--enable-prefix-caching"], "env": [{"name": "HF_HOME", "value": "/cache"}],
+                        "resources": {"limits": {"memory": "64Gi"}}}}
+    data.update(overrides)
+    return parse_spec(data)
+
+
+PROFILES = {"l4": profile("L4", provenance={"source": "estimated", "constants": {"max_num_seqs": 256,
+                                                                                 "gpu_memory_utilization": 0.9}}),
+            "h100x2": profile("H100", 2), "a10g": profile("A10G")}
+TABLE = {"grid": {"input_edges": [100], "output_edges": [100]}, "pools": {}, "input_weights": [{"l4": 1.0}]}
+
+
+def objects(**overrides) -> dict[tuple[str, str], dict]:
+    planned = plan(OWNER, spec(**overrides), {"l4": 3, "h100x2": 1, "a10g": 0}, PROFILES, TABLE, Images())
+    return {(o["kind"], o["metadata"]["name"]): o for o in planned}
+
+
+def test_one_pool_per_option_in_use_and_the_router_in_front():
+    assert sorted(objects()) == [("ConfigMap", "chat-routing"), ("Deployment", "chat-h100x2"), ("Deployment", "chat-l4"),
+                                 ("Deployment", "chat-router"), ("Service", "chat"), ("Service", "chat-h100x2"),
+                                 ("Service", "chat-l4")]
+
+
+@pytest.mark.parametrize("key", sorted(objects()), ids=lambda k: f"{k[0]}/{k[1]}")
+def test_every_object_is_valid_and_owned(key):
+    obj = objects()[key]
+    kubernetes_validate.validate(obj, "1.33", strict=True)
+    meta = obj["metadata"]
+    assert meta["namespace"] == "llm"
+    assert meta["ownerReferences"] == [{"apiVersion": "melange.ai/v1alpha1", "kind": "LLMService", "name": "chat",
+                                        "uid": "1234-abcd", "controller": True, "blockOwnerDeletion": True}]
+    assert {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+            "app.kubernetes.io/managed-by"} <= set(meta["labels"])
+    assert meta["labels"]["app.kubernetes.io/managed-by"] == "melange-operator"
+    assert meta["annotations"][HASH_ANNOTATION] == content_hash(obj)
+
+
+def test_a_vllm_pool_is_what_one_would_write_by_hand():
+    l4, h100 = objects()[("Deployment", "chat-l4")], objects()[("Deployment", "chat-h100x2")]
+    assert l4["spec"]["replicas"] == 3 and h100["spec"]["replicas"] == 1
+    container = l4["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["vllm", "serve"]
+    args = container["args"]
+    assert args[0] == "meta-llama/Llama-3.1-8B"
+    assert args[args.index("--served-model-name") + 1] == "meta-llama/Llama-3.1-8B"
+    assert args[args.index("--tensor-parallel-size") + 1] == "1"
+    assert args[args.index("--max-num-seqs") + 1] == "256"  # the estimate's serving settings are passed on
+    assert args[args.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert args[-1] == "--enable-prefix-caching"
+    assert container["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "1"}
+    assert container["env"] == [{"name": "HF_HOME", "value": "/cache"}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200  # a model load may take 20 min
+    pod = l4["spec"]["template"]
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8000"
+    assert pod["spec"]["nodeSelector"] == {"gpu": "l4"}
+    assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
+    assert "volumes" not in pod["spec"]  # no /dev/shm without tensor parallelism
+    h100_container = h100["spec"]["template"]["spec"]["containers"][0]
+    assert h100_container["args"][h100_container["args"].index("--tensor-parallel-size") + 1] == "2"
+    assert h100_container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert h100_container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
+    assert h100["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["medium"] == "Memory"
+
+
+def test_the_router_mounts_the_table_and_reaches_pools_by_service_dns():
+    planned = objects()
+    router = planned[("Deployment", "chat-router")]["spec"]["template"]["spec"]
+    assert router["volumes"] == [{"name": "routing", "configMap": {"name": "chat-routing"}}]
+    args = router["containers"][0]["args"]
+    assert args[args.index("--table") + 1] == "/etc/melange/routing/routing.json"
+    assert json.loads(planned[("ConfigMap", "chat-routing")]["data"]["routing.json"]) == TABLE
+    assert pool_url(OWNER, "l4") == "http://chat-l4.llm.svc:8000"
+    assert planned[("Service", "chat")]["spec"]["selector"]["app.kubernetes.io/component"] == "router"
+    assert planned[("Service", "chat-l4")]["spec"]["selector"] == {"melange.ai/service": "chat", "melange.ai/option": "l4"}
+
+
+def test_karpenter_node_pools_follow_the_allocation():
+    planned = objects(nodePools={"provider": "karpenter",
+                                 "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"}})
+    pools = {name: o for (kind, name), o in planned.items() if kind == "NodePool"}
+    assert sorted(pools) == ["llm-chat-h100x2", "llm-chat-l4"]
+    l4, h100 = pools["llm-chat-l4"], pools["llm-chat-h100x2"]
+    assert l4["apiVersion"] == "karpenter.sh/v1" and "namespace" not in l4["metadata"]
+    assert l4["spec"]["limits"] == {"nvidia.com/gpu": "3"} and h100["spec"]["limits"] == {"nvidia.com/gpu": "2"}
+    requirements = {r["key"]: r["values"] for r in h100["spec"]["template"]["spec"]["requirements"]}
+    assert requirements["karpenter.k8s.aws/instance-gpu-name"] == ["h100"]
+    assert requirements["karpenter.sh/capacity-type"] == ["on-demand"]
+    assert {r["key"]: r["values"] for r in l4["spec"]["template"]["spec"]["requirements"]}["gpu"] == ["l4"]
+    assert l4["spec"]["template"]["spec"]["nodeClassRef"] == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass",
+                                                              "name": "gpu"}
+    pod = planned[("Deployment", "chat-l4")]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"]["karpenter.sh/nodepool"] == "llm-chat-l4"
+
+
+def test_the_hash_changes_with_content_only():
+    first, again = objects(), objects()
+    assert all(first[k]["metadata"]["annotations"][HASH_ANNOTATION] == again[k]["metadata"]["annotations"][HASH_ANNOTATION]
+               for k in first)
+    changed = plan(OWNER, spec(), {"l4": 4, "h100x2": 1}, PROFILES, TABLE, Images())
+    hashes = {o["metadata"]["name"] + o["kind"]: o["metadata"]["annotations"][HASH_ANNOTATION] for o in changed}
+    assert hashes["chat-l4Deployment"] != first[("Deployment", "chat-l4")]["metadata"]["annotations"][HASH_ANNOTATION]
+    assert hashes["chat-h100x2Deployment"] == first[("Deployment", "chat-h100x2")]["metadata"]["annotations"][HASH_ANNOTATION]

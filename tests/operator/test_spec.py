@@ -1,0 +1,73 @@
+"""Reading the LLMService spec: defaults, and errors that name the field (what the schema cannot catch)."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from melange.operator.spec import DEFAULT_TARGET_UTILISATION, parse_spec
+from melange.solver.errors import InputError
+from melange.solver.profiles import Slo
+
+from .schema import ROOT
+
+SPEC = yaml.safe_load((ROOT / "examples" / "operator" / "llama-3-8b.yaml").read_text())["spec"]
+
+
+def minimal(**overrides) -> dict:
+    spec = {"model": "m", "catalogModel": "llama-3-8b", "slo": {"tpotMs": 100},
+            "gpuOptions": [{"name": "l4", "gpu": "l4"}], "workload": {"static": {"rate": 2, "distribution": [[1]]}}}
+    spec.update(overrides)
+    return spec
+
+
+def test_the_example_reads_with_its_values_and_the_defaults():
+    spec = parse_spec(SPEC)
+    assert spec.model == "meta-llama/Meta-Llama-3-8B-Instruct" and spec.catalog_model == "llama-3-8b"
+    assert spec.slo == Slo(tpot_ms=120)
+    assert [o.name for o in spec.options] == ["l4", "a10g", "a100"]
+    assert spec.option("a100").max_replicas == 4 and spec.option("l4").max_replicas is None
+    assert spec.workload.static.rate == 6 and spec.workload.grid.input_edges == (250, 1000, 4000)
+    assert (spec.mode, spec.routing_mode, spec.node_pool_provider) == ("apply", "routable", "none")
+    assert spec.reallocation.interval_s == 60 and spec.reallocation.cooldown_s == 600
+    assert spec.serving.args == ("--max-model-len", "8192") and spec.router_replicas == 2
+
+
+def test_defaults_of_a_minimal_spec():
+    spec = parse_spec(minimal())
+    assert spec.reallocation.target_utilisation == DEFAULT_TARGET_UTILISATION == 0.85
+    assert spec.options[0].gpus_per_replica == 1 and spec.options[0].min_replicas == 0
+    assert spec.serving.port == 8000 and spec.workload.source == "static"
+
+
+@pytest.mark.parametrize("change,field", [
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4"}, {"name": "l4", "gpu": "a10g"}]}, "spec.gpuOptions[1].name"),
+    ({"gpuOptions": [{"name": "L4", "gpu": "l4"}]}, "spec.gpuOptions[0].name"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "minReplicas": 3, "maxReplicas": 1}]}, "spec.gpuOptions[0].minReplicas"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "gpusPerReplica": 0}]}, "spec.gpuOptions[0].gpusPerReplica"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "spot": "yes"}]}, "spec.gpuOptions[0].spot"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "profile": {}}]}, "spec.gpuOptions[0].profile"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "colour": "red"}]}, "spec.gpuOptions[0].colour"),
+    ({"catalogModel": None}, "spec.catalogModel"),
+    ({"slo": {}}, "spec.slo"),
+    ({"slo": {"tpotMs": -5}}, "spec.slo.tpotMs"),
+    ({"mode": "maybe"}, "spec.mode"),
+    ({"routingMode": "random"}, "spec.routingMode"),
+    ({"workload": {"static": {"rate": 2}}}, "spec.workload.static"),
+    ({"workload": {"source": "static"}}, "spec.workload.static"),
+    ({"workload": {"static": {"rate": "fast", "distribution": [[1]]}}}, "spec.workload.static.rate"),
+    ({"reallocation": {"interval": "often"}}, "spec.reallocation.interval"),
+    ({"reallocation": {"targetUtilisation": 0}}, "spec.reallocation.targetUtilisation"),
+    ({"nodePools": {"provider": "karpenter"}}, "spec.nodePools.nodeClassRef"),
+    ({"serving": {"args": ["--max-num-seqs", 64]}}, "spec.serving.args[1]"),
+    ({"serving": {"port": 0}}, "spec.serving.port"),
+    ({"router": {"replicas": 0}}, "spec.router.replicas"),
+])
+def test_errors_name_the_field(change, field):
+    with pytest.raises(InputError) as caught:
+        parse_spec(minimal(**change))
+    assert caught.value.where == field, str(caught.value)
+
+
+def test_a_spec_that_is_not_a_mapping():
+    with pytest.raises(InputError, match="spec: expected a mapping"):
+        parse_spec(["model"])
