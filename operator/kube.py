@@ -3,6 +3,7 @@ references and owns, apply the diff. Blocking calls; the kopf handlers run them 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -23,9 +24,10 @@ def load_config() -> kubernetes.client.ApiClient:
     """An API client from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
     try:
         kubernetes.config.load_incluster_config()
+        return kubernetes.client.ApiClient()
     except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config()
-    return kubernetes.client.ApiClient()
+        # The client reads $KUBECONFIG once, when it is first imported: read it now instead.
+        return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
 
 
 class Cluster:
