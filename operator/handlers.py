@@ -67,6 +67,11 @@ def _uses_node_pools(spec: Any) -> bool:
     return ((spec or {}).get("nodePools") or {}).get("provider") == "karpenter"
 
 
+def _condition_status(body: Any, kind: str) -> str | None:
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return next((c.get("status") for c in conditions if c.get("type") == kind), None)
+
+
 def _interval_s(spec: Any) -> float:
     try:
         return parse_spec(spec).reallocation.interval_s
@@ -115,9 +120,11 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=TICK_S)
 async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Reconcile again once the service's interval has passed (readiness, drift, later live traffic)."""
+    """Reconcile again once the service's interval has passed (drift, later live traffic), and at
+    every tick while its pools are not all ready, so Ready turns True within a tick."""
     last = memo.get("last_reconcile")
-    if last is not None and asyncio.get_running_loop().time() - last < _interval_s(body.get("spec")):
+    waiting = _condition_status(body, "Ready") != "True" and _condition_status(body, "Solved") == "True"
+    if not waiting and last is not None and asyncio.get_running_loop().time() - last < _interval_s(body.get("spec")):
         return
     await reconcile_service(body, patch, memo, logger)
 

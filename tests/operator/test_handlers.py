@@ -1,0 +1,250 @@
+"""The real operator (kopf + the `kubernetes` client) against the emulated Kubernetes API over HTTP.
+
+Expected mixes come from the Mélange paper's Table 3 (Arena, Llama-2-7B, 120 ms TPOT, paper mode):
+1 req/s -> 1 x L4 + 1 x A10G ($1.71/h), 4 req/s -> 1 x L4 + 1 x A100 ($4.37/h).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import kopf
+import pytest
+import yaml
+
+from melange.operator import handlers
+from melange.operator.handlers import OperatorConfig
+from melange.testing.kube_emulator import crd_manifest
+
+from .conftest import LLMSERVICES
+from .schema import ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.looptime]
+DEPLOYMENTS, SERVICES, CONFIGMAPS, NODEPOOLS = "apps/v1/deployments", "v1/services", "v1/configmaps", \
+    "karpenter.sh/v1/nodepools"
+ARENA = yaml.safe_load((ROOT / "examples" / "operator" / "arena-llama2-7b.yaml").read_text())
+OWNED = (DEPLOYMENTS, SERVICES, CONFIGMAPS, NODEPOOLS)
+# The (verb, resource) pairs the operator calls, for the Helm chart's RBAC test. Regenerate with
+# MELANGE_RECORD_CALLS=1 after a change to what the operator calls.
+CALLS_FILE = Path(__file__).with_name("operator_calls.json")
+RECORDED: dict[tuple[str, str], bool] = {}
+RECORDED_BY: set[str] = set()
+RECORDING_TESTS = {"test_create_deploys_the_papers_mix_with_router_and_routing_table",
+                   "test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes",
+                   "test_karpenter_node_pools_follow_the_allocation_and_go_with_the_service",
+                   "test_two_services_are_independent"}
+
+
+def arena(name: str = "llama2-arena", rate: float = 4.0, **spec_changes) -> dict:
+    service = copy.deepcopy(ARENA)
+    service["metadata"] = {"name": name, "namespace": "default"}
+    service["spec"]["workload"]["static"]["rate"] = rate
+    service["spec"].update(spec_changes)
+    return service
+
+
+def start(operator_runner, **options):
+    return operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig()), **options)
+
+
+def replicas(kube, prefix: str) -> dict[str, int]:
+    """Deployment name -> spec.replicas for the service's vLLM pools."""
+    return {d["metadata"]["name"]: d["spec"]["replicas"] for d in kube.objects(DEPLOYMENTS, "default")
+            if d["metadata"]["name"].startswith(prefix + "-") and not d["metadata"]["name"].endswith("-router")}
+
+
+def condition(service: dict, kind: str) -> dict:
+    return next((c for c in (service.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def remember_calls(kube) -> None:
+    RECORDED_BY.add(os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0])
+    RECORDED.update({pair: RECORDED.get(pair, False) or pair in kube.emulator.clusterwide_calls
+                     for pair in kube.calls})
+
+
+async def status_of(kube, name: str, predicate) -> dict:
+    return await kube.wait_for(lambda: (lambda s: s if s and predicate(s) else None)(
+        kube.object(LLMSERVICES, name, "default")), timeout_s=60)
+
+
+async def test_create_deploys_the_papers_mix_with_router_and_routing_table(kube, operator_runner):
+    async with start(operator_runner):
+        await kube.create(arena())
+        service = await status_of(kube, "llama2-arena", lambda s: (s.get("status") or {}).get("allocation"))
+        assert replicas(kube, "llama2-arena") == {"llama2-arena-l4": 1, "llama2-arena-a100-80gb": 1}
+        status = service["status"]
+        assert status["costPerHour"] == 4.37 and status["allocation"]["a10g"] == 0
+        assert status["bestSingleType"] == {"name": "a10g", "costPerHour": 5.05}
+        names = {o["metadata"]["name"] for o in kube.objects(SERVICES, "default")}
+        assert {"llama2-arena", "llama2-arena-l4", "llama2-arena-a100-80gb"} <= names
+        table = json.loads(kube.object(CONFIGMAPS, "llama2-arena-routing", "default")["data"]["routing.json"])
+        assert set(table["pools"]) == {"l4", "a100-80gb"}
+        assert table["pools"]["l4"]["urls"] == ["http://llama2-arena-l4.default.svc:8000"]
+        router = kube.object(DEPLOYMENTS, "llama2-arena-router", "default")
+        assert router["metadata"]["ownerReferences"][0]["uid"] == service["metadata"]["uid"]
+        events = await kube.wait_for(lambda: [e for e in kube.events("llama2-arena") if e["reason"] == "Reallocated"])
+        assert "1 x l4 + 1 x a100-80gb ($4.37/h)" in events[0]["message"]
+        assert condition(service, "Ready")["status"] == "False"
+        for name in ("llama2-arena-l4", "llama2-arena-a100-80gb", "llama2-arena-router"):
+            kube.mark_ready("default", name)
+        ready = await status_of(kube, "llama2-arena", lambda s: condition(s, "Ready").get("status") == "True")
+        assert condition(ready, "Solved")["status"] == "True"
+        remember_calls(kube)
+
+
+async def test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes(kube, operator_runner):
+    async with start(operator_runner):
+        await kube.create(arena())
+        await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {"llama2-arena-l4": 1,
+                                                                       "llama2-arena-a100-80gb": 1})
+        await kube.patch(LLMSERVICES, "llama2-arena", {"spec": {"workload": {"static": {"rate": 1.0}}}},
+                         namespace="default")
+        # The new pool comes up and the dropped one is first scaled to zero ...
+        await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {"llama2-arena-l4": 1, "llama2-arena-a10g": 1,
+                                                                       "llama2-arena-a100-80gb": 0})
+        # ... then deleted with its Service on a later pass (the timer, fast-forwarded by looptime).
+        await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {"llama2-arena-l4": 1, "llama2-arena-a10g": 1},
+                            timeout_s=300)
+        await kube.wait_for(lambda: kube.object(SERVICES, "llama2-arena-a100-80gb", "default") is None, timeout_s=300)
+        service = kube.object(LLMSERVICES, "llama2-arena", "default")
+        assert service["status"]["costPerHour"] == 1.71 and service["status"]["observedGeneration"] == 2
+        table = json.loads(kube.object(CONFIGMAPS, "llama2-arena-routing", "default")["data"]["routing.json"])
+        assert set(table["pools"]) == {"l4", "a10g"}
+        messages = [e["message"] for e in kube.events("llama2-arena") if e["reason"] == "Reallocated"]
+        assert any("1 x l4 + 1 x a100-80gb ($4.37/h) -> 1 x l4 + 1 x a10g ($1.71/h)" in m for m in messages)
+        # A serving flag added to the spec reaches every pool (the Deployments are replaced).
+        await kube.patch(LLMSERVICES, "llama2-arena", {"spec": {"serving": {"args": ["--enable-prefix-caching"]}}},
+                         namespace="default")
+        await kube.wait_for(lambda: all("--enable-prefix-caching" in d["spec"]["template"]["spec"]["containers"][0]["args"]
+                                        for d in kube.objects(DEPLOYMENTS, "default") if "router" not in d["metadata"]["name"]))
+        remember_calls(kube)
+
+
+async def test_recommend_mode_writes_status_and_events_only(kube, operator_runner):
+    async with start(operator_runner):
+        await kube.create(arena(mode="recommend"))
+        service = await status_of(kube, "llama2-arena", lambda s: (s.get("status") or {}).get("costPerHour"))
+        assert service["status"]["allocation"]["l4"] == 1
+        await kube.wait_for(lambda: [e for e in kube.events("llama2-arena") if e["reason"] == "Recommended"])
+        assert condition(service, "Ready")["reason"] == "NotApplied"
+        for resource in (DEPLOYMENTS, SERVICES, CONFIGMAPS):
+            assert [o for o in kube.objects(resource, "default") if o["metadata"]["name"].startswith("llama2")] == []
+
+
+async def test_an_infeasible_slo_is_reported_and_creates_nothing(kube, operator_runner):
+    service = arena()
+    for option in service["spec"]["gpuOptions"]:
+        option["profile"]["inline"]["max_rps"][5][5] = None
+    async with start(operator_runner):
+        await kube.create(service)
+        found = await status_of(kube, "llama2-arena", lambda s: (s.get("status") or {}).get("conditions"))
+        infeasible = condition(found, "Infeasible")
+        assert infeasible["status"] == "True" and "in(1000,2000] out(1000,2000]" in infeasible["message"]
+        assert replicas(kube, "llama2-arena") == {} and kube.objects(SERVICES, "default") == []
+        await kube.wait_for(lambda: [e for e in kube.events("llama2-arena") if e["type"] == "Warning"])
+
+
+async def test_an_invalid_edit_changes_nothing_and_names_the_field(kube, operator_runner):
+    async with start(operator_runner):
+        await kube.create(arena())
+        await status_of(kube, "llama2-arena", lambda s: (s.get("status") or {}).get("allocation"))
+        before = {r: kube.objects(r, "default") for r in (DEPLOYMENTS, SERVICES, CONFIGMAPS)}
+        assert len(before[DEPLOYMENTS]) == 3 and len(before[SERVICES]) == 3
+        await kube.patch(LLMSERVICES, "llama2-arena", [{"op": "replace", "path": "/spec/gpuOptions/0/gpu",
+                                                        "value": "tpu-v9"},
+                                                       {"op": "remove", "path": "/spec/gpuOptions/0/profile"},
+                                                       {"op": "add", "path": "/spec/catalogModel",
+                                                        "value": "llama-2-7b"}], namespace="default")
+        found = await status_of(kube, "llama2-arena", lambda s: condition(s, "InvalidSpec").get("status") == "True")
+        assert "spec.gpuOptions[0].gpu" in condition(found, "InvalidSpec")["message"]
+        assert found["status"]["allocation"]["l4"] == 1 and found["status"]["costPerHour"] == 4.37  # last good kept
+        assert {r: kube.objects(r, "default") for r in before} == before
+
+
+async def test_karpenter_node_pools_follow_the_allocation_and_go_with_the_service(kube, operator_runner):
+    await kube.create(crd_manifest("karpenter.sh", "v1", "nodepools", "NodePool", namespaced=False))
+    service = arena(nodePools={"provider": "karpenter",
+                               "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"}})
+    async with start(operator_runner):
+        await kube.create(service)
+        pools = await kube.wait_for(lambda: {p["metadata"]["name"]: p for p in kube.objects(NODEPOOLS)}
+                                    if len(kube.objects(NODEPOOLS)) == 2 else None)
+        assert pools["default-llama2-arena-l4"]["spec"]["limits"] == {"nvidia.com/gpu": "1"}
+        assert pools["default-llama2-arena-a100-80gb"]["spec"]["limits"] == {"nvidia.com/gpu": "1"}
+        # At 8 req/s the same profiles need 1 x A10G + 2 x A100 (bench/reproduce_paper.py's rate-8 row).
+        await kube.patch(LLMSERVICES, "llama2-arena", {"spec": {"workload": {"static": {"rate": 8.0}}}},
+                         namespace="default")
+        await kube.wait_for(lambda: (kube.object(NODEPOOLS, "default-llama2-arena-a100-80gb") or {}).get(
+            "spec", {}).get("limits") == {"nvidia.com/gpu": "2"} and kube.object(NODEPOOLS, "default-llama2-arena-a10g"))
+        await kube.delete(LLMSERVICES, "llama2-arena", namespace="default")
+        await kube.wait_for(lambda: kube.objects(NODEPOOLS) == [] and kube.object(LLMSERVICES, "llama2-arena",
+                                                                                    "default") is None)
+        await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {})
+        remember_calls(kube)
+
+
+async def test_deleting_the_service_removes_what_it_owns(kube, operator_runner):
+    async with start(operator_runner):
+        await kube.create(arena())
+        await kube.wait_for(lambda: kube.object(DEPLOYMENTS, "llama2-arena-router", "default"))
+        await kube.delete(LLMSERVICES, "llama2-arena", namespace="default")
+        await kube.wait_for(lambda: all(not o["metadata"]["name"].startswith("llama2-arena")
+                                        for r in (DEPLOYMENTS, SERVICES, CONFIGMAPS) for o in kube.objects(r, "default")))
+        assert kube.object(LLMSERVICES, "llama2-arena", "default") is None
+
+
+def _writes(kube) -> int:
+    return sum(count for (verb, resource), count in kube.calls.items()
+               if verb in ("create", "update", "patch", "delete")
+               and resource.split("/")[-1] in ("deployments", "services", "configmaps", "nodepools"))
+
+
+async def test_a_restarted_operator_changes_nothing_that_is_right(kube, operator_runner):
+    operator = await operator_runner.start(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig()))
+    await kube.create(arena())
+    await status_of(kube, "llama2-arena", lambda s: (s.get("status") or {}).get("allocation"))
+    await operator.stop()
+    writes = _writes(kube)
+    operator = await operator_runner.start(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig()))
+    for name in ("llama2-arena-l4", "llama2-arena-a100-80gb", "llama2-arena-router"):
+        kube.mark_ready("default", name)
+    # The restarted operator has reconciled (it saw the pools ready) and written no owned object.
+    await status_of(kube, "llama2-arena", lambda s: condition(s, "Ready").get("status") == "True")
+    assert _writes(kube) == writes
+    await operator.stop()
+
+
+async def test_two_services_are_independent(kube, operator_runner):
+    chat_b = arena("chat-b", rate=1.0)  # its L4 profile comes from a ConfigMap
+    profile = chat_b["spec"]["gpuOptions"][0].pop("profile")["inline"]
+    chat_b["spec"]["gpuOptions"][0]["profile"] = {"configMapRef": {"name": "profiles", "key": "l4.yaml"}}
+    await kube.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "profiles", "namespace": "default"},
+                       "data": {"l4.yaml": yaml.safe_dump(profile)}})
+    async with start(operator_runner):
+        await kube.create(arena("chat-a", rate=4.0))
+        await kube.create(chat_b)
+        await kube.wait_for(lambda: replicas(kube, "chat-a") == {"chat-a-l4": 1, "chat-a-a100-80gb": 1}
+                            and replicas(kube, "chat-b") == {"chat-b-l4": 1, "chat-b-a10g": 1})
+        await kube.patch(LLMSERVICES, "chat-b", {"spec": {"mode": "recommend"}}, namespace="default")
+        await status_of(kube, "chat-b", lambda s: (s.get("status") or {}).get("observedGeneration") == 2)
+        assert replicas(kube, "chat-a") == {"chat-a-l4": 1, "chat-a-a100-80gb": 1}
+        remember_calls(kube)
+
+
+def test_the_recorded_calls_match_the_committed_list():
+    """Runs after the scenarios above (same module): what they called is what the chart's RBAC must grant.
+    Every call is in the committed list; when every scenario ran, the list holds nothing more."""
+    if not RECORDED:
+        pytest.skip("no scenario ran in this session")
+    rows = [{"verb": verb, "resource": resource, "clusterwide": clusterwide}
+            for (verb, resource), clusterwide in sorted(RECORDED.items())]
+    if os.environ.get("MELANGE_RECORD_CALLS"):
+        CALLS_FILE.write_text(json.dumps(rows, indent=1) + "\n")
+    committed = json.loads(CALLS_FILE.read_text())
+    hint = "the operator's API calls changed: rerun this module with MELANGE_RECORD_CALLS=1 and check the chart's RBAC"
+    assert [r for r in rows if r not in committed] == [], hint
+    if RECORDING_TESTS <= RECORDED_BY:
+        assert rows == committed, hint
