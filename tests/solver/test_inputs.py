@@ -50,8 +50,9 @@ def bundle_with_changed_l4(tmp_path, **changes):
 
 def test_profile_on_another_grid_is_rejected(tmp_path):
     grid = {"input_edges": [25, 100, 250, 500, 1000, 4000], "output_edges": [25, 100, 250, 500, 1000, 2000]}
-    with pytest.raises(InputError, match="does not match the workload's grid"):
+    with pytest.raises(InputError, match="does not match the workload's grid") as error:
         load_bundle(bundle_with_changed_l4(tmp_path, grid=grid))
+    assert error.value.where == str(tmp_path / "l4.yaml")
 
 
 def test_profiles_for_different_slos_are_rejected(tmp_path):

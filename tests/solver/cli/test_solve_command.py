@@ -98,9 +98,10 @@ def test_unknown_solver_is_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--rate", "nan"], "--rate: must be a finite number"),
     (["--rate", "-1"], "--rate: must be >= 0"),
-    (["--slice-factor", "0"], "slice_factor"),
-    (["--target-utilisation", "1.5"], "target_utilisation"),
-    (["--current", "l4"], "--current"),
+    (["--slice-factor", "0"], "--slice-factor: got 0"),
+    (["--target-utilisation", "1.5"], "--target-utilisation: got 1.5"),
+    (["--min-replicas", "-1"], "--min-replicas: got -1"),
+    (["--current", "l4", "--move-cost", "1"], "--current: cannot read 'l4'"),
 ])
 def test_bad_flags(capsys, flags, message):
     code, out, err = run(capsys, "solve", ARENA / "bundle.yaml", *flags)
@@ -120,4 +121,4 @@ def test_infeasible_quota_is_reported(tmp_path, capsys):
 
 def test_missing_inputs(capsys):
     code, _, err = run(capsys, "solve", "--options", ARENA / "options.yaml")
-    assert code == 2 and "missing --workload or --trace" in err
+    assert code == 2 and "missing --workload, --trace or --prometheus" in err

@@ -1,0 +1,65 @@
+"""What every command-line entry point shares: a parser whose usage errors are one line, and one
+way to turn a bad input or an unavailable server into one line on stderr and an exit status.
+
+Used by `melange` and by the `python -m` entry points (router, traffic player, shipped profiles),
+so that each answers bad input the same way: one line naming the flag or file, exit 2 (3 when a
+server we depend on is unavailable), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from importlib import metadata
+
+from melange.solver.errors import InputError, UnavailableError
+
+EXIT_USER_ERROR = 2
+EXIT_UNAVAILABLE = 3
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (what was wrong) and exit status 2, and every
+    default is stated in --help (options whose help does not already say "default")."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, [], argparse.SUPPRESS)
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+def package_version() -> str:
+    """The installed melange-operator version (from the package metadata)."""
+    try:
+        return metadata.version("melange-operator")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def run_reporting_errors(program: str, action: Callable[[], int | None]) -> int:
+    """Run `action`; a bad input becomes one line and status 2, an unavailable server one line and
+    status 3, a closed stdout (e.g. `| head`) status 0."""
+    try:
+        return action() or 0
+    except InputError as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except UnavailableError as error:
+        print(f"{program}: {error.what} unavailable: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except BrokenPipeError:  # the reader went away; not an error of ours
+        sys.stderr.close()
+        return 0
