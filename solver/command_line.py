@@ -31,14 +31,20 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 class _DefaultsFormatter(argparse.HelpFormatter):
-    """Appends "(default: X)" to an option's help unless the help already says its default."""
+    """Appends to an option's help "(required)", or its default ("none" where it has none), unless
+    the help already says its default; switches (no value) are left alone."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("default" in text or action.default in (None, False, [], argparse.SUPPRESS)
-                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+        if not action.option_strings or action.nargs == 0 or "default" in text:
             return text
-        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+        if action.required:
+            suffix = "(required)"
+        elif action.default in (None, [], argparse.SUPPRESS):
+            suffix = "(default: none)"
+        else:
+            suffix = "(default: %(default)s)"
+        return f"{text} {suffix}" if text else suffix
 
 
 def package_version() -> str:
