@@ -167,7 +167,7 @@ def _live_workload(args: argparse.Namespace, grid: BucketGrid) -> Workload:
     if live.workload is None or live.status in ("no_series", "stale"):
         raise MetricsUnavailable(f"{args.prometheus}: {live.status}: {'; '.join(live.notes)}")
     workload = live.workload
-    span = f"the last {window}" if live.span_s >= live.window_s else \
+    span = f"the last {window}" if live.span_s is None else \
         f"the {live.span_s:.0f} s its series cover (younger than --window {window})"
     return Workload(workload.rate, workload.grid, workload.distribution,
                     (f"live workload from {args.prometheus}: {live.requests_in_window:.0f} requests over {span}, "
