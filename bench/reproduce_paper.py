@@ -70,7 +70,7 @@ def _mix(counts: dict[str, int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--solver", choices=SOLVERS, default="highs")
+    parser.add_argument("--solver", choices=SOLVERS, default="highs", help="MIP solver")
     args = parser.parse_args()
     paper = paper_rows()
     print("Table 3: Arena, Llama-2-7B, mean TPOT 120 ms, slice factor 8 (ours: public early profiles, 6x6 grid)\n")
