@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from importlib import metadata
 
 from melange.solver.errors import InputError, UnavailableError
 
@@ -49,10 +48,22 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 
 def package_version() -> str:
     """The installed melange-operator version (from the package metadata)."""
+    from importlib import metadata  # ~25 ms to import: only when the version is asked for
     try:
         return metadata.version("melange-operator")
     except metadata.PackageNotFoundError:
         return "unknown (not installed)"
+
+
+class VersionAction(argparse.Action):
+    """`--version`: prints `<prog> <package version>` and exits; the version is looked up only then."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print the installed package version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        parser.exit(0, f"{parser.prog} {package_version()}\n")
 
 
 def run_reporting_errors(program: str, action: Callable[[], int | None]) -> int:

@@ -10,14 +10,14 @@ import sys
 from collections.abc import Sequence
 
 from melange.solver.cli import profile_command, solve_command
-from melange.solver.command_line import OneLineParser, package_version, run_reporting_errors
+from melange.solver.command_line import OneLineParser, VersionAction, run_reporting_errors
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `melange` argument parser; each subcommand sets `handler`."""
     parser = OneLineParser(prog="melange", description="Cheapest mix of GPU types for LLM serving: solve the "
                                                        "Mélange ILP, or build the GPU profiles it needs.")
-    parser.add_argument("--version", action="version", version=f"melange {package_version()}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     solve_command.add_parser(commands)
     profile_command.add_parser(commands)
