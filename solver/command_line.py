@@ -63,7 +63,8 @@ class VersionAction(argparse.Action):
                          help="print the installed package version and exit")
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        parser.exit(0, f"{parser.prog} {package_version()}\n")
+        print(f"{parser.prog} {package_version()}")
+        parser.exit()
 
 
 def run_reporting_errors(program: str, action: Callable[[], int | None]) -> int:
