@@ -59,7 +59,7 @@ def corpora() -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--tokenizer", type=Path, help="SentencePiece .model file")
     parser.add_argument("--pieces", type=int, default=300, help="pieces per kind of text")
     parser.add_argument("--seed", type=int, default=7)

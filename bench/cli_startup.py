@@ -39,7 +39,7 @@ def wall_times(argv: list[str], runs: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--runs", type=int, default=15, help="runs per command (default 15)")
     args = parser.parse_args()
     COMMANDS["melange solve --model llama-3-8b --gpus l4,a10g (catalog)"] = [

@@ -5,13 +5,14 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER_DATA = ROOT.parent / "shared" / "reference" / "melange-paper"
+# The small derived inputs the benches need, shipped with provenance in bench/data/README.md.
+PAPER_DATA = ROOT / "bench" / "data"
 
 
 def require_paper_data() -> Path:
     """The paper's data folder, or exit with a clear message."""
     if not PAPER_DATA.is_dir():
-        sys.exit(f"paper data not found at {PAPER_DATA} (it lives in ../shared/ beside the checkout)")
+        sys.exit(f"paper data not found at {PAPER_DATA} (bench/data/ in the repository)")
     return PAPER_DATA
 
 

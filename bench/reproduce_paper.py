@@ -1,5 +1,5 @@
 """Reproduce the Mélange paper's allocation tables (Griggs et al. 2024, Appendix C, Tables 3-8)
-from the public data in ../shared/reference/melange-paper/.
+from the public data shipped in bench/data/ (provenance in bench/data/README.md).
 
 Public inputs exist only for Table 3 (Arena, 120 ms TPOT): the Feb-2024 Llama-2-7B profiles of
 L4/A10G/A100/H100 (6 input rows for L4 and A10G, so the 6x6 grid up to 2000 tokens), the Arena
@@ -69,8 +69,8 @@ def _mix(counts: dict[str, int]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--solver", choices=SOLVERS, default="highs")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--solver", choices=SOLVERS, default="highs", help="MIP solver")
     args = parser.parse_args()
     paper = paper_rows()
     print("Table 3: Arena, Llama-2-7B, mean TPOT 120 ms, slice factor 8 (ours: public early profiles, 6x6 grid)\n")

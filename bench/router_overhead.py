@@ -71,8 +71,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=3000)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--requests", type=int, default=3000, help="requests per measurement")
     args = parser.parse_args()
     upstream_port, router_port = 18091, 18092
     table = Path(tempfile.mkdtemp()) / "routing.json"

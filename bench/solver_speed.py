@@ -63,8 +63,8 @@ def median_ms(items, options, settings, runs: int) -> tuple[float, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="solves per instance (the median is shown)")
     args = parser.parse_args()
     rows = []
     for rate in (1, 2, 4, 8, 16, 32):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 import yaml
 
@@ -89,7 +90,7 @@ def static_workload(spec: ServiceSpec, inputs: Inputs, grid: BucketGrid) -> Work
     ref = static.trace_ref
     text = _config_text(inputs, ref, f"{where}.traceConfigMapRef")
     here = f"ConfigMap {ref.name}/{ref.key}"
-    requests = parse_trace(text, here, jsonl=ref.key.lower().endswith((".jsonl", ".ndjson")))
+    requests = parse_trace(text, here, PurePosixPath(ref.key).suffix)
     return workload_from_trace(requests, grid, static.rate, here)
 
 

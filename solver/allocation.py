@@ -5,6 +5,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from melange.solver.profiles import Slo
+
 
 @dataclass(frozen=True)
 class OptionUse:
@@ -56,7 +58,13 @@ class Allocation:
 @dataclass(frozen=True)
 class SolveReport:
     """What `melange solve` reports: the chosen allocation, the other mode's cost, every single-type
-    allocation's cost (None where that type alone cannot serve the workload) and the savings."""
+    allocation's cost (None where that type alone cannot serve the workload) and the savings.
+
+    It also states what the answer assumed: the profiles' `model` and `slo` (None where the
+    profiles do not say), where the `rate` came from, and, when moves are charged, the `moves`
+    (replicas added, negative: removed, per option) at `move_cost` $/h each, which `cost_per_hour`
+    leaves out. `floors` are the options' `min_replicas`: the mix keeps them all, a single-type
+    baseline only its own."""
 
     allocation: Allocation
     other_mode: Allocation | None
@@ -65,6 +73,29 @@ class SolveReport:
     rate: float
     notes: tuple[str, ...] = field(default=())
     profile_sources: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None
+    slo: Slo | None = None
+    rate_source: str = "given"
+    move_cost: float = 0.0
+    moves: Mapping[str, int] = field(default_factory=dict)
+    floors: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def move_cost_per_hour(self) -> float:
+        """What the moves cost, $/h (the ILP's objective adds it to `cost_per_hour`)."""
+        return self.move_cost * sum(abs(m) for m in self.moves.values())
+
+    def savings_caveats(self) -> list[str]:
+        """Why the mix can cost more than a single type: what the baselines do not pay."""
+        caveats = []
+        if self.move_cost > 0:
+            caveats.append("single-type baselines pay no move cost, while the mix was chosen with moves charged "
+                           f"at ${self.move_cost:g}/h per replica from the current allocation")
+        floors = {name: n for name, n in self.floors.items() if n > 0}
+        if floors:
+            kept = ", ".join(f"{name} x{n}" for name, n in floors.items())
+            caveats.append(f"the mix keeps every option's floor ({kept}); a single-type baseline keeps only its own")
+        return caveats
 
     def _single_costs(self) -> list[float]:
         return [c for c in self.single_type.values() if c is not None]
@@ -97,6 +128,9 @@ class SolveReport:
             "solver": self.allocation.solver,
             "wall_time_s": round(self.allocation.wall_time_s, 6),
             "rate": self.rate,
+            "rate_source": self.rate_source,
+            "model": self.model,
+            "slo": None if self.slo is None else self.slo.to_dict(),
             "options": [_option_dict(o) for o in self.allocation.options],
             "splits": [{"bucket": s.label, "index": list(s.index), "rate": s.rate,
                         "shares": {k: round(v, 6) for k, v in s.shares.items() if v > 0}}
@@ -112,6 +146,11 @@ class SolveReport:
                 "cost_per_hour": _round(self.other_mode.cost_per_hour) if self.other_mode.solved else None,
                 "replicas": self.other_mode.replicas},
             "profile_sources": dict(self.profile_sources),
+            "move_cost": self.move_cost,
+            "moves": dict(self.moves),
+            "move_cost_per_hour": _round(self.move_cost_per_hour),
+            "floors": dict(self.floors),
+            "savings_caveats": self.savings_caveats(),
             "notes": list(self.notes),
         }
 

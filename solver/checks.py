@@ -3,9 +3,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from melange.solver.errors import InputError
+
+
+def read_text(path: Path, what: str = "file") -> str:
+    """A file's text, decoded as UTF-8; an unreadable or non-UTF-8 file raises naming the path."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise InputError(str(path), f"cannot read {what}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise InputError(str(path), f"not UTF-8 text (byte {error.start} is 0x{error.object[error.start]:02x})",
+                         f"a UTF-8 {what}") from None
 
 
 def require_mapping(value: Any, where: str) -> Mapping[str, Any]:

@@ -3,6 +3,7 @@ files, or the reference implementation's JSON."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +12,12 @@ from typing import Any
 import yaml
 
 from melange.solver.buckets import BucketGrid, grid_from_dict, paper_grid
-from melange.solver.checks import number, require_keys, require_mapping, sequence, text
+from melange.solver.checks import number, read_text, require_keys, require_mapping, sequence, text
 from melange.solver.errors import InputError
 from melange.solver.options import GpuOption, options_from_list
 from melange.solver.problem import Problem, match_profiles
 from melange.solver.profiles import Profile, profile_from_dict
-from melange.solver.reference_format import is_reference_format, problem_from_reference
+from melange.solver.reference_format import REFERENCE_KEYS, is_reference_format, problem_from_reference
 from melange.solver.workload import Workload, read_trace, workload_from_dict, workload_from_trace
 
 
@@ -26,6 +27,7 @@ class LoadedInputs:
 
     problem: Problem
     settings: Mapping[str, Any]
+    settings_where: str = "settings"
 
 
 class _TableDumper(yaml.SafeDumper):
@@ -36,6 +38,15 @@ _TableDumper.add_representer(list, lambda dumper, data: dumper.represent_sequenc
     "tag:yaml.org,2002:seq", data, flow_style=all(not isinstance(v, (list, dict)) for v in data)))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 as PyYAML reads it, plus YAML 1.2's floats without a dot (`1e9`, `2E-3`), which
+    YAML 1.1 reads as strings: a rate of `1e9` is a number to anyone writing it."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
+
+
 def dump_yaml(data: Any) -> str:
     """YAML that `load_document` reads back, with number lists (rows, edges) on one line each."""
     return yaml.dump(data, Dumper=_TableDumper, sort_keys=False, width=120, allow_unicode=True)
@@ -43,14 +54,11 @@ def dump_yaml(data: Any) -> str:
 
 def load_document(path: Path) -> Any:
     """Parse a YAML or JSON file (JSON is YAML too, but its errors read better from `json`)."""
-    try:
-        content = Path(path).read_text()
-    except OSError as error:
-        raise InputError(str(path), f"cannot read file: {error.strerror}") from None
+    content = read_text(path)
     try:
         if Path(path).suffix.lower() == ".json":
             return json.loads(content)
-        return yaml.safe_load(content)
+        return yaml.load(content, Loader=_Loader)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}:{error.lineno}", f"not valid JSON ({error.msg})") from None
     except yaml.YAMLError as error:
@@ -67,9 +75,11 @@ def load_workload(path: Path) -> Workload:
     return workload_from_dict(data, str(path))
 
 
-def load_trace_workload(path: Path, grid: BucketGrid | None, rate: float | None) -> Workload:
-    """Bin a trace (CSV/JSONL) on `grid` (the paper's grid by default)."""
-    return workload_from_trace(read_trace(Path(path)), grid or paper_grid(), rate, str(path))
+def load_trace_workload(path: Path, grid: BucketGrid | None, rate: float | None,
+                        rate_source: str | None = None) -> Workload:
+    """Bin a trace (CSV/JSONL/JSON) on `grid` (the paper's grid by default); without `rate`, the
+    trace's timestamps give it."""
+    return workload_from_trace(read_trace(Path(path)), grid or paper_grid(), rate, str(path), rate_source)
 
 
 def load_options(path: Path) -> tuple[GpuOption, ...]:
@@ -78,6 +88,21 @@ def load_options(path: Path) -> tuple[GpuOption, ...]:
     if isinstance(data, Mapping) and "options" in data:
         return options_from_list(data["options"], f"{path}.options")
     return options_from_list(data, str(path))
+
+
+def load_profile_files(paths: Sequence[Path]) -> list[tuple[Profile, str]]:
+    """Every profile in the files, each with the file it came from (for errors that name it)."""
+    return [(profile, str(path)) for path in paths for profile in load_profiles(path)]
+
+
+def check_profile_grids(workload: Workload, sourced: Sequence[tuple[Profile, str]], workload_where: str) -> None:
+    """Every profile must be on the workload's grid; a mismatch names the profile's file."""
+    for profile, source in sourced:
+        if profile.grid != workload.grid and not (profile.grid.indexed or workload.grid.indexed):
+            raise InputError(source, f"{profile.gpu} profile's grid {profile.grid.to_dict()} does not match the "
+                                     f"workload's grid {workload.grid.to_dict()} ({workload_where})",
+                             "profiles on the workload's grid; a trace is binned on the profiles' grid unless "
+                             "a grid is given")
 
 
 def load_profiles(path: Path) -> list[Profile]:
@@ -109,27 +134,35 @@ def load_bundle(path: Path) -> LoadedInputs:
         return LoadedInputs(problem, {"slice_factor": slice_factor})
     where = str(path)
     mapping = require_mapping(data, where)
+    if REFERENCE_KEYS & set(mapping) and not {"workload", "options", "profiles"} & set(mapping):
+        missing = sorted(REFERENCE_KEYS - set(mapping))
+        raise InputError(where, f"looks like a melange-release JSON config but lacks {', '.join(missing)}",
+                         f"all of {', '.join(sorted(REFERENCE_KEYS))}")
     require_keys(mapping, where, _BUNDLE_REQUIRED, _BUNDLE_OPTIONAL)
-    workload = _bundle_workload(mapping["workload"], path, f"{where}.workload")
     options = options_from_list(mapping["options"], f"{where}.options")
-    profiles: list[Profile] = []
+    sourced: list[tuple[Profile, str]] = []
     for k, entry in enumerate(sequence(mapping["profiles"], f"{where}.profiles")):
         if isinstance(entry, str):
-            profiles.extend(load_profiles(path.parent / entry))
+            sourced.extend(load_profile_files([path.parent / entry]))
         else:
-            profiles.append(profile_from_dict(entry, f"{where}.profiles[{k}]"))
+            sourced.append((profile_from_dict(entry, f"{where}.profiles[{k}]"), f"{where}.profiles[{k}]"))
+    workload = _bundle_workload(mapping["workload"], path, f"{where}.workload", sourced[0][0].grid)
+    check_profile_grids(workload, sourced, f"{where}.workload")
     settings = dict(require_mapping(mapping.get("settings") or {}, f"{where}.settings"))
-    return LoadedInputs(match_profiles(workload, options, profiles, f"{where}.profiles"), settings)
+    return LoadedInputs(match_profiles(workload, options, [p for p, _ in sourced], f"{where}.profiles"), settings,
+                        f"{where}.settings")
 
 
-def _bundle_workload(data: Any, bundle: Path, where: str) -> Workload:
+def _bundle_workload(data: Any, bundle: Path, where: str, profiles_grid: BucketGrid) -> Workload:
+    """The bundle's workload: inline, or a trace binned on its `grid` (default: the profiles' grid)."""
     mapping = require_mapping(data, where)
     if "trace" not in mapping:
         return workload_from_dict(mapping, where)
     require_keys(mapping, where, ["trace"], ["rate", "grid"])
-    grid = grid_from_dict(mapping["grid"], f"{where}.grid") if "grid" in mapping else None
+    grid = grid_from_dict(mapping["grid"], f"{where}.grid") if "grid" in mapping else profiles_grid
     rate = number(mapping["rate"], f"{where}.rate", minimum=0) if "rate" in mapping else None
-    return load_trace_workload(bundle.parent / text(mapping["trace"], f"{where}.trace"), grid, rate)
+    return load_trace_workload(bundle.parent / text(mapping["trace"], f"{where}.trace"), grid, rate,
+                               f"given in {where}.rate")
 
 
 def assemble(workload: Workload, options: Sequence[GpuOption], profiles: Sequence[Profile]) -> LoadedInputs:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from melange.solver.buckets import indexed_grid
-from melange.solver.checks import integer, number, require_mapping, sequence
+from melange.solver.checks import integer, number, require_keys, require_mapping, sequence
 from melange.solver.errors import InputError
 from melange.solver.options import GpuOption
 from melange.solver.problem import Problem, match_profiles
@@ -40,8 +40,8 @@ def problem_from_reference(data: Any, where: str) -> tuple[Problem, int]:
             raise InputError(f"{where}.workload_distribution[{i}]",
                              f"has {len(row)} entries, row 0 has {columns}", "a rectangular matrix")
     grid = indexed_grid(len(rows), columns)
-    workload = make_workload(mapping["total_request_rate"], grid, rows, where)
-    workload = type(workload)(workload.rate, grid, workload.distribution, workload.notes)
+    workload = make_workload(mapping["total_request_rate"], grid, rows, where,
+                             rate_source=f"given in {where}.total_request_rate")
     slice_factor = integer(mapping["slice_factor"], f"{where}.slice_factor", minimum=1)
     gpu_info = require_mapping(mapping["gpu_info"], f"{where}.gpu_info")
     if not gpu_info:
@@ -49,10 +49,8 @@ def problem_from_reference(data: Any, where: str) -> tuple[Problem, int]:
     options, profiles = [], []
     for name, entry in gpu_info.items():
         here = f"{where}.gpu_info.{name}"
-        entry = require_mapping(entry, here)
-        for key in ("cost", "tputs"):
-            if key not in entry:
-                raise InputError(here, f"missing field {key!r}", "fields cost, tputs")
+        # Forks add per-GPU keys (e.g. max_count); refusing them beats solving without a limit the user set.
+        require_keys(require_mapping(entry, here), here, ["cost", "tputs"])
         cost = number(entry["cost"], f"{here}.cost", minimum=0, strict_minimum=True)
         options.append(GpuOption(name=str(name), price_per_hour=cost))
         profiles.append(Profile(model="unknown", gpu=str(name), grid=grid,
@@ -62,10 +60,18 @@ def problem_from_reference(data: Any, where: str) -> tuple[Problem, int]:
 
 
 def _throughputs(value: Any, shape: tuple[int, int], where: str) -> tuple[tuple[float | None, ...], ...]:
+    """Rows may be short (missing = cannot serve) but never longer than the distribution: a longer
+    table belongs to another grid, and cutting it would solve on the wrong buckets."""
     table = sequence(value, where)
+    if len(table) > shape[0]:
+        raise InputError(where, f"has {len(table)} rows, the workload_distribution {shape[0]}",
+                         f"at most {shape[0]} rows of at most {shape[1]} entries")
     result = []
     for i in range(shape[0]):
         row = sequence(table[i], f"{where}[{i}]", nonempty=False) if i < len(table) else []
+        if len(row) > shape[1]:
+            raise InputError(f"{where}[{i}]", f"has {len(row)} entries, the workload_distribution rows {shape[1]}",
+                             f"at most {shape[1]} entries")
         cells: list[float | None] = []
         for j in range(shape[1]):
             if j >= len(row) or row[j] is None:

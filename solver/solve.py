@@ -118,4 +118,13 @@ def solve(problem: Problem, settings: IlpSettings | None = None, mode: str = "pa
     costs = {o.name: None if replicas[o.name] is None else replicas[o.name] * o.replica_price
              for o in problem.options}
     sources = {o.name: p.source for o, p in zip(problem.options, problem.profiles)}
-    return SolveReport(allocation, other, costs, replicas, problem.workload.rate, problem.workload.notes, sources)
+    models = {p.model for p in problem.profiles if p.model != "unknown"}
+    slos = {p.slo for p in problem.profiles if p.slo is not None}
+    moves = {}
+    if settings.move_cost > 0 and allocation.solved:
+        moves = {name: n - settings.current.get(name, 0) for name, n in allocation.replicas.items()
+                 if n != settings.current.get(name, 0)}
+    return SolveReport(allocation, other, costs, replicas, problem.workload.rate, problem.workload.notes, sources,
+                       model=models.pop() if len(models) == 1 else None, slo=slos.pop() if len(slos) == 1 else None,
+                       rate_source=problem.workload.rate_source, move_cost=settings.move_cost, moves=moves,
+                       floors={o.name: o.min_replicas for o in problem.options})

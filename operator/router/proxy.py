@@ -5,7 +5,6 @@ routing table's weights for its size bucket, so the solver's heterogeneous alloc
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -24,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from melange.operator.router.request_size import estimate_input_tokens, requested_output_tokens, tokenize_request
 from melange.operator.router.routing_config import RoutingTable, load_table
+from melange.solver.command_line import OneLineParser, run_reporting_errors
 from melange.solver.errors import InputError
 from melange.solver.metrics.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS, ROUTER_OUTPUT_LABEL,
                                          ROUTER_SIZE_EDGES)
@@ -353,17 +353,19 @@ def serve(router: Router, host: str, port: int) -> None:
 
 
 def main() -> None:
-    """Run the router until interrupted."""
-    parser = argparse.ArgumentParser(description="Size-aware OpenAI-compatible router for Mélange GPU pools.")
+    """Run the router until interrupted; a bad table or flag at start is one line and exit 2."""
+    parser = OneLineParser(prog="python -m melange.operator.router",
+                           description="Size-aware OpenAI-compatible router for Mélange GPU pools.")
     parser.add_argument("--table", type=Path, required=True, help="routing-table file (JSON or YAML)")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--model-name", default="", help="model_name label on the router's metrics")
+    parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
+    parser.add_argument("--model-name", default="", help="model_name label on the router's metrics (default: empty)")
     parser.add_argument("--tokenize", action="store_true",
                         help="count input tokens exactly through the upstream's /tokenize (vLLM) instead of estimating")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(Router(args.table, args.model_name, tokenize=args.tokenize), args.host, args.port)
+    raise SystemExit(run_reporting_errors(
+        parser.prog, lambda: serve(Router(args.table, args.model_name, tokenize=args.tokenize), args.host, args.port)))
 
 
 if __name__ == "__main__":

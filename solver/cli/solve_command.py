@@ -1,7 +1,7 @@
 """`melange solve`: the cheapest mix of GPU options for a workload, no cluster needed.
 
 The catalog (`--model`) and Prometheus (`--prometheus`) paths import their modules when used, so a
-solve on a bundle loads only the core.
+solve on a bundle loads only the core. A flag that the chosen inputs would ignore is refused.
 """
 from __future__ import annotations
 
@@ -16,14 +16,18 @@ from melange.solver.buckets import BucketGrid, grid_from_dict, paper_grid
 from melange.solver.checks import integer, number
 from melange.solver.cli.profile_command import slo_from_flags
 from melange.solver.errors import InputError, UnavailableError
-from melange.solver.ilp import DEFAULT_SOLVER, SOLVERS, IlpSettings
+from melange.solver.ilp import DEFAULT_SOLVER, SOLVERS, IlpSettings, check_settings
 from melange.solver.metrics.metric_names import DEFAULT_MIN_REQUESTS, MODEL_LABEL
-from melange.solver.inputs import (LoadedInputs, assemble, load_bundle, load_document, load_options, load_profiles,
-                                   load_trace_workload, load_workload)
+from melange.solver.inputs import (LoadedInputs, assemble, check_profile_grids, load_bundle, load_document,
+                                   load_options, load_profile_files, load_trace_workload, load_workload)
 from melange.solver.problem import Problem
-from melange.solver.profiles import Slo
+from melange.solver.profiles import Profile, Slo
 from melange.solver.solve import MODES, solve
 from melange.solver.workload import Workload
+
+DEFAULT_WINDOW = "10m"
+DEFAULT_TPOT_MS = 120.0  # the paper's relaxed SLO: mean TPOT 120 ms
+RATE_FLAG_SOURCE = "given by --rate"
 
 
 class MetricsUnavailable(UnavailableError):
@@ -34,68 +38,107 @@ class MetricsUnavailable(UnavailableError):
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register `melange solve`."""
-    parser = commands.add_parser("solve", help="cheapest GPU mix for a workload, no cluster needed",
-                                 description="Solve the Mélange ILP: the cheapest mix of GPU options that serves "
-                                             "the workload within the profiles' SLO.")
+    parser = commands.add_parser(
+        "solve", help="cheapest GPU mix for a workload, no cluster needed",
+        description="Solve the Mélange ILP: the cheapest mix of GPU options (replicas per option, $/h) that serves "
+                    "the workload within the profiles' SLO. Inputs: a BUNDLE, or separate --workload/--trace, "
+                    "--options and --profiles, or the catalog (--model, --gpus); the workload may come from "
+                    "Prometheus (--prometheus). Exit status 2: bad input; 3: a server unavailable.")
     parser.add_argument("bundle", nargs="?", type=Path,
                         help="one file with workload, options and profiles (YAML/JSON), or a melange-release "
                              "JSON config")
     inputs = parser.add_argument_group("separate inputs (instead of, or overriding, the bundle)")
     inputs.add_argument("--workload", type=Path, help="workload YAML {rate, grid, distribution}")
-    inputs.add_argument("--trace", type=Path, help="request trace (CSV or JSONL of input/output token counts)")
-    inputs.add_argument("--grid", type=Path, help="grid YAML {input_edges, output_edges} for --trace "
-                                                  "(default: the paper's 10x6 grid)")
-    inputs.add_argument("--rate", type=float, help="total request rate, req/s (overrides the workload's)")
+    inputs.add_argument("--trace", type=Path,
+                        help="request trace: CSV, JSONL or JSON of input/output token counts, optionally arrival "
+                             "timestamps in seconds (then --rate may be left out)")
+    inputs.add_argument("--grid", type=Path, help="grid YAML {input_edges, output_edges} to bin --trace on "
+                                                  "(default: the profiles' grid, or the paper's 10x6 with --model)")
+    inputs.add_argument("--rate", type=float, help="total request rate in req/s (default: the workload's, or the "
+                                                   "trace's timestamps)")
     inputs.add_argument("--options", type=Path, help="GPU options YAML")
+    inputs.add_argument("--profiles", type=Path, nargs="+", help="profile YAML file(s)")
     live = parser.add_argument_group("live workload from Prometheus (vLLM metrics; instead of --workload/--trace)")
     live.add_argument("--prometheus", metavar="URL", help="Prometheus base URL, e.g. http://prometheus:9090")
     live.add_argument("--model-name", help="vLLM's model_name label to select")
     live.add_argument("--selector", action="append", default=[], metavar="LABEL=VALUE",
                       help="more label matchers (namespace, job, ...); repeatable")
-    live.add_argument("--window", default="10m", help="rate and mix window (default 10m)")
-    live.add_argument("--bearer-token-file", help="file holding a bearer token")
-    live.add_argument("--bearer-token-env", help="environment variable holding a bearer token")
-    live.add_argument("--ca-bundle", help="CA bundle for https")
-    live.add_argument("--min-requests", type=int, default=DEFAULT_MIN_REQUESTS,
+    live.add_argument("--window", help=f"rate and mix window, a duration such as 30s, 10m, 1h (default {DEFAULT_WINDOW})")
+    live.add_argument("--bearer-token-file", help="file holding a bearer token (default: none)")
+    live.add_argument("--bearer-token-env", help="environment variable holding a bearer token (default: none)")
+    live.add_argument("--ca-bundle", help="CA bundle for https (default: the system's)")
+    live.add_argument("--min-requests", type=int,
                       help=f"requests in the window below which the mix is flagged untrustworthy "
                            f"(default {DEFAULT_MIN_REQUESTS})")
-    inputs.add_argument("--profiles", type=Path, nargs="+", help="profile YAML file(s)")
     catalog = parser.add_argument_group("GPU catalog (instead of --options/--profiles: estimated profiles, no profiling)")
     catalog.add_argument("--model", help="catalog model (e.g. llama-3-8b) or a Hugging Face config.json path")
     catalog.add_argument("--gpus", help="GPU types to mix, with GPUs per replica where above 1: l4,a10g,h100:2")
-    catalog.add_argument("--tpot-ms", type=float, help="mean TPOT SLO in ms (default 120 unless --ttft-ms is given)")
-    catalog.add_argument("--ttft-ms", type=float, help="mean TTFT SLO in ms")
+    catalog.add_argument("--tpot-ms", type=float,
+                         help=f"mean TPOT SLO in ms (default {DEFAULT_TPOT_MS:g} unless --ttft-ms is given)")
+    catalog.add_argument("--ttft-ms", type=float, help="mean TTFT SLO in ms (default: none)")
     catalog.add_argument("--price", action="append", default=[], metavar="GPU=USD",
-                         help="override a catalog price ($/h per GPU); repeatable")
+                         help="override a catalog price, $/h per GPU; repeatable (default: the catalog's)")
     catalog.add_argument("--catalog", type=Path, action="append", default=[],
-                         help="extra catalog file (GPUs and models); repeatable")
+                         help="extra catalog file (GPUs and models); repeatable (default: the shipped catalog)")
     model = parser.add_argument_group("model")
     model.add_argument("--mode", choices=MODES, default="paper",
                        help="paper: split per (input, output) bucket as in the paper; routable: split per input "
                             "bucket, which a router can enforce (default: paper; the other is reported beside)")
-    model.add_argument("--slice-factor", type=int, help="slices per bucket (paper: 8)")
+    model.add_argument("--slice-factor", type=int, help="slices per bucket (default: the file's, else 8 as the paper)")
     model.add_argument("--solver", choices=SOLVERS, help=f"MIP solver (default: {DEFAULT_SOLVER})")
-    model.add_argument("--time-limit", type=float, help="solver time limit, seconds")
-    model.add_argument("--target-utilisation", type=float, help="load per replica at most this (0-1], headroom")
-    model.add_argument("--min-replicas", type=int, help="at least this many replicas in total")
-    model.add_argument("--max-spot-share", type=float, help="at most this share (0-1) of requests on spot options")
-    model.add_argument("--current", help="current replicas as NAME=N,NAME=N (for --move-cost)")
-    model.add_argument("--move-cost", type=float, help="$/h charged per replica added or removed vs --current")
+    model.add_argument("--time-limit", type=float, help="solver time limit in seconds (default: none)")
+    model.add_argument("--target-utilisation", type=float,
+                       help="load per replica at most this share, 0 < U <= 1, for headroom (default 1)")
+    model.add_argument("--min-replicas", type=int, help="at least this many replicas in total (default 0)")
+    model.add_argument("--max-spot-share", type=float,
+                       help="at most this share (0-1) of requests on spot options (default: no limit)")
+    model.add_argument("--current", help="current replicas as NAME=N,NAME=N; needs --move-cost (default: none)")
+    model.add_argument("--move-cost", type=float,
+                       help="$/h charged per replica added or removed vs --current (default 0)")
     parser.add_argument("--output", choices=("table", "json"), default="table", help="table (default) or json")
     parser.add_argument("--splits", action="store_true", help="also print how each bucket is split (table output)")
     parser.set_defaults(handler=run)
 
 
-def _parse_current(value: str | None) -> dict[str, int]:
+# Flags that only a given input source reads: given without it, they would be silently ignored.
+_CATALOG_FLAGS = {"tpot_ms": "--tpot-ms", "ttft_ms": "--ttft-ms", "price": "--price", "catalog": "--catalog"}
+_LIVE_FLAGS = {"window": "--window", "selector": "--selector", "model_name": "--model-name",
+               "bearer_token_file": "--bearer-token-file", "bearer_token_env": "--bearer-token-env",
+               "ca_bundle": "--ca-bundle", "min_requests": "--min-requests"}
+
+
+def refuse_unused_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag that the chosen inputs would ignore, naming what it needs."""
+    if not args.model:
+        for attribute, flag in _CATALOG_FLAGS.items():
+            if getattr(args, attribute) not in (None, []):
+                raise InputError(flag, "only applies to catalog GPUs (--model, --gpus); the profiles and options "
+                                       "given set their own SLO and prices",
+                                 "edit the options' price_per_hour, or solve with --model and --gpus")
+    if not args.prometheus:
+        for attribute, flag in _LIVE_FLAGS.items():
+            if getattr(args, attribute) not in (None, []):
+                raise InputError(flag, "only applies with --prometheus URL", "--prometheus URL with it, or leave it out")
+    if args.grid and not args.trace:
+        raise InputError("--grid", "only applies with --trace", "--trace FILE with it, or leave it out")
+    if args.current and args.move_cost is None:
+        raise InputError("--current", "given without --move-cost, so it would change nothing",
+                         "--move-cost USD_PER_HOUR with --current")
+
+
+def _parse_current(value: str | None, option_names: list[str]) -> dict[str, int]:
     if not value:
         return {}
     current = {}
     for part in value.split(","):
         name, sep, count = part.partition("=")
-        if not sep or not name.strip():
+        name = name.strip()
+        if not sep or not name:
             raise InputError("--current", f"cannot read {part!r}", "NAME=N,NAME=N")
+        if name not in option_names:
+            raise InputError("--current", f"{name!r} is not one of the options", ", ".join(option_names))
         try:
-            current[name.strip()] = integer(int(count), f"--current {name.strip()}", minimum=0)
+            current[name] = integer(int(count), f"--current {name}", minimum=0)
         except ValueError:
             raise InputError("--current", f"{count!r} is not a whole number", "NAME=N with N >= 0") from None
     return current
@@ -103,7 +146,8 @@ def _parse_current(value: str | None) -> dict[str, int]:
 
 def _live_workload(args: argparse.Namespace, grid: BucketGrid) -> Workload:
     """The workload measured by Prometheus; refuses to go on without a trustworthy rate."""
-    from melange.solver.metrics.prometheus_source import PrometheusConfig, PrometheusSource, parse_duration, read_bearer_token
+    from melange.solver.metrics.prometheus_source import (PrometheusConfig, PrometheusSource, parse_duration,
+                                                          read_bearer_token)
     selector = {}
     for item in args.selector:
         name, sep, value = item.partition("=")
@@ -114,21 +158,26 @@ def _live_workload(args: argparse.Namespace, grid: BucketGrid) -> Workload:
         selector[MODEL_LABEL] = args.model_name
     if not selector:
         raise InputError("--prometheus", "no selector", "--model-name NAME and/or --selector LABEL=VALUE")
-    config = PrometheusConfig(url=args.prometheus, selector=selector, window_s=parse_duration(args.window, "--window"),
+    window = args.window or DEFAULT_WINDOW
+    min_requests = DEFAULT_MIN_REQUESTS if args.min_requests is None else args.min_requests
+    config = PrometheusConfig(url=args.prometheus, selector=selector, window_s=parse_duration(window, "--window"),
                               bearer_token=read_bearer_token(args.bearer_token_file, args.bearer_token_env),
-                              ca_bundle=args.ca_bundle, min_requests=args.min_requests)
+                              ca_bundle=args.ca_bundle, min_requests=integer(min_requests, "--min-requests", minimum=0))
     live = PrometheusSource(config).workload(grid)
     if live.workload is None or live.status in ("no_series", "stale"):
         raise MetricsUnavailable(f"{args.prometheus}: {live.status}: {'; '.join(live.notes)}")
     workload = live.workload
+    span = f"the last {window}" if live.span_s is None else \
+        f"the {live.span_s:.0f} s its series cover (younger than --window {window})"
     return Workload(workload.rate, workload.grid, workload.distribution,
-                    (f"live workload from {args.prometheus} over {args.window}: {live.requests_in_window:.0f} "
-                     f"requests, status {live.status}",) + workload.notes)
+                    (f"live workload from {args.prometheus}: {live.requests_in_window:.0f} requests over {span}, "
+                     f"status {live.status}",) + workload.notes,
+                    f"measured by Prometheus at {args.prometheus} over {span}")
 
 
 def catalog_slo(tpot_ms: float | None, ttft_ms: float | None) -> Slo:
     """The SLO from --tpot-ms/--ttft-ms; mean TPOT 120 ms (the paper's relaxed SLO) when neither is given."""
-    return slo_from_flags(120.0 if tpot_ms is None and ttft_ms is None else tpot_ms, ttft_ms)
+    return slo_from_flags(DEFAULT_TPOT_MS if tpot_ms is None and ttft_ms is None else tpot_ms, ttft_ms)
 
 
 def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:
@@ -142,11 +191,9 @@ def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:
     catalog = load_catalog(args.catalog)
     model = resolve_model(catalog, args.model)
     if args.prometheus:
-        workload = _live_workload(args, paper_grid())
-        if args.rate is not None:
-            workload = workload.with_rate(args.rate)
+        workload = _with_rate_flag(_live_workload(args, paper_grid()), args)
     elif args.workload or args.trace:
-        workload = _workload_from_flags(args)
+        workload = _workload_from_flags(args, None)
     else:
         raise InputError("--model", "no workload", "--trace, --workload or --prometheus")
     options, profiles = catalog_options_and_profiles(catalog, model, parse_gpu_choices(args.gpus),
@@ -155,8 +202,13 @@ def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:
     return assemble(workload, options, profiles)
 
 
+def _with_rate_flag(workload: Workload, args: argparse.Namespace) -> Workload:
+    return workload if args.rate is None else workload.with_rate(args.rate, RATE_FLAG_SOURCE)
+
+
 def read_inputs(args: argparse.Namespace) -> LoadedInputs:
     """Assemble the problem from a bundle and/or separate files; flags override the bundle."""
+    refuse_unused_flags(args)
     if args.rate is not None:
         number(args.rate, "--rate", minimum=0)
     if args.model or args.gpus:
@@ -165,73 +217,91 @@ def read_inputs(args: argparse.Namespace) -> LoadedInputs:
         return _catalog_inputs(args)
     if args.prometheus and (args.workload or args.trace):
         raise InputError("--prometheus", "given with --workload/--trace", "one workload source")
-    if args.prometheus:
-        if args.bundle is not None:
-            base = load_bundle(args.bundle)
-            options, profiles, settings = base.problem.options, base.problem.profiles, base.settings
-        else:
-            if not args.options or not args.profiles:
-                raise InputError("--prometheus", "needs GPU options and profiles", "a BUNDLE, or --options and --profiles")
-            options, profiles, settings = load_options(args.options), [p for f in args.profiles for p in load_profiles(f)], {}
-        if not profiles:
-            raise InputError("--profiles", "no profiles given")
-        workload = _live_workload(args, profiles[0].grid)
-        if args.rate is not None:
-            workload = workload.with_rate(args.rate)
-        return LoadedInputs(assemble(workload, options, profiles).problem, settings)
     if args.bundle is not None:
+        if args.options or args.profiles:
+            raise InputError("--options" if args.options else "--profiles", "given with a bundle, which has its own",
+                             "a BUNDLE, or --options and --profiles")
         loaded = load_bundle(args.bundle)
         problem = loaded.problem
-        if args.workload or args.trace:
-            workload = _workload_from_flags(args)
-            loaded = LoadedInputs(assemble(workload, problem.options, problem.profiles).problem, loaded.settings)
-        elif args.rate is not None:
-            loaded = LoadedInputs(Problem(problem.workload.with_rate(args.rate), problem.options, problem.profiles),
-                                  loaded.settings)
-        return loaded
-    missing = [flag for flag, value in (("--workload or --trace", args.workload or args.trace),
+        if args.prometheus:
+            workload = _with_rate_flag(_live_workload(args, problem.profiles[0].grid), args)
+        elif args.workload or args.trace:
+            workload = _workload_from_flags(args, problem.profiles)
+        else:
+            workload = _with_rate_flag(problem.workload, args)
+        return LoadedInputs(assemble(workload, problem.options, problem.profiles).problem, loaded.settings,
+                            loaded.settings_where)
+    missing = [flag for flag, value in (("--workload, --trace or --prometheus", args.workload or args.trace
+                                         or args.prometheus),
                                         ("--options", args.options), ("--profiles", args.profiles)) if not value]
     if missing:
         raise InputError("melange solve", f"missing {', '.join(missing)}", "a BUNDLE file, or --workload/--trace, "
                                                                            "--options and --profiles")
-    profiles = [p for path in args.profiles for p in load_profiles(path)]
-    return assemble(_workload_from_flags(args), load_options(args.options), profiles)
+    sourced = load_profile_files(args.profiles)
+    profiles = [profile for profile, _ in sourced]
+    if args.prometheus:
+        workload = _with_rate_flag(_live_workload(args, profiles[0].grid), args)
+    else:
+        workload = _workload_from_flags(args, profiles)
+    check_profile_grids(workload, sourced, str(args.workload or args.trace or args.prometheus))
+    return assemble(workload, load_options(args.options), profiles)
 
 
-def _workload_from_flags(args: argparse.Namespace):
+def _workload_from_flags(args: argparse.Namespace, profiles: tuple[Profile, ...] | list[Profile] | None) -> Workload:
+    """--workload, or --trace binned on --grid (default: the profiles' grid, or the paper's)."""
     if args.trace:
         grid = grid_from_dict(load_document(args.grid), str(args.grid)) if args.grid else None
-        return load_trace_workload(args.trace, grid, args.rate)
-    workload = load_workload(args.workload)
-    return workload.with_rate(args.rate) if args.rate is not None else workload
+        if grid is not None and profiles and profiles[0].grid != grid:
+            raise InputError("--grid", f"{grid.to_dict()} differs from the profiles' grid {profiles[0].grid.to_dict()}",
+                             "leave --grid out to bin the trace on the profiles' grid")
+        if grid is None and profiles:
+            grid = profiles[0].grid
+        return load_trace_workload(args.trace, grid, args.rate, RATE_FLAG_SOURCE if args.rate is not None else None)
+    return _with_rate_flag(load_workload(args.workload), args)
 
 
-def settings_from(args: argparse.Namespace, file_settings: dict[str, Any]) -> IlpSettings:
-    """Solver settings: the file's, then the flags'."""
-    allowed = {"slice_factor", "solver", "time_limit_s", "target_utilisation", "min_total_replicas",
-               "max_spot_share", "move_cost", "mode"}
+# Each setting and the flag that sets it, so an error names what the user typed.
+_SETTING_FLAGS = {"slice_factor": "--slice-factor", "solver": "--solver", "time_limit_s": "--time-limit",
+                  "target_utilisation": "--target-utilisation", "min_total_replicas": "--min-replicas",
+                  "max_spot_share": "--max-spot-share", "move_cost": "--move-cost"}
+
+
+def settings_from(args: argparse.Namespace, loaded: LoadedInputs) -> IlpSettings:
+    """Solver settings: the file's, then the flags'; an error names the flag or the file's field."""
+    file_settings, where = dict(loaded.settings), loaded.settings_where
+    allowed = set(_SETTING_FLAGS) | {"mode"}
     unknown = sorted(set(file_settings) - allowed)
     if unknown:
-        raise InputError(f"settings.{unknown[0]}", "unknown setting", ", ".join(sorted(allowed)))
+        raise InputError(f"{where}.{unknown[0]}", "unknown setting", ", ".join(sorted(allowed)))
     values = {k: v for k, v in file_settings.items() if k != "mode"}
-    flags = {"slice_factor": args.slice_factor, "solver": args.solver, "time_limit_s": args.time_limit,
-             "target_utilisation": args.target_utilisation, "min_total_replicas": args.min_replicas,
-             "max_spot_share": args.max_spot_share, "move_cost": args.move_cost}
-    values.update({k: v for k, v in flags.items() if v is not None})
+    flags = {key: getattr(args, flag[2:].replace("-", "_")) for key, flag in _SETTING_FLAGS.items()}
+    flags = {key: value for key, value in flags.items() if value is not None}
+    values.update(flags)
+
+    def named(key: str) -> str:
+        return _SETTING_FLAGS[key] if key in flags else f"{where}.{key}"
+
     for key in ("target_utilisation", "max_spot_share", "move_cost", "time_limit_s"):
         if values.get(key) is not None:
-            values[key] = number(values[key], key)
+            values[key] = number(values[key], named(key))
     for key in ("slice_factor", "min_total_replicas"):
         if key in values:
-            values[key] = integer(values[key], key)
-    return IlpSettings(current=_parse_current(args.current), **values)
+            values[key] = integer(values[key], named(key))
+    settings = IlpSettings(current=_parse_current(args.current, [o.name for o in loaded.problem.options]), **values)
+    try:
+        check_settings(settings)
+    except InputError as error:
+        raise InputError(named(error.where.rpartition(".")[2]), error.problem, error.allowed) from None
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
     """Solve and print the report (table or JSON)."""
     loaded = read_inputs(args)
-    settings = settings_from(args, dict(loaded.settings))
+    settings = settings_from(args, loaded)
     mode = args.mode if args.mode != "paper" else loaded.settings.get("mode", "paper")
+    if mode not in MODES:
+        raise InputError(f"{loaded.settings_where}.mode", f"unknown mode {mode!r}", ", ".join(MODES))
     report = solve(loaded.problem, settings, mode=mode)
     if not report.allocation.solved:
         raise InputError("infeasible", f"the solver found no allocation ({report.allocation.status}): quotas, "
@@ -248,13 +318,26 @@ def _money(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def describe_assumptions(report: SolveReport) -> str:
+    """One line: the model, the SLO and where the rate came from, which the answer rests on."""
+    slo = report.slo.describe() if report.slo is not None else "not stated by the profiles"
+    return f"model {report.model or 'not stated by the profiles'}; SLO {slo}; rate {report.rate:g} req/s " \
+           f"{report.rate_source}"
+
+
+def _savings_line(report: SolveReport, label: str, pick: tuple[str, float]) -> str:
+    savings = report.savings_percent(pick[1])
+    return f"vs {label} single type ({pick[0]}, ${pick[1]:.3f}/h): " + \
+        ("no savings to state" if savings is None else f"saves {savings:.2f}%")
+
+
 def render_table(report: SolveReport, problem: Problem, show_splits: bool = False) -> str:
     """The human-readable report of a solve."""
     allocation = report.allocation
     lines = [f"Mélange allocation, {allocation.mode} mode, rate {report.rate:g} req/s "
              f"({allocation.solver}: {allocation.status}"
              + (f", gap <= {100 * allocation.gap:.2f}%" if allocation.status == "feasible" and allocation.gap is not None
-                else "") + f", {1000 * allocation.wall_time_s:.1f} ms)", ""]
+                else "") + f", {1000 * allocation.wall_time_s:.1f} ms)", describe_assumptions(report), ""]
     header = f"{'option':<16} {'replicas':>8} {'GPUs':>5} {'$/h':>9} {'req/s':>9} {'util':>6}   " \
              f"{'alone: replicas':>15} {'$/h':>9}  profile"
     lines += [header, "-" * len(header)]
@@ -268,16 +351,24 @@ def render_table(report: SolveReport, problem: Problem, show_splits: bool = Fals
     lines.append(f"{'mix':<16} {sum(u.replicas for u in allocation.options):>8} "
                  f"{sum(u.gpus for u in allocation.options):>5} {_money(allocation.cost_per_hour):>9}")
     lines.append("")
-    for label, pick in (("best", report.best_single), ("worst", report.worst_single)):
-        if pick:
-            lines.append(f"vs {label} single type ({pick[0]}, ${pick[1]:.3f}/h): "
-                         f"saves {report.savings_percent(pick[1]):.2f}%")
+    if report.move_cost > 0:
+        moved = ", ".join(f"{name} {delta:+d}" for name, delta in report.moves.items()) or "none"
+        lines.append(f"moves vs --current: {moved}; move cost ${report.move_cost_per_hour:.3f}/h "
+                     f"(${report.move_cost:g}/h per replica moved), charged by the solve but not in the $/h above")
+    if report.rate == 0:
+        lines.append("no traffic: the mix is the options' floors (min_replicas), so there are no savings to state")
+    else:
+        lines += [_savings_line(report, label, pick)
+                  for label, pick in (("best", report.best_single), ("worst", report.worst_single)) if pick]
     if report.best_single is None:
         lines.append("no single option can serve this workload alone")
+    savings = report.savings_percent(report.best_single[1]) if report.best_single else None
+    if savings is not None and savings < 0:
+        lines += [f"why the mix costs more: {caveat}" for caveat in report.savings_caveats()]
     if report.other_mode is not None:
         other = report.other_mode
         cost = f"${other.cost_per_hour:.3f}/h" if other.solved else other.status
-        mix = ", ".join(f"{n} x{r}" for n, r in other.replicas.items() if r)
+        mix = ", ".join(f"{n} x{r}" for n, r in other.replicas.items() if r) or "no replicas"
         lines.append(f"{other.mode} mode: {cost} ({mix})")
     sources = set(report.profile_sources.values())
     if "estimated" in sources:

@@ -113,6 +113,7 @@ class LiveWorkload:
     mix_source: str | None
     workload: Workload | None
     notes: tuple[str, ...] = ()
+    span_s: float | None = None  # the seconds measured over when the series are younger than the window
 
     @property
     def trustworthy(self) -> bool:
@@ -142,8 +143,10 @@ class PrometheusSource:
         extra = f",{self._matchers}" if self._matchers else ""
         return f'{{__name__=~"{name_regex}"{extra}}}'
 
-    def _window(self) -> str:
-        return f"{int(round(self.config.window_s))}s"
+    def _window(self, seconds: float | None = None) -> str:
+        if seconds is None:
+            return f"{int(round(self.config.window_s))}s"
+        return f"{int(round(1000 * seconds))}ms"
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Run an instant query; any failure becomes a MetricsError naming the URL."""
@@ -179,12 +182,35 @@ class PrometheusSource:
             values[key] = values.get(key, 0.0) + value
         return values
 
-    def request_rate(self) -> tuple[float | None, float | None]:
-        """Requests/s and requests finished over the window; (None, None) when no series matches."""
+    def request_rate(self, seconds: float | None = None) -> tuple[float | None, float | None]:
+        """Requests/s and requests finished over the window (or the last `seconds`); (None, None)
+        when no series matches."""
         selector = self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))
-        rate = self._scalar(f"sum(rate({selector}[{self._window()}]))")
-        count = self._scalar(f"sum(increase({selector}[{self._window()}]))")
+        rate = self._scalar(f"sum(rate({selector}[{self._window(seconds)}]))")
+        count = self._scalar(f"sum(increase({selector}[{self._window(seconds)}]))")
         return rate, count
+
+    def covered_span(self) -> float | None:
+        """Seconds from the request counter's first sample in the window to now, when the series
+        are younger than the window (a new service, a Prometheus restart); None when the data
+        covers the whole window.
+
+        `rate()` divides by the whole window, so over a series younger than it the rate comes out
+        too low (it extrapolates at most half a scrape interval past the first sample:
+        prometheus/promql/functions.go, extrapolatedRate)."""
+        selector = self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))
+        now = self._scalar("vector(time())")
+        series = self.query(f"{selector}[{self._window()}]")
+        times = [[float(t) for t, _ in item.get("values", [])] for item in series]
+        times = [t for t in times if t]
+        if now is None or not times:
+            return None
+        first = min(t[0] for t in times)
+        gaps = sorted(b - a for t in times for a, b in zip(t, t[1:]))
+        interval = gaps[len(gaps) // 2] if gaps else 0.0
+        if first - (now - self.config.window_s) <= 2 * interval:
+            return None
+        return now - first + 0.001  # the range must hold the first sample itself
 
     def is_live(self) -> bool:
         """True when the request counter still has a current (non-stale) sample."""
@@ -218,6 +244,12 @@ class PrometheusSource:
                                 (f"no series match {self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))} "
                                  f"at {self.config.url}",))
         notes: list[str] = []
+        span = self.covered_span()
+        if span is not None:
+            rate, count = self.request_rate(span)
+            rate = rate or 0.0
+            notes.append(f"the request counter's series cover only the last {span:.0f} s of the {window:g} s "
+                         f"window (a new service or a Prometheus restart): the rate is measured over those {span:.0f} s")
         status = "ok" if self.is_live() else "stale"
         if status == "stale":
             notes.append("the request counter has no current sample: the service or its scrape target is gone")
@@ -231,7 +263,7 @@ class PrometheusSource:
             outputs = self.marginal(VLLM_GENERATION_TOKENS, grid.output_edges)
             if inputs is None or outputs is None:
                 return LiveWorkload("no_series" if status == "ok" else status, rate, count or 0.0, window, None,
-                                    None, tuple(notes + ["no token histograms in the window"]))
+                                    None, tuple(notes + ["no token histograms in the window"]), span)
             matrix, beyond = _independent(inputs, outputs)
             source = MIX_INDEPENDENT
             notes.append("size mix from vLLM's prompt and generation histograms, assuming input and output "
@@ -239,7 +271,7 @@ class PrometheusSource:
         placed = sum(map(sum, matrix))
         if placed <= 0:
             return LiveWorkload(status, rate, count or 0.0, window, source, None,
-                                tuple(notes + ["every request lies beyond the grid"]))
+                                tuple(notes + ["every request lies beyond the grid"]), span)
         if beyond > 0:
             notes.append(f"{100 * beyond / (placed + beyond):.2f}% of requests lie beyond the grid and are left out")
         requests_seen = count or 0.0
@@ -248,8 +280,8 @@ class PrometheusSource:
             notes.append(f"only {requests_seen:.0f} requests in the window (< {self.config.min_requests}): "
                          "the mix is not trustworthy")
         workload = make_workload(rate, grid, [[v / placed for v in row] for row in matrix], "prometheus",
-                                 notes=notes)
-        return LiveWorkload(status, rate, requests_seen, window, source, workload, tuple(notes))
+                                 notes=notes, rate_source=f"measured by Prometheus at {self.config.url}")
+        return LiveWorkload(status, rate, requests_seen, window, source, workload, tuple(notes), span)
 
 
 def _independent(inputs: tuple[list[float], float], outputs: tuple[list[float], float]) -> tuple[list[list[float]], float]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -15,6 +16,9 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from melange.solver.buckets import BucketGrid
+from melange.solver.checks import number
+from melange.solver.command_line import OneLineParser, run_reporting_errors
+from melange.solver.errors import InputError
 from melange.solver.metrics.histograms import overlap_fraction
 from melange.solver.metrics.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS, ROUTER_OUTPUT_LABEL,
                                          ROUTER_SIZE_EDGES, VLLM_GENERATION_TOKENS, VLLM_PROMPT_TOKENS,
@@ -136,21 +140,36 @@ class Stream(threading.Thread):
             self.played += 1
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Serve metrics for a synthetic stream until interrupted."""
-    parser = argparse.ArgumentParser(description="Serve vLLM-named metrics for synthetic traffic.")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--rate", type=float, default=5.0, help="req/s")
-    parser.add_argument("--mix", choices=sorted(MIXES), default="chat")
-    parser.add_argument("--then", choices=sorted(MIXES), help="switch to this mix after --switch-after seconds")
-    parser.add_argument("--switch-after", type=float, default=300.0)
-    parser.add_argument("--model-name", default="demo")
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve metrics for a synthetic stream until interrupted; bad flags are one line and exit 2."""
+    parser = OneLineParser(prog="python -m melange.solver.metrics.traffic_player",
+                           description="Serve vLLM-named Prometheus metrics for synthetic traffic (Poisson arrivals "
+                                       "with a size mix that can change over time), for demos and tests.")
+    parser.add_argument("--port", type=int, default=8000, help="port to serve /metrics on")
+    parser.add_argument("--address", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--rate", type=float, default=5.0, help="request rate, req/s")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="chat", help="size mix of the requests")
+    parser.add_argument("--then", choices=sorted(MIXES), help="switch to this mix after --switch-after seconds "
+                                                              "(default: keep --mix)")
+    parser.add_argument("--switch-after", type=float, default=300.0, help="seconds before switching to --then")
+    parser.add_argument("--model-name", default="demo", help="model_name label of the metrics")
     parser.add_argument("--router-metrics", action="store_true", help="also export the router's joint counter")
     args = parser.parse_args(argv)
+    return run_reporting_errors(parser.prog, lambda: _play(args))
+
+
+def _play(args: argparse.Namespace) -> None:
+    number(args.rate, "--rate", minimum=0)
+    number(args.switch_after, "--switch-after", minimum=0)
+    if not 0 < args.port < 65536:
+        raise InputError("--port", f"{args.port} is not a port", "1-65535")
     registry = CollectorRegistry()
     metrics = VllmMetrics(registry, router=args.router_metrics)
-    start_http_server(args.port, addr=args.address, registry=registry)
+    try:
+        start_http_server(args.port, addr=args.address, registry=registry)
+    except OSError as error:
+        raise InputError("--port", f"cannot listen on {args.address}:{args.port}: {error.strerror}",
+                         "a free port and a local address") from None
     stream = Stream(metrics, args.model_name, args.rate, MIXES[args.mix])
     stream.start()
     print(f"serving http://{args.address}:{args.port}/metrics: {args.rate:g} req/s of {args.mix}", flush=True)
@@ -166,4 +185,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -41,10 +41,10 @@ def parse_prices(values: Sequence[str]) -> dict[str, float]:
         if not sep or not name.strip():
             raise InputError("--price", f"cannot read {item!r}", "GPU=USD_PER_HOUR, e.g. h100=4.5")
         try:
-            prices[name.strip().lower()] = number(float(price), f"--price {name.strip()}", minimum=0,
-                                                  strict_minimum=True)
+            value = float(price)
         except ValueError:
             raise InputError("--price", f"{price!r} is not a number", "GPU=USD_PER_HOUR") from None
+        prices[name.strip().lower()] = number(value, f"--price {name.strip()}", minimum=0, strict_minimum=True)
     return prices
 
 

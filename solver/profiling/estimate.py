@@ -46,6 +46,20 @@ def bucket_size(grid: BucketGrid, i: int, j: int, context_length: int) -> tuple[
     return inputs, min(grid.output_edges[j], context_length - inputs)
 
 
+def does_not_fit(model: ModelSpec, gpu: GpuSpec, tensor_parallel: int, constants: PerfConstants) -> str:
+    """Why a replica cannot hold the model, and the smallest tensor-parallel shape that would."""
+    usable = tensor_parallel * (gpu.memory_gb * constants.gpu_memory_utilization - constants.reserved_memory_gb)
+    shape = f"{tensor_parallel} x {gpu.name}" if tensor_parallel > 1 else gpu.name
+    reason = (f"{model.name} needs {model.weight_bytes / 1e9:.0f} GB of weights; {shape} has "
+              f"{tensor_parallel * gpu.memory_gb:g} GB ({usable:.0f} GB usable by vLLM), leaving no room for a KV cache")
+    wider = [tp for tp in (2, 4, 8) if tp > tensor_parallel and model.attention_heads % tp == 0
+             and Replica(gpu, model, tp, constants).fits]
+    if not wider:
+        return f"{reason}; no tensor-parallel shape up to 8 GPUs holds it"
+    name = gpu.name.lower()
+    return f"{reason}; try a tensor-parallel option such as {name}:{wider[0]} (--gpus {name}:{wider[0]} or --tp {wider[0]})"
+
+
 def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid, tensor_parallel: int = 1,
                      constants: PerfConstants = PerfConstants(), date: str | None = None) -> Profile:
     """The estimated profile; buckets the replica cannot serve within the SLO are None."""
@@ -60,6 +74,9 @@ def estimate_profile(model: ModelSpec, gpu: GpuSpec, slo: Slo, grid: BucketGrid,
         raise InputError("tensor_parallel", f"{tensor_parallel} does not divide the model's "
                          f"{model.attention_heads} attention heads", "a divisor of the attention heads")
     replica = Replica(gpu, model, tensor_parallel, constants)
+    if not replica.fits:
+        raise InputError(f"{gpu.name.lower()}" + (f":{tensor_parallel}" if tensor_parallel > 1 else ""),
+                         does_not_fit(model, gpu, tensor_parallel, constants))
     sizes = [bucket_size(grid, i, j, model.context_length) for i in range(grid.shape[0]) for j in range(grid.shape[1])]
     inputs = np.array([size[0] if size else 1 for size in sizes], float)
     outputs = np.array([size[1] if size else 1 for size in sizes], float)

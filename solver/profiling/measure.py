@@ -20,7 +20,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,16 +189,42 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict[str,
     return RequestResult(True, first - started, end - started, tokens or chunks)
 
 
+def arrival_offsets(rate: float, count: int, rng: random.Random) -> list[float]:
+    """Poisson arrival times, seconds from the trial's start (the first at 0)."""
+    offsets, t = [], 0.0
+    for _ in range(count):
+        offsets.append(t)
+        t += rng.expovariate(rate)
+    return offsets
+
+
+async def dispatch(offsets: Sequence[float], start: Callable[[], Awaitable[RequestResult]],
+                   clock: Callable[[], float] | None = None,
+                   sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> list[RequestResult]:
+    """Start one request at each offset from now, and wait for them all.
+
+    Each start is due at an absolute time: a busy event loop wakes late from every sleep, and
+    sleeping the gaps one after another would add those delays up, offering a lower rate than the
+    trial is judged at (the measured capacity then overshoots). Late starts are caught up instead.
+    """
+    clock = clock or asyncio.get_running_loop().time
+    began = clock()
+    tasks = []
+    for offset in offsets:
+        delay = began + offset - clock()
+        if delay > 0:
+            await sleep(delay)
+        tasks.append(asyncio.create_task(start()))
+    return list(await asyncio.gather(*tasks))
+
+
 async def run_trial(session: aiohttp.ClientSession, config: MeasureConfig, model: str, input_tokens: int,
                     output_tokens: int, rate: float, rng: random.Random) -> TrialResult:
     """Poisson arrivals at `rate` of fixed-size requests; judged once all have finished."""
     url = f"{config.endpoint}/v1/completions"
     body = completion_body(model, input_tokens, output_tokens, config.prompt)
-    tasks = []
-    for _ in range(trial_size(rate, config)):
-        tasks.append(asyncio.create_task(send_request(session, url, body)))
-        await asyncio.sleep(rng.expovariate(rate))
-    results = await asyncio.gather(*tasks)
+    results = await dispatch(arrival_offsets(rate, trial_size(rate, config), rng),
+                             lambda: send_request(session, url, body))
     return judge_trial(rate, results, config.slo, config.warmup_share)
 
 

@@ -5,8 +5,8 @@ output at the paper's grid for the paper's two SLOs (mean TPOT 120 ms and 40 ms)
 (a test fails when they drift)."""
 from __future__ import annotations
 
-import argparse
 import functools
+import sys
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -14,6 +14,8 @@ from pathlib import Path
 import yaml
 
 from melange.solver.buckets import paper_grid
+from melange.solver.command_line import OneLineParser, run_reporting_errors
+from melange.solver.errors import InputError
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 from melange.solver.profiling.estimate import estimate_profile
 from melange.solver.inputs import dump_yaml
@@ -66,19 +68,31 @@ def shipped_profiles(model_name: str) -> tuple[Profile, ...]:
                  for k, item in enumerate(data["profiles"]))
 
 
-def main() -> None:
-    """Regenerate the shipped profile files."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DATA_FOLDER)
-    args = parser.parse_args()
+def main(argv: Sequence[str] | None = None) -> int:
+    """Regenerate the shipped profile files; a bad --out is one line and exit 2."""
+    parser = OneLineParser(prog="python -m melange.solver.profiling.shipped_profiles",
+                           description="Regenerate the estimated profiles shipped with the package (one YAML per "
+                                       "catalog model, the paper's grid and both paper SLOs) from the GPU catalog "
+                                       "and the performance model.")
+    parser.add_argument("--out", type=Path, default=DATA_FOLDER, help="folder to write <model>.yaml files into")
+    args = parser.parse_args(argv)
+    return run_reporting_errors(parser.prog, lambda: _regenerate(args.out))
+
+
+def _regenerate(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError("--out", f"{out} is a file", "a folder (created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError("--out", f"cannot create {out}: {error.strerror}", "a folder you may write") from None
     catalog = shipped_catalog()
-    args.out.mkdir(parents=True, exist_ok=True)
     date = yaml.safe_load((resources.files("melange.solver.profiling") / "data" / "catalog" / "gpus.yaml").read_text())[
         "catalog_date"]
     for model_name, profiles in build_shipped(catalog, date).items():
-        (args.out / f"{model_name}.yaml").write_text(render(profiles))
-        print(f"wrote {args.out / f'{model_name}.yaml'} ({len(profiles)} profiles)")
+        (out / f"{model_name}.yaml").write_text(render(profiles))
+        print(f"wrote {out / f'{model_name}.yaml'} ({len(profiles)} profiles)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from melange.solver.buckets import paper_grid
 from melange.solver.metrics.prometheus_source import (MIX_INDEPENDENT, MIX_ROUTER, MetricsError, PrometheusConfig,
                                               PrometheusSource)
+from melange.solver.metrics.metric_names import VLLM_REQUEST_SUCCESS, vllm_name_regex
 from melange.solver.metrics.traffic_player import CHAT, DOCUMENTS, Shape, SizeMix, Stream, VllmMetrics
 
 from melange.testing.prometheus_server import PrometheusServer
@@ -138,6 +139,35 @@ def test_too_few_requests_is_flagged(traffic):
     result = source(prometheus, "chat", min_requests=10**9).workload(GRID)
     assert result.status == "too_few_requests" and result.workload is not None
     assert any("not trustworthy" in note for note in result.notes)
+
+
+def wait_for_samples(prometheus, model: str, samples: int, timeout_s: float = 60.0) -> None:
+    """Block until Prometheus holds `samples` scrapes of the model's request counter."""
+    probe = source(prometheus, model)
+    name = vllm_name_regex(VLLM_REQUEST_SUCCESS)
+    query = f'count_over_time({{__name__=~"{name}",model_name="{model}"}}[10m])'
+    deadline = time.monotonic() + timeout_s
+    while not (probe.query(query) and float(probe.query(query)[0]["value"][1]) >= samples):
+        assert time.monotonic() < deadline, f"Prometheus did not scrape {samples} samples of {model}"
+        time.sleep(0.2)
+
+
+def test_a_series_younger_than_the_window_is_measured_over_its_span(traffic):
+    """A service that started 8 scrapes ago, asked about the last 5 minutes: its 120 req/s must not
+    come out as 120 x 8 / 300 = 3 req/s (what rate() over the whole window gives)."""
+    prometheus, streams, _ = traffic
+    young = Stream(streams["chat"].metrics, "young", 120.0, CHAT, seed=11, poisson=False)
+    young.start()
+    try:
+        wait_for_samples(prometheus, "young", 8)
+        result = source(prometheus, "young", window_s=300.0, min_requests=10).workload(GRID)
+    finally:
+        young.stop()
+    assert result.status == "ok"
+    assert result.rate == pytest.approx(120.0, rel=0.05)
+    assert result.span_s is not None and 5 < result.span_s < 60
+    assert any(f"cover only the last {result.span_s:.0f} s of the 300 s window" in note for note in result.notes)
+    assert total_variation(result.workload.distribution, CHAT.distribution(GRID)) <= 0.05
 
 
 def test_prometheus_down_names_the_url():

@@ -50,8 +50,9 @@ def bundle_with_changed_l4(tmp_path, **changes):
 
 def test_profile_on_another_grid_is_rejected(tmp_path):
     grid = {"input_edges": [25, 100, 250, 500, 1000, 4000], "output_edges": [25, 100, 250, 500, 1000, 2000]}
-    with pytest.raises(InputError, match="does not match the workload's grid"):
+    with pytest.raises(InputError, match="does not match the workload's grid") as error:
         load_bundle(bundle_with_changed_l4(tmp_path, grid=grid))
+    assert error.value.where == str(tmp_path / "l4.yaml")
 
 
 def test_profiles_for_different_slos_are_rejected(tmp_path):
@@ -82,3 +83,30 @@ def test_unparseable_files(tmp_path, content, suffix, match):
 def test_missing_file():
     with pytest.raises(InputError, match="cannot read file"):
         load_document(EXAMPLES / "nope.yaml")
+
+
+def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads 1e9 as a string; a rate written that way is meant as a number."""
+    path = tmp_path / "w.yaml"
+    path.write_text("rate: 1e3\ngrid: {input_edges: [10], output_edges: [10]}\ndistribution: [[1]]\nother: [2E-3, -1e+2]\n")
+    assert load_document(path) == {"rate": 1000.0, "grid": {"input_edges": [10], "output_edges": [10]},
+                                   "distribution": [[1]], "other": [0.002, -100.0]}
+    path.write_text("rate: 1e3\ngrid: {input_edges: [10], output_edges: [10]}\ndistribution: [[1]]\n")
+    assert load_workload(path).rate == 1000.0
+
+
+def test_bundle_trace_is_binned_on_the_profiles_grid(tmp_path):
+    """A trace workload without a grid takes the profiles' (6x6) grid, not the paper's 10x6."""
+    (tmp_path / "t.csv").write_text("input_tokens,output_tokens\n20,20\n1500,20\n")
+    path, _ = write_bundle(tmp_path, workload={"trace": str(tmp_path / "t.csv"), "rate": 2})
+    workload = load_bundle(path).problem.workload
+    assert workload.grid.shape == (6, 6)
+    assert workload.distribution[0][0] == 0.5 and workload.distribution[5][0] == 0.5
+    assert workload.rate_source == f"given in {path}.workload.rate"
+
+
+def test_melange_release_json_without_slice_factor_says_so(tmp_path):
+    path = tmp_path / "ref.json"
+    path.write_text('{"gpu_info": {}, "workload_distribution": [[1]], "total_request_rate": 1}')
+    with pytest.raises(InputError, match="looks like a melange-release JSON config but lacks slice_factor"):
+        load_bundle(path)

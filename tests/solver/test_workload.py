@@ -96,3 +96,35 @@ def test_rate_from_timestamps_needs_all_timestamps():
     from melange.solver.workload import TraceRequest
     assert rate_from_timestamps([TraceRequest(1, 1, 0.0), TraceRequest(1, 1, None), TraceRequest(1, 1, 2.0)]) is None
     assert rate_from_timestamps([TraceRequest(1, 1, 0.0), TraceRequest(1, 1, 2.0)]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("scale,unit", [(1, None), (1e3, "milliseconds"), (1e6, "microseconds"), (1e9, "nanoseconds")])
+def test_epoch_timestamps_in_finer_units_are_recognised(tmp_path, scale, unit):
+    """Five requests over 8 s since 2024-01-01 (epoch 1704067200 s): 0.5 req/s in every unit."""
+    path = tmp_path / "t.csv"
+    start = 1704067200
+    path.write_text("timestamp,input_tokens,output_tokens\n"
+                    + "".join(f"{(start + t) * scale:.0f},10,10\n" for t in (0, 2, 4, 6, 8)))
+    workload = workload_from_trace(read_trace(path), GRID, None, str(path))
+    assert workload.rate == pytest.approx(0.5)
+    assert "5 requests over 8 s" in workload.rate_source
+    assert (unit is None) == ("since the epoch" not in workload.rate_source)
+    if unit:
+        assert unit in workload.rate_source
+
+
+def test_json_trace_is_read_as_json(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps([{"prompt_tokens": 10, "completion_tokens": 10, "timestamp": 0},
+                                {"prompt_tokens": 500, "completion_tokens": 400, "timestamp": 4}], indent=2))
+    workload = workload_from_trace(read_trace(path), GRID, None, str(path))
+    assert workload.distribution == ((0.5, 0.0), (0.0, 0.5)) and workload.rate == pytest.approx(0.25)
+    path.write_text(json.dumps({"input_tokens": 1, "output_tokens": 1}))
+    with pytest.raises(InputError, match="expected a JSON list of request objects"):
+        read_trace(path)
+
+
+def test_rate_source_follows_the_rate():
+    workload = make_workload(3.0, GRID, [[0.5, 0.25], [0.0, 0.25]], "w.yaml")
+    assert workload.rate_source == "given in w.yaml.rate"
+    assert workload.with_rate(1.0, "given by --rate").rate_source == "given by --rate"

@@ -98,9 +98,10 @@ def test_unknown_solver_is_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("flags,message", [
     (["--rate", "nan"], "--rate: must be a finite number"),
     (["--rate", "-1"], "--rate: must be >= 0"),
-    (["--slice-factor", "0"], "slice_factor"),
-    (["--target-utilisation", "1.5"], "target_utilisation"),
-    (["--current", "l4"], "--current"),
+    (["--slice-factor", "0"], "--slice-factor: got 0"),
+    (["--target-utilisation", "1.5"], "--target-utilisation: got 1.5"),
+    (["--min-replicas", "-1"], "--min-replicas: got -1"),
+    (["--current", "l4", "--move-cost", "1"], "--current: cannot read 'l4'"),
 ])
 def test_bad_flags(capsys, flags, message):
     code, out, err = run(capsys, "solve", ARENA / "bundle.yaml", *flags)
@@ -120,4 +121,51 @@ def test_infeasible_quota_is_reported(tmp_path, capsys):
 
 def test_missing_inputs(capsys):
     code, _, err = run(capsys, "solve", "--options", ARENA / "options.yaml")
-    assert code == 2 and "missing --workload or --trace" in err
+    assert code == 2 and "missing --workload, --trace or --prometheus" in err
+
+
+def test_the_answer_states_model_slo_and_rate_source(capsys, tmp_path):
+    code, out, _ = run(capsys, "solve", ARENA / "bundle.yaml")
+    assert code == 0
+    assert out.splitlines()[1] == (f"model llama-2-7b; SLO mean TPOT <= 120 ms; rate 4 req/s given in "
+                                   f"{ARENA / 'bundle.yaml'}.workload.rate")
+    code, out, _ = run(capsys, "solve", ARENA / "bundle.yaml", "--rate", "2", "--output", "json")
+    document = json.loads(out)
+    assert (document["model"], document["slo"], document["rate"], document["rate_source"]) == \
+        ("llama-2-7b", {"tpot_ms": 120.0, "ttft_ms": None}, 2.0, "given by --rate")
+    trace = tmp_path / "t.csv"
+    trace.write_text("timestamp,input_tokens,output_tokens\n0,20,20\n1,30,30\n4,40,40\n")
+    code, out, _ = run(capsys, "solve", "--model", "llama-3-8b", "--gpus", "l4", "--trace", trace, "--output", "json")
+    document = json.loads(out)
+    assert document["slo"] == {"tpot_ms": 120.0, "ttft_ms": None} and document["model"] == "llama-3-8b"
+    assert document["rate"] == pytest.approx(0.5)
+    assert document["rate_source"] == f"from the timestamps of {trace} (3 requests over 4 s)"
+
+
+def test_move_cost_is_shown_apart_with_the_moves(capsys):
+    """Keeping one H100 (current) costs $7.516/h; moving to the $4.370/h mix adds 2 and removes 1
+    replica: 3 x $5 = $15/h of moves, so the solve keeps the H100 and the mix costs more than the
+    best single type (5 A10G, $5.05/h), which pays no move cost."""
+    code, out, _ = run(capsys, "solve", ARENA / "bundle.yaml", "--current", "h100=1", "--move-cost", "5")
+    assert code == 0
+    assert "moves vs --current: none; move cost $0.000/h" in out
+    assert "saves -48.83%" in out and "why the mix costs more: single-type baselines pay no move cost" in out
+    code, out, _ = run(capsys, "solve", ARENA / "bundle.yaml", "--current", "h100=1", "--move-cost", "0.5",
+                       "--output", "json")
+    document = json.loads(out)
+    assert document["moves"] == {"l4": 1, "a100-80gb": 1, "h100": -1}
+    assert document["move_cost_per_hour"] == pytest.approx(1.5) and document["cost_per_hour"] == pytest.approx(4.37)
+
+
+def test_floors_that_single_types_do_not_keep_are_given_as_the_reason(capsys, tmp_path):
+    """With an H100 floor the kept H100 serves all 4 req/s alone, so the mix is 1 H100 at $7.516/h,
+    against 5 A10G at $5.05/h that keep no H100: (5.05 - 7.516) / 5.05 = -48.83%."""
+    data = yaml.safe_load((ARENA / "bundle.yaml").read_text())
+    data["profiles"] = [str(ARENA / p) for p in data["profiles"]]
+    data["options"][3]["min_replicas"] = 1
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(data))
+    code, out, _ = run(capsys, "solve", path)
+    assert code == 0 and "saves -48.83%" in out
+    assert "why the mix costs more: the mix keeps every option's floor (h100 x1); a single-type baseline keeps " \
+           "only its own" in out
