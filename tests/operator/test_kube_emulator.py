@@ -10,6 +10,8 @@ import kopf
 import kubernetes
 import pytest
 
+from melange.testing.kube_emulator import KubeEmulator
+
 from . import toy_handlers
 from .conftest import LLMSERVICES
 
@@ -77,12 +79,19 @@ async def test_a_watch_from_a_version_sends_what_changed_after_it_in_order(kube)
         ("ADDED", "two"), ("ADDED", "three")]
 
 
-async def test_a_write_right_after_the_watch_request_is_not_lost(kube):
-    """kmock takes its snapshot, then subscribes: a write in between was lost. Here no await separates
-    them, so the create issued together with the watch arrives exactly once."""
-    watching = asyncio.ensure_future(read_watch(kube, "/api/v1/namespaces/default/configmaps", 1))
-    await kube.create(configmap("raced"), namespace="default")
-    assert [(e["type"], e["object"]["metadata"]["name"]) for e in await watching] == [("ADDED", "raced")]
+async def test_a_write_landing_just_after_the_watch_snapshot_is_not_lost(kube, monkeypatch):
+    """kmock takes its snapshot, then subscribes after an await: a write in between was lost. Here a
+    write is started the moment the snapshot is taken; it must arrive, once."""
+    take_snapshot = KubeEmulator._selected
+
+    def snapshot_then_write(self, request):
+        snapshot = take_snapshot(self, request)
+        if request.params.get("watch"):
+            asyncio.ensure_future(kube.create(configmap("raced"), namespace="default"))
+        return snapshot
+    monkeypatch.setattr(KubeEmulator, "_selected", snapshot_then_write)
+    events = await read_watch(kube, "/api/v1/namespaces/default/configmaps", 1)
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "raced")]
 
 
 async def test_a_watch_from_a_version_not_kept_answers_410_gone(kube):
