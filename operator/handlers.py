@@ -18,6 +18,7 @@ import kopf
 from melange.operator.diff import diff
 from melange.operator.kube import Cluster, load_config
 from melange.operator.planner import GROUP, VERSION, Images, Owner
+from melange.operator.metrics import OperatorMetrics
 from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
 from melange.operator.moves import DEFAULT_DRAIN_S
 from melange.operator.problem import Inputs, config_refs, explicit_profiles, service_grid
@@ -40,6 +41,8 @@ class OperatorConfig:
     catalog: Catalog = field(default_factory=shipped_catalog)
     prometheus: PrometheusDefaults = field(default_factory=PrometheusDefaults)
     drain_s: float = DEFAULT_DRAIN_S
+    metrics_port: int | None = None  # serve the operator's /metrics here (None: do not serve)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     cluster: Cluster | None = None
     clock_origin: tuple[float, float] | None = None  # (wall time, loop time) when the operator started
 
@@ -69,7 +72,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = 20  # INFO and above become Events only where we post them ourselves
-    _config(memo).clock()
+    config = _config(memo)
+    config.clock()
+    if config.metrics_port is not None:
+        config.metrics.serve(config.metrics_port)
 
 
 def _uses_node_pools(spec: Any) -> bool:
@@ -94,36 +100,65 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
     if "lock" not in memo:
         memo["lock"] = asyncio.Lock()
     async with memo["lock"]:
-        meta = body["metadata"]
-        owner = Owner(meta["name"], meta["namespace"], meta["uid"])
-        spec = dict(body.get("spec") or {})
-        cluster = config.cluster
+        started = time.perf_counter()
         try:
-            parsed = parse_spec(spec)
-        except InputError:
-            parsed = None  # the reconcile reports the bad spec
-        refs = config_refs(parsed) if parsed else []
-        config_data = await asyncio.to_thread(cluster.read_config_data, owner.namespace, refs)
-        inputs = Inputs(config_data, config.catalog)
-        live = None
-        if parsed is not None and parsed.workload.source == "prometheus":
-            live = await _read_live(parsed, inputs, config, owner.namespace)
-        actual = await asyncio.to_thread(cluster.owned_objects, owner, _uses_node_pools(spec))
-        observed = Observed(spec, meta.get("generation"), dict(body.get("status") or {}), actual, config.clock())
-        outcome = reconcile(owner, observed, inputs, config.images, live, config.drain_s)
-        if outcome.desired is not None:
-            actions = diff(outcome.desired, actual)
-            if not actions.empty:
-                await asyncio.to_thread(cluster.apply, actions, actual)
-        for key, value in outcome.status.items():
-            patch.status[key] = value
-        for event in outcome.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
-            logger.info(f"{event.reason}: {event.message}")
+            outcome = await _reconcile_once(body, patch, config, logger)
+        except Exception:
+            config.metrics.errors.labels("Exception").inc()
+            raise
+        finally:
+            config.metrics.reconcile_seconds.observe(time.perf_counter() - started)
         memo["last_reconcile"] = asyncio.get_running_loop().time()
-        if outcome.decision is not None and not outcome.decision.moves:
-            logger.info(f"decision: {outcome.decision.reason}")
         return outcome
+
+
+async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, config: OperatorConfig, logger: Any) -> Outcome:
+    """Read what the service references and owns, reconcile, apply the diff, write status and Events."""
+    meta = body["metadata"]
+    owner = Owner(meta["name"], meta["namespace"], meta["uid"])
+    spec = dict(body.get("spec") or {})
+    cluster = config.cluster
+    try:
+        parsed = parse_spec(spec)
+    except InputError:
+        parsed = None  # the reconcile reports the bad spec
+    refs = config_refs(parsed) if parsed else []
+    config_data = await asyncio.to_thread(cluster.read_config_data, owner.namespace, refs)
+    inputs = Inputs(config_data, config.catalog)
+    live = None
+    if parsed is not None and parsed.workload.source == "prometheus":
+        live = await _read_live(parsed, inputs, config, owner.namespace)
+    actual = await asyncio.to_thread(cluster.owned_objects, owner, _uses_node_pools(spec))
+    observed = Observed(spec, meta.get("generation"), dict(body.get("status") or {}), actual, config.clock())
+    # Solving takes tens of milliseconds: off the event loop, so watches and the health endpoint stay live.
+    outcome = await asyncio.to_thread(reconcile, owner, observed, inputs, config.images, live, config.drain_s)
+    if outcome.desired is not None:
+        actions = diff(outcome.desired, actual)
+        if not actions.empty:
+            await asyncio.to_thread(cluster.apply, actions, actual)
+    for key, value in outcome.status.items():
+        patch.status[key] = value
+    for event in outcome.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        logger.info(f"{event.reason}: {event.message}")
+    _count(config.metrics, owner, outcome, [o.get("name") for o in spec.get("gpuOptions") or [] if isinstance(o, dict)])
+    if outcome.decision is not None and not outcome.decision.moves:
+        logger.info(f"decision: {outcome.decision.reason}")
+    return outcome
+
+
+def _count(metrics: OperatorMetrics, owner: Owner, outcome: Outcome, options: list[str]) -> None:
+    """The pass in the operator's metrics."""
+    metrics.observe(owner.namespace, owner.name, outcome.status, options)
+    if outcome.report is not None:
+        metrics.solve_seconds.observe(outcome.report.allocation.wall_time_s)
+    if outcome.decision is not None:
+        metrics.decisions.labels(outcome.decision.kind).inc()
+    for condition in outcome.status.get("conditions") or []:
+        if condition.get("status") == "True" and condition["type"] in ("InvalidSpec", "Infeasible"):
+            metrics.errors.labels(condition["type"]).inc()
+        if condition.get("status") == "False" and condition["type"] == "MetricsAvailable":
+            metrics.errors.labels("MetricsUnavailable").inc()
 
 
 async def _read_live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, namespace: str) -> LiveInput | None:
@@ -175,3 +210,9 @@ async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body["metadata"]
     cluster = _config(memo).cluster
     await asyncio.to_thread(cluster.delete_node_pools, Owner(meta["name"], meta["namespace"], meta["uid"]))
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+async def forget_metrics(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted service's series leave the operator's /metrics (no finalizer needed for that)."""
+    _config(memo).metrics.forget(body["metadata"]["namespace"], body["metadata"]["name"])
