@@ -5,43 +5,45 @@ import random
 
 import pytest
 
-from melange.solver.buckets import BucketGrid
-from melange.solver.ilp import IlpSettings
+from melange.solver.ilp import IlpSettings, Item, OptionSpec
 from melange.solver.options import GpuOption
 from melange.solver.problem import match_profiles
 from melange.solver.profiles import Profile
 from melange.solver.solve import paper_items, routable_items, single_type_replicas, solve
 from melange.solver.workload import make_workload
 
-GRID = BucketGrid((100, 1000), (50, 500))
-
-
-def problem(rate=4.0, options=None, tables=None, share=((0.4, 0.1), (0.3, 0.2))):
-    options = options or [GpuOption("small", 1.0), GpuOption("big", 4.0)]
-    tables = tables or {"small": ((8.0, 1.0), (2.0, None)), "big": ((20.0, 6.0), (10.0, 3.0))}
-    profiles = [Profile("m", o.gpu_type, GRID, tables[o.name]) for o in options]
-    return match_profiles(make_workload(rate, GRID, [list(r) for r in share], "w"), options, profiles)
-
+from .brute_force import brute_force_cost
+from .small_problem import GRID, problem
 
 def test_single_type_baseline_is_ceil_of_total_load():
     p = problem()
     replicas = single_type_replicas(p, IlpSettings())
     assert replicas["small"] is None  # cannot serve in(100,1000] out(50,500]
-    big_load = 4 * (0.4 / 20 + 0.1 / 6 + 0.3 / 10 + 0.2 / 3)
-    assert replicas["big"] == -(-big_load // 1)
+    # By hand: big carries 4 req/s x (0.4/20 + 0.1/6 + 0.3/10 + 0.2/3) = 0.533 replicas -> 1; at 50%
+    # utilisation 1.067 -> 2; a floor of 3 replicas in total -> 3.
+    assert replicas["big"] == 1
+    assert single_type_replicas(p, IlpSettings(target_utilisation=0.5))["big"] == 2
+    assert single_type_replicas(p, IlpSettings(min_total_replicas=3))["big"] == 3
 
 
 def test_report_savings_against_best_and_worst():
     options = [GpuOption("a", 1.0), GpuOption("b", 1.5), GpuOption("c", 3.0)]
     tables = {"a": ((10.0, 1.0), (1.0, 0.2)), "b": ((4.0, 4.0), (4.0, 1.0)), "c": ((6.0, 6.0), (6.0, 2.0))}
-    report = solve(problem(rate=6.0, options=options, tables=tables), IlpSettings())
-    costs = [c for c in report.single_type.values() if c is not None]
-    best, worst = min(costs), max(costs)
-    assert report.best_single[1] == best and report.worst_single[1] == worst
-    assert report.allocation.cost_per_hour <= best + 1e-9
+    report = solve(problem(rate=6.0, options=options, tables=tables), IlpSettings(slice_factor=2))
+    # By hand, bucket rates 2.4, 0.6, 1.8, 1.2 req/s: a alone carries 0.24 + 0.6 + 1.8 + 6 = 8.64
+    # replicas -> 9 x $1; b alone 0.6 + 0.15 + 0.45 + 1.2 = 2.4 -> 3 x $1.5; c alone 1.4 -> 2 x $3.
+    assert report.single_type == {"a": 9.0, "b": 4.5, "c": 6.0}
+    assert report.single_type_replicas == {"a": 9, "b": 3, "c": 2}
+    assert report.best_single == ("b", 4.5) and report.worst_single == ("a", 9.0)
+    # The mix, by brute force over every slice assignment: $4/h (1 x a + 2 x b).
+    items = [Item("00", 2.4, (1 / 10, 1 / 4, 1 / 6)), Item("01", 0.6, (1 / 1, 1 / 4, 1 / 6)),
+             Item("10", 1.8, (1 / 1, 1 / 4, 1 / 6)), Item("11", 1.2, (1 / 0.2, 1 / 1, 1 / 2))]
+    specs = [OptionSpec(o.name, o.price_per_hour) for o in options]
+    assert brute_force_cost(items, specs, IlpSettings(slice_factor=2)) == pytest.approx(4.0)
+    assert report.allocation.cost_per_hour == pytest.approx(4.0)
     document = report.to_dict()
-    assert document["savings_vs_best_single_percent"] == pytest.approx(
-        100 * (best - report.allocation.cost_per_hour) / best, abs=1e-4)
+    assert document["savings_vs_best_single_percent"] == pytest.approx(100 * (4.5 - 4.0) / 4.5, abs=1e-4)
+    assert document["savings_vs_worst_single_percent"] == pytest.approx(100 * (9.0 - 4.0) / 9.0, abs=1e-4)
     assert set(document) >= {"status", "cost_per_hour", "replicas", "single_type"}
 
 
