@@ -9,7 +9,8 @@ from melange.solver.ilp import IlpSettings, Item, OptionSpec
 from melange.solver.options import GpuOption
 from melange.solver.problem import match_profiles
 from melange.solver.profiles import Profile
-from melange.solver.solve import paper_items, routable_items, single_type_replicas, solve
+from melange.solver.errors import InputError
+from melange.solver.solve import allocate, paper_items, routable_items, single_type_replicas, solve
 from melange.solver.workload import make_workload
 
 from .brute_force import brute_force_cost
@@ -105,3 +106,72 @@ def test_more_slices_never_cost_more():
         large = solve(problem(rate=9.0), IlpSettings(slice_factor=factor_large), compare_modes=False)
         if factor_large % factor_small == 0:
             assert large.allocation.cost_per_hour <= small.allocation.cost_per_hour + 1e-9
+
+
+def test_allocation_describes_costs_loads_and_splits():
+    """By hand at 4 req/s: every allocation needs a big replica (small cannot serve in(100,1000]
+    out(50,500]), and one big carries everything: 4 x (0.4/20 + 0.1/6 + 0.3/10 + 0.2/3) = 0.533."""
+    allocation = solve(problem(), IlpSettings(), compare_modes=False).allocation
+    small, big = allocation.options
+    assert (small.replicas, small.cost_per_hour, small.request_rate, small.load, small.utilisation) == (0, 0, 0, 0, None)
+    assert (big.replicas, big.gpus, big.cost_per_hour, big.request_rate) == (1, 1, 4.0, pytest.approx(4.0))
+    assert big.load == pytest.approx(0.5333, abs=1e-4) and big.utilisation == pytest.approx(0.5333, abs=1e-4)
+    assert [(s.label, s.index, s.rate, s.shares) for s in allocation.splits] == [
+        ("in(0,100] out(0,50]", (0, 0), pytest.approx(1.6), {"small": 0.0, "big": 1.0}),
+        ("in(0,100] out(50,500]", (0, 1), pytest.approx(0.4), {"small": 0.0, "big": 1.0}),
+        ("in(100,1000] out(0,50]", (1, 0), pytest.approx(1.2), {"small": 0.0, "big": 1.0}),
+        ("in(100,1000] out(50,500]", (1, 1), pytest.approx(0.8), {"small": 0.0, "big": 1.0})]
+    assert (allocation.mode, allocation.status, allocation.gap, allocation.solver) == ("paper", "optimal", 0.0, "highs")
+
+
+def test_routable_mode_is_solved_and_compared_with_the_paper_mode():
+    report = solve(problem(share=((0.0, 0.0), (0.5, 0.5))), IlpSettings(), mode="routable")
+    assert report.allocation.mode == "routable" and report.other_mode.mode == "paper"
+    assert [(s.label, s.index) for s in report.allocation.splits] == [("in(100,1000]", (1,))]
+    assert solve(problem(), IlpSettings(), compare_modes=False).other_mode is None
+
+
+def test_unknown_mode_is_named():
+    with pytest.raises(InputError) as error:
+        allocate(problem(), IlpSettings(), "fast")
+    assert str(error.value).startswith("mode") and "paper, routable" in str(error.value)
+
+
+def test_routable_items_skip_empty_rows_and_cells():
+    tables = {"small": ((8.0, 1.0), (2.0, None)), "big": ((20.0, 6.0), (10.0, 3.0))}
+    items = routable_items(problem(tables=tables, share=((0.0, 0.2), (0.8, 0.0))))
+    assert [(i.label, i.rate) for i in items] == [("in(0,100]", pytest.approx(0.8)), ("in(100,1000]", pytest.approx(3.2))]
+    # Only out(50,500] is seen in the first row, only out(0,50] in the second (small serves it).
+    assert items[0].seconds_per_request == pytest.approx((1 / 1.0, 1 / 6.0))
+    assert items[1].seconds_per_request == pytest.approx((1 / 2.0, 1 / 10.0))
+
+
+# small serves every bucket here: alone it carries 4 x (0.4/8 + 0.1/1 + 0.3/2 + 0.2/1) = 2 replicas ($2/h),
+# big alone 0.533 -> 1 replica ($4/h).
+SERVES_ALL = {"small": ((8.0, 1.0), (2.0, 1.0)), "big": ((20.0, 6.0), (10.0, 3.0))}
+
+
+def with_small(rate=4.0, **small):
+    return problem(rate=rate, options=[GpuOption("small", 1.0, **small), GpuOption("big", 4.0)], tables=SERVES_ALL)
+
+
+def test_option_limits_reach_the_solver():
+    assert solve(with_small(), IlpSettings()).allocation.replicas == {"small": 2, "big": 0}
+    # a quota of 1 small: 1 small + 1 big costs $5, 1 big alone $4
+    assert solve(with_small(max_replicas=1), IlpSettings()).allocation.replicas == {"small": 0, "big": 1}
+    # no spot traffic allowed
+    assert solve(with_small(spot=True), IlpSettings(max_spot_share=0.0)).allocation.replicas == {"small": 0, "big": 1}
+    # a floor of 3 small replicas: they carry everything
+    assert solve(with_small(min_replicas=3), IlpSettings()).allocation.replicas == {"small": 3, "big": 0}
+    # moving costs $1 per replica: staying on 1 big ($4) beats 2 small plus 3 moves ($5)
+    sticky = IlpSettings(current={"big": 1}, move_cost=1.0)
+    assert solve(with_small(), sticky).allocation.replicas == {"small": 0, "big": 1}
+
+
+def test_single_type_baselines_respect_quotas_spot_caps_and_floors():
+    assert single_type_replicas(with_small(max_replicas=2), IlpSettings())["small"] == 2
+    assert single_type_replicas(with_small(max_replicas=1), IlpSettings())["small"] is None
+    assert single_type_replicas(with_small(spot=True), IlpSettings(max_spot_share=1.0))["small"] == 2
+    assert single_type_replicas(with_small(spot=True), IlpSettings(max_spot_share=0.5))["small"] is None
+    assert single_type_replicas(with_small(rate=0.5, spot=True), IlpSettings(max_spot_share=0.5))["small"] is None
+    assert single_type_replicas(with_small(min_replicas=5), IlpSettings())["small"] == 5
