@@ -146,18 +146,26 @@ def test_move_cost_keeps_current_allocation_for_small_gains():
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
 def test_time_limit_reports_an_unproven_answer_as_feasible_with_an_honest_gap(solver):
-    """16 options x 100 buckets x 16 slices: both solvers find a first answer at once (at $16.93/h with
-    CBC, $27.99/h with HiGHS, even with a 1 ms limit) and need about 0.2 s to prove the optimum, $7.00/h."""
+    """16 options x 100 buckets x 16 slices: on an idle machine both solvers have a first answer within
+    1 ms ($16.93/h with CBC, $27.99/h with HiGHS) and need about 0.2 s to prove the optimum, $7.00/h.
+    Under CPU load the shortest limits may end with no answer at all, so several limits are tried:
+    each answer must carry the status it earned, and at least one must be an unproven one."""
     rng = random.Random(3)
     options = [OptionSpec(f"g{g}", rng.uniform(0.5, 8)) for g in range(16)]
     items = [Item(f"b{k}", rng.uniform(0.1, 3), tuple(1 / rng.uniform(0.05, 30) for _ in options)) for k in range(100)]
     proven = solve_ilp(items, options, IlpSettings(slice_factor=16, solver=solver))
-    limited = solve_ilp(items, options, IlpSettings(slice_factor=16, solver=solver, time_limit_s=0.01))
     assert proven.status == "optimal" and proven.gap == 0.0
-    assert limited.status == "feasible"
-    assert limited.cost_per_hour > proven.cost_per_hour + 1
-    # The gap is measured against a lower bound, so it is at least the distance to the optimum.
-    assert 1 > limited.gap >= (limited.cost_per_hour - proven.cost_per_hour) / limited.cost_per_hour - 1e-9
+    unproven = 0
+    for limit in (0.001, 0.01, 0.03, 0.1):
+        limited = solve_ilp(items, options, IlpSettings(slice_factor=16, solver=solver, time_limit_s=limit))
+        assert limited.status in ("optimal", "feasible", "no_solution"), limit
+        if limited.status == "optimal":
+            assert limited.cost_per_hour == pytest.approx(proven.cost_per_hour), limit
+        if limited.status == "feasible":
+            unproven += 1
+            # The gap is measured against a lower bound, so it is at least the distance to the optimum.
+            assert 1 > limited.gap >= (limited.cost_per_hour - proven.cost_per_hour) / limited.cost_per_hour - 1e-9
+    assert unproven >= 1
 
 
 # Found by searching random instances for one where a 25% relative MIP gap changes HiGHS's answer
