@@ -30,6 +30,25 @@ def random_instance(rng: random.Random) -> tuple[list[Item], list[OptionSpec], i
     return items, options, slice_factor
 
 
+def assert_consistent(solution, items, options, settings) -> None:
+    """The answer itself, checked by hand: every slice of a bucket with traffic placed once, on an
+    option that serves it, within the replicas (at the target utilisation) and the spot share."""
+    s, u = settings.slice_factor, settings.target_utilisation
+    loads = [0.0] * len(options)
+    spot = 0.0
+    for item, counts in zip(items, solution.slices):
+        assert sum(counts) == (s if item.rate > 0 else 0), (item, counts)
+        for g, count in enumerate(counts):
+            if count:
+                assert item.seconds_per_request[g] is not None
+                loads[g] += item.rate * count / s * item.seconds_per_request[g]
+                spot += item.rate * count / s if options[g].spot else 0.0
+    for load, replicas, reported in zip(loads, solution.replicas, solution.loads):
+        assert load == pytest.approx(reported, abs=1e-9) and load <= u * replicas + 1e-6
+    if settings.max_spot_share is not None:
+        assert spot <= settings.max_spot_share * sum(i.rate for i in items if i.rate > 0) + 1e-9
+
+
 def objective(solution, options, settings) -> float:
     moved = sum(abs(n - settings.current.get(o.name, 0)) for o, n in zip(options, solution.replicas))
     return solution.cost_per_hour + settings.move_cost * moved
@@ -45,6 +64,7 @@ def test_matches_brute_force_on_random_instances(solver):
         solution = solve_ilp(items, options, settings)
         assert solution.status == "optimal", case
         assert solution.cost_per_hour == pytest.approx(expected, abs=1e-6), (case, items, options)
+        assert_consistent(solution, items, options, settings)
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
@@ -69,6 +89,7 @@ def test_extensions_match_brute_force(solver):
         checked += 1
         assert solution.status == "optimal", case
         assert objective(solution, options, settings) == pytest.approx(expected, abs=1e-6), case
+        assert_consistent(solution, items, options, settings)
         for option, n in zip(options, solution.replicas):
             assert option.max_replicas is None or n <= option.max_replicas
         assert sum(solution.replicas) >= settings.min_total_replicas
