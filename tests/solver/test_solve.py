@@ -134,7 +134,15 @@ def test_routable_mode_is_solved_and_compared_with_the_paper_mode():
 def test_unknown_mode_is_named():
     with pytest.raises(InputError) as error:
         allocate(problem(), IlpSettings(), "fast")
-    assert str(error.value).startswith("mode") and "paper, routable" in str(error.value)
+    assert str(error.value) == "mode: unknown mode 'fast' (allowed: paper, routable)"
+    assert allocate(problem(), IlpSettings()).mode == "paper"
+
+
+def test_report_carries_the_workload_and_profile_sources():
+    p = problem()
+    report = solve(p, IlpSettings(), compare_modes=False)
+    assert report.rate == 4.0 and report.notes == p.workload.notes
+    assert report.profile_sources == {"small": p.profiles[0].source, "big": p.profiles[1].source}
 
 
 def test_routable_items_skip_empty_rows_and_cells():

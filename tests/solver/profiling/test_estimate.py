@@ -199,3 +199,12 @@ def test_estimate_errors_say_what_is_allowed(slo, tp, message):
     with pytest.raises(InputError) as error:
         estimate_profile(CATALOG.model("llama-3-8b"), CATALOG.gpu("l4"), slo, paper_grid(), tensor_parallel=tp)
     assert str(error.value) == message
+
+
+def test_constants_reach_the_model():
+    slower = PerfConstants(bandwidth_efficiency=0.4)
+    default = estimate_profile(CATALOG.model("llama-3-8b"), CATALOG.gpu("l4"), Slo(tpot_ms=120), paper_grid())
+    fitted = estimate_profile(CATALOG.model("llama-3-8b"), CATALOG.gpu("l4"), Slo(tpot_ms=120), paper_grid(),
+                              constants=slower)
+    assert fitted.provenance["constants"]["bandwidth_efficiency"] == 0.4
+    assert fitted.max_rps[0][0] < default.max_rps[0][0]  # half the bandwidth: slower decode steps
