@@ -166,10 +166,10 @@ def test_tool_version_is_unknown_without_an_installed_package(monkeypatch):
     assert tool_version() == "unknown"
 
 
-def test_a_model_too_big_for_the_gpu_serves_nothing():
-    profile = estimate_profile(CATALOG.model("llama-3-70b"), CATALOG.gpu("l4"), Slo(tpot_ms=120), paper_grid())
-    assert profile.provenance["kv_cache_tokens"] == 0  # 141 GB of weights on a 24 GB GPU
-    assert all(rate is None for row in profile.max_rps for rate in row)
+def test_a_model_too_big_for_the_gpu_is_refused_with_the_sizes():
+    with pytest.raises(InputError) as caught:  # 2 bytes per parameter: 141 GB of weights on a 24 GB GPU
+        estimate_profile(CATALOG.model("llama-3-70b"), CATALOG.gpu("l4"), Slo(tpot_ms=120), paper_grid())
+    assert "llama-3-70b needs 141 GB of weights; L4 has 24 GB" in str(caught.value)
 
 
 def test_a_ttft_bound_lowers_long_prompt_rates():
