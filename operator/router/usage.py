@@ -19,7 +19,7 @@ _USAGE = b'"usage"'
 _USAGE_VALUE = re.compile(rb'"usage"\s*:\s*(?!null\b)')  # a usage that is not null
 # A `"usage": null` member with its separating comma. Inside a JSON string every quote is escaped,
 # so an unescaped `,"usage"` or `{"usage"` only occurs between members.
-_NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*(?:,|(?=\}))')
+_NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*(?:,\s*|(?=\}))')
 _EVENT_SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
 _DONE = b"data: [DONE]"
 

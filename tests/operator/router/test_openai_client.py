@@ -13,6 +13,7 @@ import logging
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import aiohttp
 import pytest
@@ -80,7 +81,20 @@ def total(metrics: dict, name: str, **labels: str) -> float:
 
 def openai_client(router_url: str) -> OpenAI:
     # No retries: a failed request must show, not be sent again.
-    return OpenAI(base_url=f"{router_url}/v1", api_key="unused", max_retries=0)
+    return OpenAI(base_url=f"{router_url}/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+async def in_threads(calls: list, workers: int) -> None:
+    """Run blocking client calls in threads while this event loop serves the router and the
+    upstreams; every call finishes (an early failure must not leave the others waiting on a loop
+    that no longer runs), then the first failure is raised."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=workers) as threads:
+        results = await asyncio.gather(*(loop.run_in_executor(threads, call) for call in calls),
+                                       return_exceptions=True)
+    failures = [result for result in results if isinstance(result, BaseException)]
+    if failures:
+        raise failures[0]
 
 
 def one_request(client: OpenAI, endpoint: str, streamed: bool, options: dict | None,
@@ -114,10 +128,7 @@ async def test_openai_client_traffic_has_no_pool_errors_and_counts_every_request
     router_url, _ = pools_up
     client = openai_client(router_url)
     sent = [(kind, size) for kind in KINDS for size in SIZES for _ in range(PER_KIND_AND_SIZE)]
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(max_workers=16) as threads:
-        await asyncio.gather(*(loop.run_in_executor(threads, one_request, client, *kind, *size)
-                               for kind, size in sent))
+    await in_threads([partial(one_request, client, *kind, *size) for kind, size in sent], workers=16)
     client.close()
     metrics = await scrape(router_url)
 
@@ -152,9 +163,7 @@ async def test_streams_aborted_by_the_client_are_cancelled_upstream_not_pool_err
     router_url, disconnects = pools_up
     client = openai_client(router_url)
     aborted = 200
-    loop = asyncio.get_running_loop()
-    with ThreadPoolExecutor(max_workers=25) as threads:
-        await asyncio.gather(*(loop.run_in_executor(threads, abort_after_two_chunks, client) for _ in range(aborted)))
+    await in_threads([partial(abort_after_two_chunks, client)] * aborted, workers=25)
     client.close()
     for _ in range(aborted):  # each upstream stream would run 5 s: it sees its caller leave
         assert await asyncio.wait_for(disconnects.get(), timeout=10) in {"a", "b"}

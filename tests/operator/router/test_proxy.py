@@ -80,6 +80,24 @@ async def test_streaming_passes_through_byte_for_byte(cluster):
     assert router.metrics.joint.labels("m", "1", "32")._value.get() == 1
 
 
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+async def test_a_stream_is_what_the_upstream_sends_for_the_clients_own_request(cluster, path):
+    router, url, urls, _, session = cluster
+    prompt = {"prompt": "one two three"} if path == "/v1/completions" else {
+        "messages": [{"role": "user", "content": "one two three"}]}
+    for options in (None, {"include_usage": False}, {"include_usage": True}, {}):
+        body = {**prompt, "max_tokens": 7, "stream": True} | ({"stream_options": options} if options is not None else {})
+        async with session.post(urls["a"] + path, json=body) as direct:
+            expected = await direct.read()
+        async with session.post(url + path, json=body) as routed:
+            received = await routed.read()
+        assert received == expected, options
+        asked = options is not None and options.get("include_usage", True)
+        assert (b'"usage":{' in received) == asked and (b'"choices":[]' in received) == asked
+    # all four counted, by the upstream's usage: 3 prompt tokens, 7 generated
+    assert router.metrics.joint.labels("m", "5", "10")._value.get() == 4
+
+
 async def test_reload_under_load_loses_nothing(cluster):
     router, url, urls, path, session = cluster
     load = asyncio.create_task(send_many(session, url, 3000))
