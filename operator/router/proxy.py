@@ -310,11 +310,13 @@ async def _relay(router: Router, upstream: aiohttp.ClientResponse, response: web
             counted = True
         if events:
             await _to_client(response.write(events))
+            stream.delivered(events)
     rest = stream.finish()
     if not counted:  # an upstream that sent usage only on its last text event, or none
         router.record_size(stream.usage, input_tokens)
     if rest:
         await _to_client(response.write(rest))
+        stream.delivered(rest)
     await _to_client(response.write_eof())
 
 

@@ -20,7 +20,7 @@ _USAGE_VALUE = re.compile(rb'"usage"\s*:\s*(?!null\b)')  # a usage that is not n
 # A `"usage": null` member with its separating comma. Inside a JSON string every quote is escaped,
 # so an unescaped `,"usage"` or `{"usage"` only occurs between members.
 _NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*(?:,\s*|(?=\}))')
-_EVENT_SEPARATOR = re.compile(rb"(\r?\n\r?\n)")
+_EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _DONE = b"data: [DONE]"
 
 
@@ -73,7 +73,8 @@ class UsageStream:
     """Relays an upstream's server-sent events whole, reading the request's usage on the way.
 
     `feed` takes the upstream's bytes as they come and returns the complete events among them to
-    pass on (an event split across reads waits for its end); `finish` returns what is left. With
+    pass on (an event split across reads waits for its end); `finish` returns what is left;
+    `delivered` notes what reached the client. With
     `hide_usage`, the usage-only event is dropped and, on chat streams, the `"usage": null` members
     the client would not have got are removed; every other byte passes unchanged.
     """
@@ -83,7 +84,7 @@ class UsageStream:
         self.chat = chat
         self.usage: Mapping[str, Any] | None = None  # the latest usage seen
         self.usage_final = False  # the latest usage came in the usage-only event: it is the total
-        self.done = False  # `data: [DONE]` has been passed on: the client has the whole answer
+        self.done = False  # `data: [DONE]` reached the client: it has the whole answer
         self._pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -104,28 +105,48 @@ class UsageStream:
 
     def _events(self, block: bytes) -> bytes:
         if _USAGE in block:
-            if _USAGE_VALUE.search(block):
-                block = self._take_usage(block)
+            block = self._take_usage(block)
             if self.hide_usage and self.chat:
                 block = _NULL_USAGE.sub(b"", block)
-        if not self.done and _DONE in block:
-            self.done = True
         return block
 
+    def delivered(self, events: bytes) -> None:
+        """Note that `events` (from `feed` or `finish`) reached the client."""
+        if not self.done and _DONE in events:
+            self.done = True
+
     def _take_usage(self, block: bytes) -> bytes:
-        """Read the usage of each event that has one; drop the usage-only event when hiding."""
-        kept = []
-        parts = _EVENT_SEPARATOR.split(block)  # event, separator, event, separator, ..., rest
-        for event, separator in zip(parts[0::2], parts[1::2] + [b""]):
-            payload = _event_json(event) if _USAGE_VALUE.search(event) else None
-            usage = payload.get("usage") if isinstance(payload, Mapping) else None
-            if isinstance(usage, Mapping):
-                self.usage = usage
-                self.usage_final = not payload.get("choices")
-                if self.hide_usage:
-                    if self.usage_final:
-                        continue
-                    event = b"data: " + json.dumps({k: v for k, v in payload.items() if k != "usage"},
-                                                   separators=(",", ":"), ensure_ascii=False).encode()
-            kept.append(event + separator)
+        """Read the usage of each event that has one; drop the usage-only event when hiding. Only
+        those events are parsed: the others pass as they are."""
+        kept, copied = [], 0
+        for match in _USAGE_VALUE.finditer(block):
+            if match.start() < copied:
+                continue  # a second usage in an event already read
+            lf, crlf = block.rfind(b"\n\n", copied, match.start()), block.rfind(b"\n\r\n", copied, match.start())
+            begin = max(lf + 2 if lf >= 0 else copied, crlf + 3 if crlf >= 0 else copied)
+            separator = _EVENT_SEPARATOR.search(block, match.end())
+            end, after = (separator.start(), separator.end()) if separator else (len(block), len(block))
+            kept.append(block[copied:begin])
+            passed_on = self._read_event(block[begin:end])
+            if passed_on is not None:
+                kept.append(passed_on + block[end:after])
+            copied = after
+        if not kept:
+            return block
+        kept.append(block[copied:])
         return b"".join(kept)
+
+    def _read_event(self, event: bytes) -> bytes | None:
+        """One event that carries a usage: note it; what to pass on in its place (None: nothing)."""
+        payload = _event_json(event)
+        usage = payload.get("usage") if isinstance(payload, Mapping) else None
+        if not isinstance(usage, Mapping):
+            return event
+        self.usage = usage
+        self.usage_final = not payload.get("choices")
+        if not self.hide_usage:
+            return event
+        if self.usage_final:
+            return None
+        return b"data: " + json.dumps({k: v for k, v in payload.items() if k != "usage"},
+                                      separators=(",", ":"), ensure_ascii=False).encode()

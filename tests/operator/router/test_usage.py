@@ -33,7 +33,7 @@ def test_a_client_that_did_not_ask_gets_what_it_would_have_got_however_the_bytes
     for cut in range(1, len(upstream)):  # every place one read can end
         stream = UsageStream(hide_usage=True, chat=True)
         assert relay(stream, upstream, [cut]) == without, cut
-        assert stream.usage == USAGE and stream.usage_final and stream.done
+        assert stream.usage == USAGE and stream.usage_final
 
 
 def test_a_client_that_asked_gets_every_byte():
@@ -48,7 +48,7 @@ def test_completion_events_keep_their_null_usage():
     event = b'data: {"id":"x","object":"text_completion","choices":[{"text":"a"}],"usage":null}\n\n'
     stream = UsageStream(hide_usage=True, chat=False)
     assert relay(stream, event * 2 + b"data: [DONE]\n\n", []) == event * 2 + b"data: [DONE]\n\n"
-    assert stream.usage is None and stream.done
+    assert stream.usage is None
 
 
 def test_null_usage_is_removed_wherever_it_stands_in_the_event():
@@ -94,3 +94,13 @@ def test_sizes_from_usage():
         "prompt_tokens": 1, "completion_tokens": 2}
     assert usage_of_answer(b"not json") is None and usage_of_answer(b"[1]") is None
     assert usage_of_answer(b'{"usage": null}') is None
+
+
+def test_the_answer_is_whole_once_done_reached_the_client():
+    stream = UsageStream(hide_usage=True, chat=True)
+    events = stream.feed(chat_stream(null_usage=False, usage_event=False))
+    assert not stream.done  # handed out, not yet written
+    stream.delivered(events[:10])
+    assert not stream.done
+    stream.delivered(events)
+    assert stream.done
