@@ -38,8 +38,8 @@ KINDS = [("completions", False, None), ("completions", True, None), ("completion
          ("chat", True, {})]  # vLLM reads empty stream_options as include_usage: true
 PER_KIND_AND_SIZE = 150  # 2,100 requests in all
 TEXT_EVENTS = 4  # text events per stream (few: the client parses each one)
-# The upstreams end each stream's body this long after its `data: [DONE]`, so the client has closed
-# the connection before the router's last write, every time.
+# The upstreams end each stream's body this long after its `data: [DONE]`, so the client has nearly
+# always closed the connection before the router's last write.
 TAIL_PAUSE_S = 0.005
 
 
@@ -50,7 +50,8 @@ async def pools_up(tmp_path):
     runners, urls = [], {}
     disconnects: asyncio.Queue = asyncio.Queue()
     for name in ("a", "b", "c"):
-        runner, urls[name] = await serve_app(upstream_app(name, disconnects, chunks=TEXT_EVENTS, tail_pause_s=TAIL_PAUSE_S), **SERVER_OPTIONS)
+        app = upstream_app(name, disconnects, chunks=TEXT_EVENTS, tail_pause_s=TAIL_PAUSE_S)
+        runner, urls[name] = await serve_app(app, **SERVER_OPTIONS)
         runners.append(runner)
     path = tmp_path / "routing.json"
     path.write_text(json.dumps({"grid": {"input_edges": [100, 1000], "output_edges": [100, 1000]},

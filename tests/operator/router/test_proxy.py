@@ -86,7 +86,9 @@ async def test_a_stream_is_what_the_upstream_sends_for_the_clients_own_request(c
     prompt = {"prompt": "one two three"} if path == "/v1/completions" else {
         "messages": [{"role": "user", "content": "one two three"}]}
     for options in (None, {"include_usage": False}, {"include_usage": True}, {}):
-        body = {**prompt, "max_tokens": 7, "stream": True} | ({"stream_options": options} if options is not None else {})
+        body = {**prompt, "max_tokens": 7, "stream": True}
+        if options is not None:
+            body["stream_options"] = options
         async with session.post(urls["a"] + path, json=body) as direct:
             expected = await direct.read()
         async with session.post(url + path, json=body) as routed:
