@@ -1,0 +1,59 @@
+"""Reading a Prometheus answer for the operator: unknown is never idle; zero on current series is idle."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from melange.operator.live_workload import PrometheusDefaults, interpret, prometheus_config, read_live
+from melange.operator.spec import parse_spec
+from melange.solver.buckets import BucketGrid
+from melange.solver.metrics.prometheus_source import LiveWorkload
+from melange.solver.workload import make_workload
+from melange.testing.ports import free_port
+
+GRID = BucketGrid((100, 1000), (100,))
+WORKLOAD = make_workload(3.0, GRID, [[0.5], [0.5]], "w")
+
+
+def spec(prometheus: dict | None = None):
+    return parse_spec({"model": "org/model-7b", "catalogModel": "llama-3-8b", "slo": {"tpotMs": 100},
+                       "gpuOptions": [{"name": "l4", "gpu": "l4"}],
+                       "workload": {"source": "prometheus", **({"prometheus": prometheus} if prometheus else {})}})
+
+
+def test_the_spec_selects_the_served_model_and_narrows_it():
+    config = prometheus_config(spec({"url": "http://prom:9090", "selector": {"namespace": "llm"}, "window": "5m",
+                                     "minRequests": 20}), PrometheusDefaults(), None, None)
+    assert config.url == "http://prom:9090" and config.window_s == 300
+    assert config.selector == {"model_name": "org/model-7b", "namespace": "llm"} and config.min_requests == 20
+
+
+def test_the_operators_default_prometheus_and_token():
+    config = prometheus_config(spec(), PrometheusDefaults("http://default:9090", "tok", "/ca.pem"), None, None)
+    assert (config.url, config.bearer_token, config.ca_bundle) == ("http://default:9090", "tok", "/ca.pem")
+    assert prometheus_config(spec(), PrometheusDefaults(), None, None) is None
+    assert "--prometheus-url" in read_live(None, GRID, "10m").reason
+
+
+def test_a_trustworthy_answer_is_the_workload():
+    live = interpret(LiveWorkload("ok", 3.0, 1800, 600, "router", WORKLOAD), GRID, "10m")
+    assert live.workload is WORKLOAD and "1800 requests in 10m" in live.reason
+
+
+def test_zero_requests_on_current_series_is_idle():
+    live = interpret(LiveWorkload("ok", 0.0, 0.0, 600, None, None, ("every request lies beyond the grid",)), GRID, "10m")
+    assert live.workload is not None and live.workload.rate == 0 and "idle" in live.reason
+
+
+def test_unknown_is_never_idle():
+    for status in ("no_series", "stale"):
+        live = interpret(LiveWorkload(status, 0.0, 0.0, 600, None, None, ("why",)), GRID, "10m")
+        assert live.workload is None and status.replace("_", " ") in live.reason
+    few = interpret(LiveWorkload("too_few_requests", 0.1, 12, 600, "router", WORKLOAD, ("only 12",)), GRID, "10m")
+    assert few.workload is None and "too few requests" in few.reason
+
+
+def test_prometheus_down_is_no_workload_and_names_the_url():
+    url = f"http://127.0.0.1:{free_port()}"
+    config = prometheus_config(spec({"url": url}), PrometheusDefaults(), None, None)
+    live = read_live(replace(config, retries=0, timeout_s=0.5), GRID, "10m")
+    assert live.workload is None and url in live.reason
