@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from melange.solver.cli import profile_command, solve_command
 from melange.solver.command_line import OneLineParser, VersionAction, run_reporting_errors
@@ -21,6 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     solve_command.add_parser(commands)
     profile_command.add_parser(commands)
+    for entry in entry_points(group="melange.commands"):  # e.g. `melange demo`, from outside the solver
+        entry.load()(commands)
     return parser
 
 

@@ -1,0 +1,86 @@
+"""What the demo shows: a live terminal view (rich) of the traffic, the allocation, its price and the
+move in progress; or, off a terminal, one line per change."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    elapsed_s: float
+    traffic: str  # the mix the player sends now
+    source: str  # where the operator reads the workload from
+    rate: float  # req/s the player sent over the window
+    status: dict[str, Any]
+    deployments: dict[str, dict[str, Any]]
+    events: list[str]
+
+
+def _money(value: Any) -> str:
+    return "-" if value is None else f"${value:.2f}/h"
+
+
+def render(snapshot: Snapshot) -> Group:
+    """The live view of one snapshot."""
+    status = snapshot.status
+    workload = status.get("workload") or {}
+    head = Table.grid(padding=(0, 2))
+    head.add_row("time", f"{snapshot.elapsed_s:.0f} s", "traffic sent", f"{snapshot.traffic}, {snapshot.rate:.1f} req/s")
+    head.add_row("operator sees", f"{workload.get('rate', 0):.2f} req/s", "read from", snapshot.source)
+    options = Table(title="allocation", expand=False)
+    for column in ("option", "replicas", "ready", "recommended"):
+        options.add_column(column, justify="right" if column != "option" else "left")
+    recommended = status.get("recommended") or {}
+    for name, count in (status.get("allocation") or {}).items():
+        deployment = next((d for n, d in snapshot.deployments.items() if n.endswith(f"-{name}")), None)
+        ready = ((deployment or {}).get("status") or {}).get("readyReplicas", 0)
+        wanted = ((deployment or {}).get("spec") or {}).get("replicas", 0)
+        options.add_row(name, str(count), f"{ready}/{wanted}", str(recommended.get(name, "")))
+    best = status.get("bestSingleType") or {}
+    money = Table.grid(padding=(0, 2))
+    money.add_row("mix", _money(status.get("costPerHour")), f"best single type ({best.get('name', '-')})",
+                  _money(best.get("costPerHour")), "saves", f"{status.get('savingsPercent') or 0:.1f}%")
+    move = status.get("move") or {}
+    decision = status.get("lastDecision") or {}
+    lines = [f"move: {move.get('step')} ({move.get('reason', '')})" if move else "move: none",
+             f"last decision: {decision.get('reason', '-')}"]
+    conditions = {c["type"]: c for c in status.get("conditions") or []}
+    metrics = conditions.get("MetricsAvailable")
+    if metrics and metrics.get("status") != "True":
+        lines.append(f"metrics: {metrics.get('message')}")
+    events = Panel("\n".join(snapshot.events[-6:]) or "(none yet)", title="events")
+    return Group(head, options, money, *lines, events)
+
+
+class View:
+    """Shows snapshots: a rich Live display on a terminal, else a line per change."""
+
+    def __init__(self, live: bool) -> None:
+        self.console = Console()
+        self.live = Live(console=self.console, refresh_per_second=2, transient=False) if live else None
+        if self.live is not None:
+            self.live.start()
+        self._last: tuple | None = None
+
+    def show(self, snapshot: Snapshot) -> None:
+        if self.live is not None:
+            self.live.update(render(snapshot))
+            return
+        status = snapshot.status
+        key = (snapshot.traffic, str(status.get("allocation")), str((status.get("move") or {}).get("step")))
+        if key != self._last:
+            self._last = key
+            move = (status.get("move") or {}).get("step") or "-"
+            mix = ", ".join(f"{k} x{v}" for k, v in (status.get("allocation") or {}).items() if v) or "nothing"
+            print(f"{snapshot.elapsed_s:6.0f} s  traffic {snapshot.traffic:<9}  {mix:<28} "
+                  f"{_money(status.get('costPerHour')):>10}  move {move}", flush=True)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
