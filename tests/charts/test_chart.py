@@ -199,8 +199,8 @@ def test_the_prometheus_token_and_ca_are_mounted_where_the_flags_point():
     for flag, source, ref in (("--prometheus-token-file", "secret", "bearerTokenSecret"),
                               ("--prometheus-ca-file", "configMap", "caConfigMap")):
         name, key = PROMETHEUS[ref]["name"], PROMETHEUS[ref]["key"]
-        mount = next(m for m in spec["volumeMounts"] if flags[flag] == f"{m['mountPath']}/{key}")
-        assert mount["readOnly"] is True
+        mount = next((m for m in spec["volumeMounts"] if flags[flag] == f"{m['mountPath']}/{key}"), None)
+        assert mount and mount["readOnly"] is True, f"{flag}={flags[flag]} is not a mounted {source} key"
         volume = volumes[mount["name"]][source]
         assert volume.get("secretName", volume.get("name")) == name
         assert volume["items"] == [{"key": key, "path": key}]
