@@ -24,8 +24,11 @@ import aiohttp
 from common import print_table
 
 from melange.operator.router.proxy import Router, serve
-from melange.testing.openai_upstream import run_upstream, stream_chunks
+from melange.testing.openai_upstream import run_upstream
 from melange.testing.ports import wait_for_port
+
+TEXT_EVENTS = 16  # per streamed answer; the router asks for usage and hides the usage event from the client
+
 
 def run_router(port: int, table: str) -> None:
     serve(Router(Path(table), "bench"), "127.0.0.1", port)
@@ -79,7 +82,7 @@ def main() -> None:
     table.write_text(json.dumps({"grid": {"input_edges": [100000], "output_edges": [100000]},
                                  "pools": {"p": {"urls": [f"http://127.0.0.1:{upstream_port}"]}},
                                  "input_weights": [{"p": 1.0}]}))
-    processes = [multiprocessing.Process(target=run_upstream, args=(upstream_port,), daemon=True),
+    processes = [multiprocessing.Process(target=run_upstream, args=(upstream_port, TEXT_EVENTS), daemon=True),
                  multiprocessing.Process(target=run_router, args=(router_port, str(table)), daemon=True)]
     for process in processes:
         process.start()
@@ -88,7 +91,7 @@ def main() -> None:
     rows = []
     try:
         for stream in (False, True):
-            kind = f"streaming ({len(stream_chunks(16))} SSE events)" if stream else "non-streaming"
+            kind = f"streaming ({TEXT_EVENTS} text events, usage hidden)" if stream else "non-streaming"
             direct = asyncio.run(serial_latency(f"http://127.0.0.1:{upstream_port}", 500, stream))
             routed = asyncio.run(serial_latency(f"http://127.0.0.1:{router_port}", 500, stream))
             direct_load = asyncio.run(measure(f"http://127.0.0.1:{upstream_port}", args.requests, stream, 32))

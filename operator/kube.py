@@ -2,8 +2,11 @@
 references and owns, apply the diff. Blocking calls; the kopf handlers run them in a thread."""
 from __future__ import annotations
 
+import base64
 import logging
 import os
+import tempfile
+from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -58,6 +61,29 @@ class Cluster:
             for key, value in (config_map.data or {}).items():
                 data[(name, key)] = value
         return data
+
+    def read_secret(self, namespace: str, ref: KeyRef) -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key does not exist."""
+        try:
+            secret = self.core.read_namespaced_secret(ref.name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        value = (secret.data or {}).get(ref.key)
+        return None if value is None else base64.b64decode(value).decode().strip()
+
+    def ca_bundle_file(self, namespace: str, ref: KeyRef) -> str | None:
+        """A ConfigMap key holding a CA bundle, written to a private temporary file (the HTTP client
+        takes a path); None when the key does not exist."""
+        data = self.read_config_data(namespace, [ref]).get((ref.name, ref.key))
+        if data is None:
+            return None
+        folder = Path(tempfile.gettempdir()) / "melange-ca"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        path = folder / f"{namespace}-{ref.name}-{ref.key}"
+        path.write_text(data)
+        return str(path)
 
     def owned_objects(self, owner: Owner, node_pools: bool) -> list[dict[str, Any]]:
         """Deployments, Services and ConfigMaps the service owns (by label), and its NodePools."""

@@ -1,7 +1,8 @@
 """`melange-operator` (also `python -m melange.operator`): run the LLMService operator.
 
 Flags follow `kopf run`: `-n/--namespace NS` (repeatable) or `-A/--all-namespaces`, `--liveness
-URL`, `--verbose`, peering (`--peering NAME`, or `--standalone` for one replica without peering).
+URL`, `--verbose`, peering (`--peering NAME`, or `--standalone` for one replica without peering);
+and ours: the default Prometheus, the operator's metrics port, the drain period, default images.
 The Kubernetes connection comes from the in-cluster service account, else KUBECONFIG.
 """
 from __future__ import annotations
@@ -15,7 +16,11 @@ import kopf
 
 from melange.operator import handlers  # noqa: F401  (registers the handlers with kopf)
 from melange.operator.handlers import OperatorConfig
+from melange.operator.live_workload import PrometheusDefaults
+from melange.operator.moves import DEFAULT_DRAIN_S
 from melange.operator.planner import Images
+from melange.solver.errors import InputError
+from melange.solver.metrics.prometheus_source import read_bearer_token
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   f"(default {Images.vllm})")
     parser.add_argument("--router-image", default=Images.router, help=f"router image where a spec names none "
                                                                       f"(default {Images.router})")
+    parser.add_argument("--prometheus-url", metavar="URL",
+                        help="Prometheus for services with workload.source prometheus that name none (default: none)")
+    parser.add_argument("--prometheus-token-file", metavar="PATH",
+                        help="bearer token for that Prometheus, read once at start (default: none)")
+    parser.add_argument("--prometheus-ca-file", metavar="PATH", help="CA bundle for an https Prometheus (default: "
+                                                                    "the system's)")
+    parser.add_argument("--metrics-port", type=int, default=9090,
+                        help="serve the operator's own metrics on this port at /metrics; 0: off (default 9090)")
+    parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_S, metavar="SECONDS",
+                        help=f"wait this long after switching the routing before scaling old pools down "
+                             f"(default {DEFAULT_DRAIN_S:g} s: the kubelet syncs a mounted ConfigMap within about a minute)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 
@@ -45,7 +61,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("give -n/--namespace NS (repeatable) or -A/--all-namespaces")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    memo = kopf.Memo(config=OperatorConfig(images=Images(vllm=args.vllm_image, router=args.router_image)))
+    try:
+        token = read_bearer_token(args.prometheus_token_file)
+    except InputError as error:
+        build_parser().error(str(error))
+    if args.metrics_port < 0 or args.metrics_port > 65535 or args.drain < 0:
+        build_parser().error("--metrics-port must be 0-65535 and --drain >= 0")
+    config = OperatorConfig(images=Images(vllm=args.vllm_image, router=args.router_image),
+                            prometheus=PrometheusDefaults(args.prometheus_url, token, args.prometheus_ca_file),
+                            drain_s=args.drain, metrics_port=args.metrics_port or None)
+    memo = kopf.Memo(config=config)
     kopf.run(clusterwide=args.all_namespaces, namespaces=args.namespace, liveness_endpoint=args.liveness,
              standalone=args.standalone or None, peering_name=args.peering, priority=args.priority, memo=memo)
     return 0

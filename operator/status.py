@@ -1,6 +1,7 @@
 """The LLMService status: the solve's figures in camelCase and the conditions, as plain dicts."""
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,3 +60,19 @@ def describe_mix(allocation: Mapping[str, int]) -> str:
     """'2 x l4 + 1 x a100' (options with replicas only), or 'nothing'."""
     parts = [f"{count} x {name}" for name, count in allocation.items() if count > 0]
     return " + ".join(parts) or "nothing"
+
+
+def iso(seconds: float) -> str:
+    """RFC 3339 UTC time, as Kubernetes writes it."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def from_iso(text: Any) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time, or None."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None

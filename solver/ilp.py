@@ -348,7 +348,8 @@ def _needed(load: float, utilisation: float) -> int:
 def _gap(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings, cost: float) -> float | None:
     """Relative distance of `cost` to a proven lower bound (the LP relaxation's optimum)."""
     relaxed, *_ = _build(items, options, settings)
-    _run(relaxed, settings.solver, settings.time_limit_s, mip=False)
+    # No time limit: the LP takes milliseconds, and a limit already spent left the gap unknown.
+    _run(relaxed, settings.solver, None, mip=False)
     if relaxed.sol_status != pulp.LpSolutionOptimal or not cost:
         return None
     bound = pulp.value(relaxed.objective) or 0.0

@@ -513,10 +513,11 @@ def json_line(event: Mapping) -> bytes:
 
 def unique_name(prefix: str, taken) -> str:
     """`prefix` + 5 random lowercase letters and digits, as the API server completes a generateName."""
-    while True:
+    for _ in range(100):
         name = prefix + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
         if not taken(name):
             return name
+    raise api_error(500, "InternalError", f"no free name with the prefix {prefix!r} after 100 tries")
 
 
 def scale_of(obj: dict) -> dict:

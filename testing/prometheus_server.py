@@ -23,25 +23,37 @@ class PrometheusServer:
         if self.binary is None:
             raise RuntimeError("the prometheus binary is not installed (Debian package `prometheus`; .ci/run installs it)")
         self.folder = Path(tempfile.mkdtemp(prefix="melange-prometheus-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = self.folder / "prometheus.yml"
+        self.config = self.folder / "prometheus.yml"
         jobs = "\n".join(f"  - job_name: target{k}\n    static_configs:\n      - targets: ['{t}']"
                          for k, t in enumerate(targets))
-        config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
+        self.config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
         self.log = open(self.folder / "prometheus.log", "wb")
+        self.targets = list(targets)
+        self._start()
+
+    def _start(self) -> None:
+        # Prometheus cannot report a port the OS picked, so it gets a free one; another process may
+        # take that port first, and then wait_until_scraping starts it again on another.
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log_start = (self.folder / "prometheus.log").stat().st_size
         self.process = subprocess.Popen(
-            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.folder / 'data'}",
+            [self.binary, f"--config.file={self.config}", f"--storage.tsdb.path={self.folder / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h"],
             stdout=self.log, stderr=subprocess.STDOUT)
-        self.targets = list(targets)
 
     def wait_until_scraping(self, timeout_s: float = 30.0) -> None:
         """Wait for every target's `up == 1` (readiness comes seconds before the first scrape)."""
         deadline = time.monotonic() + timeout_s
+        restarts = 3
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(self.folder / 'prometheus.log').read_text()[-2000:]}")
+                log = (self.folder / "prometheus.log").read_bytes()[self._log_start:].decode(errors="replace")
+                if "address already in use" in log and restarts > 0:
+                    restarts -= 1
+                    self._start()
+                    continue
+                raise RuntimeError(f"prometheus exited: {log[-2000:]}")
             try:
                 answer = requests.get(f"{self.url}/api/v1/query", params={"query": "up == 1"}, timeout=2).json()
                 if len(answer["data"]["result"]) == len(self.targets):

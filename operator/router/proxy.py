@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from melange.operator.router.request_size import estimate_input_tokens, requested_output_tokens, tokenize_request
 from melange.operator.router.routing_config import RoutingTable, load_table
+from melange.operator.router.usage import (UsageStream, client_wants_usage, size_from_usage, usage_of_answer,
+                                           with_usage_requested)
 from melange.solver.command_line import OneLineParser, run_reporting_errors
 from melange.solver.errors import InputError
 from melange.solver.metrics.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS, ROUTER_OUTPUT_LABEL,
@@ -53,6 +55,10 @@ class RouterMetrics:
                              [MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_OUTPUT_LABEL], registry=registry)
         self.requests = Counter("melange_router_pool_requests", "Requests sent to a pool.", ["pool"], registry=registry)
         self.errors = Counter("melange_router_pool_errors", "Requests a pool failed.", ["pool"], registry=registry)
+        self.client_disconnects = Counter(
+            "melange_router_client_disconnects",
+            "Requests whose client left before the whole answer reached it; their upstream request is cancelled.",
+            ["pool"], registry=registry)
         self.in_flight = Gauge("melange_router_pool_in_flight", "Requests in flight per pool.", ["pool"],
                                registry=registry)
         self.latency = Histogram("melange_router_pool_latency_seconds", "Upstream time to the full response.",
@@ -68,6 +74,7 @@ class RouterMetrics:
         series = self._pool_series.get(name)
         if series is None:
             series = self._pool_series[name] = PoolSeries(self.requests.labels(name), self.errors.labels(name),
+                                                          self.client_disconnects.labels(name),
                                                           self.in_flight.labels(name), self.latency.labels(name))
         return series
 
@@ -78,6 +85,7 @@ class PoolSeries:
 
     requests: Counter
     errors: Counter
+    client_disconnects: Counter
     in_flight: Gauge
     latency: Histogram
 
@@ -185,8 +193,11 @@ class Router:
             self.metrics.tokenize_fallbacks.inc()
         return estimate_input_tokens(body)
 
-    def record_size(self, input_tokens: int, output_tokens: int) -> None:
-        self.metrics.joint.labels(self.model_name, _size_cell(input_tokens), _size_cell(output_tokens)).inc()
+    def record_size(self, usage: Mapping[str, Any] | None, input_tokens: int) -> None:
+        """Count one request in the joint size counter by its `usage` (nothing without one)."""
+        size = size_from_usage(usage, input_tokens) if usage is not None else None
+        if size is not None:
+            self.metrics.joint.labels(self.model_name, _size_cell(size[0]), _size_cell(size[1])).inc()
 
 
 # How the router is served: a client that disconnects cancels its handler, and with it the upstream
@@ -199,6 +210,18 @@ RELOAD_KEY: web.AppKey[float] = web.AppKey("reload_interval_s", float)
 
 def _error(status: int, message: str, kind: str) -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind, "code": status}}, status=status)
+
+
+class ClientGone(Exception):
+    """A write to the client failed: it closed the connection."""
+
+
+async def _to_client(write) -> None:
+    """Await a write to the client, telling its failure apart from an upstream's."""
+    try:
+        await write
+    except ConnectionError as error:  # aiohttp's ClientConnectionResetError is one
+        raise ClientGone() from error
 
 
 async def proxy(request: web.Request) -> web.StreamResponse:
@@ -221,6 +244,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         router.metrics.no_pool.inc()
         return _error(503, "no GPU pool can serve a request of this size", "no_pool_available")
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    # Every stream asks for usage, so that every request is counted by size.
+    hide_usage = body.get("stream") is True and not client_wants_usage(body)
+    if hide_usage:
+        raw = json.dumps(with_usage_requested(body)).encode()
     for attempt, pool in enumerate(pools[:2]):
         url = router.pick_url(pool)
         state = router.pools[pool]
@@ -230,28 +257,35 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         series.in_flight.inc()
         started = time.monotonic()
         response: web.StreamResponse | None = None
+        stream: UsageStream | None = None
         try:
             async with router.session.post(router.upstream_url(url, request.path), data=raw, headers=headers,
                                            timeout=router._timeout) as upstream:
                 reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
-                streamed = upstream.content_length is None
-                if not streamed:  # a whole body: one write, and still retryable
-                    tail = await upstream.read()
-                    response = web.Response(body=tail, status=upstream.status, headers=reply_headers)
-                else:  # a stream: pass each chunk on as it comes
+                if upstream.content_type != "text/event-stream":  # a whole body: one write, and still retryable
+                    answer = await upstream.read()
+                    router.record_size(usage_of_answer(answer), input_tokens)
+                    response = web.Response(body=answer, status=upstream.status, headers=reply_headers)
+                else:
                     response = web.StreamResponse(status=upstream.status, headers=reply_headers)
-                    await response.prepare(request)
-                    tail = b""
-                    async for chunk in upstream.content.iter_any():
-                        await response.write(chunk)
-                        tail = (tail + chunk)[-4096:]
-                    await response.write_eof()
+                    stream = UsageStream(hide_usage, chat=request.path.endswith("/chat/completions"))
+                    try:
+                        await _to_client(response.prepare(request))
+                        await _relay(router, upstream, response, stream, input_tokens)
+                    except ClientGone:
+                        upstream.close()  # cancels the upstream request
+                        if not stream.done:
+                            series.client_disconnects.inc()
+                        return response
                 series.latency.observe(time.monotonic() - started)
                 if upstream.status >= 500:
                     series.errors.inc()
-                _record_usage(router, tail, streamed, input_tokens)
                 return response
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as error:
+        except asyncio.CancelledError:  # the client left (handler cancellation); the upstream request goes too
+            if stream is None or not stream.done:
+                series.client_disconnects.inc()
+            raise
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
             series.errors.inc()
             router.mark_unhealthy(pool)
             if response is not None and response.prepared:
@@ -264,27 +298,26 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     return _error(503, "the GPU pools for this request size did not answer", "upstream_unavailable")
 
 
-def _record_usage(router: Router, payload: bytes, streamed: bool, input_tokens: int) -> None:
-    """Count the request by size, with the token counts of the response's `usage` when it has one:
-    the JSON body, or the last server-sent event that carries it."""
-    text = payload.decode("utf-8", errors="ignore")
-    usage: Any = None
-    try:
-        if not streamed:
-            usage = json.loads(text).get("usage")
-        else:
-            for line in reversed(text.splitlines()):
-                if line.startswith("data:") and '"usage"' in line:
-                    usage = json.loads(line[5:]).get("usage")
-                    break
-    except (ValueError, AttributeError):
-        return
-    if not isinstance(usage, Mapping):
-        return
-    output = usage.get("completion_tokens")
-    prompt = usage.get("prompt_tokens")
-    if isinstance(output, int):
-        router.record_size(prompt if isinstance(prompt, int) else input_tokens, output)
+async def _relay(router: Router, upstream: aiohttp.ClientResponse, response: web.StreamResponse,
+                 stream: UsageStream, input_tokens: int) -> None:
+    """Pass the upstream's events to the client as they come, counting the request by size as soon
+    as its total usage is known (a client may leave right after `data: [DONE]`)."""
+    counted = False
+    async for chunk in upstream.content.iter_any():
+        events = stream.feed(chunk)
+        if stream.usage_final and not counted:
+            router.record_size(stream.usage, input_tokens)
+            counted = True
+        if events:
+            await _to_client(response.write(events))
+            stream.delivered(events)
+    rest = stream.finish()
+    if not counted:  # an upstream that sent usage only on its last text event, or none
+        router.record_size(stream.usage, input_tokens)
+    if rest:
+        await _to_client(response.write(rest))
+        stream.delivered(rest)
+    await _to_client(response.write_eof())
 
 
 async def models(request: web.Request) -> web.Response:

@@ -96,25 +96,29 @@ async def test_create_deploys_the_papers_mix_with_router_and_routing_table(kube,
 
 
 async def test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes(kube, operator_runner):
+    kube.emulator.auto_ready = True  # the Deployment controller: ready replicas follow each write
     async with start(operator_runner):
         await kube.create(arena())
         await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {"llama2-arena-l4": 1,
                                                                        "llama2-arena-a100-80gb": 1})
         await kube.patch(LLMSERVICES, "llama2-arena", {"spec": {"workload": {"static": {"rate": 1.0}}}},
                          namespace="default")
-        # The new pool comes up and the dropped one is first scaled to zero ...
+        # Make before break: the new pool comes up beside the old ones, the routing switches to it,
+        # and after the drain the dropped pool is scaled to zero, then deleted with its Service.
         await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {"llama2-arena-l4": 1, "llama2-arena-a10g": 1,
-                                                                       "llama2-arena-a100-80gb": 0})
-        # ... then deleted with its Service on a later pass (the timer, fast-forwarded by looptime).
+                                                                       "llama2-arena-a100-80gb": 1})
+        table = lambda: json.loads(kube.object(CONFIGMAPS, "llama2-arena-routing", "default")["data"]["routing.json"])
+        await kube.wait_for(lambda: set(table()["pools"]) == {"l4", "a10g"}, timeout_s=60)
         await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {"llama2-arena-l4": 1, "llama2-arena-a10g": 1},
-                            timeout_s=300)
+                            timeout_s=600)
         await kube.wait_for(lambda: kube.object(SERVICES, "llama2-arena-a100-80gb", "default") is None, timeout_s=300)
-        service = kube.object(LLMSERVICES, "llama2-arena", "default")
-        assert service["status"]["costPerHour"] == 1.71 and service["status"]["observedGeneration"] == 2
-        table = json.loads(kube.object(CONFIGMAPS, "llama2-arena-routing", "default")["data"]["routing.json"])
-        assert set(table["pools"]) == {"l4", "a10g"}
-        messages = [e["message"] for e in kube.events("llama2-arena") if e["reason"] == "Reallocated"]
-        assert any("1 x l4 + 1 x a100-80gb ($4.37/h) -> 1 x l4 + 1 x a10g ($1.71/h)" in m for m in messages)
+        service = await status_of(kube, "llama2-arena", lambda s: (s.get("status") or {}).get("costPerHour") == 1.71)
+        assert service["status"]["allocation"] == {"l4": 1, "a10g": 1, "a100-80gb": 0, "h100": 0}
+        assert service["status"].get("move") is None and service["status"]["observedGeneration"] == 2
+        await kube.wait_for(lambda: any("1 x l4 + 1 x a100-80gb ($4.37/h) -> 1 x l4 + 1 x a10g ($1.71/h)" in e["message"]
+                                        for e in kube.events("llama2-arena") if e["reason"] == "Reallocated"))
+        reasons = [e["reason"] for e in kube.events("llama2-arena")]
+        assert reasons.count("MoveStarted") == 1 and reasons.count("MoveStep") == 3
         # A serving flag added to the spec reaches every pool (the Deployments are replaced).
         await kube.patch(LLMSERVICES, "llama2-arena", {"spec": {"serving": {"args": ["--enable-prefix-caching"]}}},
                          namespace="default")

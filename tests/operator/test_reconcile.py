@@ -13,7 +13,7 @@ from .schema import ROOT
 
 ARENA = yaml.safe_load((ROOT / "examples" / "operator" / "arena-llama2-7b.yaml").read_text())
 OWNER = Owner("llama2-arena", "default", "uid-1")
-NOW = "2026-11-28T00:00:00Z"
+NOW = 1_790_000_000.0  # seconds since the epoch
 
 
 def observe(spec: dict, status: dict | None = None, actual: list | None = None, generation: int = 1) -> Observed:
@@ -90,7 +90,7 @@ def test_an_infeasible_slo_names_the_buckets_and_changes_nothing():
 
 
 def test_condition_times_move_only_when_the_status_flips():
-    first = reconcile(OWNER, Observed(ARENA["spec"], 1, {}, [], "2026-01-01T00:00:00Z"), default_inputs())
-    later = reconcile(OWNER, Observed(ARENA["spec"], 1, first.status, [], "2026-01-02T00:00:00Z"), default_inputs())
+    first = reconcile(OWNER, Observed(ARENA["spec"], 1, {}, [], 1_767_225_600.0), default_inputs())
+    later = reconcile(OWNER, Observed(ARENA["spec"], 1, first.status, [], 1_767_312_000.0), default_inputs())
     solved = next(c for c in later.status["conditions"] if c["type"] == "Solved")
     assert solved["lastTransitionTime"] == "2026-01-01T00:00:00Z"

@@ -30,6 +30,25 @@ def random_instance(rng: random.Random) -> tuple[list[Item], list[OptionSpec], i
     return items, options, slice_factor
 
 
+def assert_consistent(solution, items, options, settings) -> None:
+    """The answer itself, checked by hand: every slice of a bucket with traffic placed once, on an
+    option that serves it, within the replicas (at the target utilisation) and the spot share."""
+    s, u = settings.slice_factor, settings.target_utilisation
+    loads = [0.0] * len(options)
+    spot = 0.0
+    for item, counts in zip(items, solution.slices):
+        assert sum(counts) == (s if item.rate > 0 else 0), (item, counts)
+        for g, count in enumerate(counts):
+            if count:
+                assert item.seconds_per_request[g] is not None
+                loads[g] += item.rate * count / s * item.seconds_per_request[g]
+                spot += item.rate * count / s if options[g].spot else 0.0
+    for load, replicas, reported in zip(loads, solution.replicas, solution.loads):
+        assert load == pytest.approx(reported, abs=1e-9) and load <= u * replicas + 1e-6
+    if settings.max_spot_share is not None:
+        assert spot <= settings.max_spot_share * sum(i.rate for i in items if i.rate > 0) + 1e-9
+
+
 def objective(solution, options, settings) -> float:
     moved = sum(abs(n - settings.current.get(o.name, 0)) for o, n in zip(options, solution.replicas))
     return solution.cost_per_hour + settings.move_cost * moved
@@ -45,6 +64,7 @@ def test_matches_brute_force_on_random_instances(solver):
         solution = solve_ilp(items, options, settings)
         assert solution.status == "optimal", case
         assert solution.cost_per_hour == pytest.approx(expected, abs=1e-6), (case, items, options)
+        assert_consistent(solution, items, options, settings)
 
 
 @pytest.mark.parametrize("solver", SOLVER_NAMES)
@@ -69,6 +89,7 @@ def test_extensions_match_brute_force(solver):
         checked += 1
         assert solution.status == "optimal", case
         assert objective(solution, options, settings) == pytest.approx(expected, abs=1e-6), case
+        assert_consistent(solution, items, options, settings)
         for option, n in zip(options, solution.replicas):
             assert option.max_replicas is None or n <= option.max_replicas
         assert sum(solution.replicas) >= settings.min_total_replicas
@@ -144,14 +165,49 @@ def test_move_cost_keeps_current_allocation_for_small_gains():
     assert sticky.replicas == (0, 1)
 
 
-def test_time_limit_never_reports_unproven_optimum_as_optimal():
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_time_limit_reports_an_unproven_answer_as_feasible_with_an_honest_gap(solver):
+    """16 options x 100 buckets x 16 slices: on an idle machine both solvers have a first answer within
+    1 ms ($16.93/h with CBC, $27.99/h with HiGHS) and need about 0.2 s to prove the optimum, $7.00/h.
+    Under CPU load the shortest limits may end with no answer at all, so several limits are tried:
+    each answer must carry the status it earned."""
     rng = random.Random(3)
     options = [OptionSpec(f"g{g}", rng.uniform(0.5, 8)) for g in range(16)]
     items = [Item(f"b{k}", rng.uniform(0.1, 3), tuple(1 / rng.uniform(0.05, 30) for _ in options)) for k in range(100)]
-    solution = solve_ilp(items, options, IlpSettings(slice_factor=16, solver="cbc", time_limit_s=0.01))
-    assert solution.status in ("optimal", "feasible", "no_solution")
-    if solution.status == "feasible":
-        assert solution.gap is not None and solution.gap >= 0
+    proven = solve_ilp(items, options, IlpSettings(slice_factor=16, solver=solver))
+    assert proven.status == "optimal" and proven.gap == 0.0
+    unproven = 0
+    for limit in (0.001, 0.003, 0.01, 0.03, 0.1, 0.2, 0.5):
+        limited = solve_ilp(items, options, IlpSettings(slice_factor=16, solver=solver, time_limit_s=limit))
+        assert limited.status in ("optimal", "feasible", "no_solution"), limit
+        if limited.status == "optimal":
+            assert limited.cost_per_hour == pytest.approx(proven.cost_per_hour), limit
+        if limited.status == "feasible":
+            unproven += 1
+            # The gap is measured against a lower bound, so it is at least the distance to the optimum.
+            assert 1 > limited.gap >= (limited.cost_per_hour - proven.cost_per_hour) / limited.cost_per_hour - 1e-9
+    if not unproven:  # seen only with both cores busy: every limit ended before a first answer or after the proof
+        pytest.skip("no time limit gave an unproven answer under this CPU load")
+
+
+# Found by searching random instances for one where a 25% relative MIP gap changes HiGHS's answer
+# ($44.13/h: 2 x g0 + 5 x g1). By hand, in replicas (rate x seconds per request), b0 costs 4.721 on
+# g0 or 4.193 on g1, b1 costs 1.334 on g0 or 3.341 on g1, half of each for one of the 2 slices.
+# b0 wholly on g1 with half of b1 (4.193 + 1.671 = 5.864 -> 6 x g1) and the other half of b1 on g0
+# (0.667 -> 1 x g0) costs 6 x 5.77 + 7.64 = $42.26/h; the other seven splits cost $44.13-61.28/h
+# (b0 on g1 and b1 on g0: 5 x 5.77 + 2 x 7.64 = $44.13/h).
+GAP_OPTIONS = [OptionSpec("g0", 7.64), OptionSpec("g1", 5.77)]
+GAP_ITEMS = [Item("b0", 28.98, (0.1629, 0.1447)), Item("b1", 23.73, (0.0562, 0.1408))]
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_solvers_close_the_gap_where_a_loose_one_stops_early(solver):
+    settings = IlpSettings(slice_factor=2, solver=solver)
+    assert brute_force_cost(GAP_ITEMS, GAP_OPTIONS, settings) == pytest.approx(42.26)
+    solution = solve_ilp(GAP_ITEMS, GAP_OPTIONS, settings)
+    assert solution.status == "optimal"
+    assert solution.replicas == (1, 6) and solution.slices == ((0, 2), (1, 1))
+    assert solution.cost_per_hour == pytest.approx(42.26)
 
 
 @pytest.mark.parametrize("field,value", [("solver", "glpk"), ("slice_factor", 0), ("target_utilisation", 0.0),

@@ -11,11 +11,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from melange.operator.router.proxy import SERVER_OPTIONS, Router, build_app
-from melange.testing.openai_upstream import serve_app, stream_chunks, upstream_app
+from melange.testing.openai_upstream import serve_app, stream_events, upstream_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
-
-STREAM_CHUNKS = stream_chunks()
 
 
 async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
@@ -66,18 +64,40 @@ async def test_shares_follow_the_table(cluster):
     shares = Counter(name for _, name in results)
     assert shares["a"] / 10_000 == pytest.approx(0.7, abs=0.02)
     assert shares["b"] / 10_000 == pytest.approx(0.3, abs=0.02)
-    assert router.metrics.joint.labels("m", "16", "32")._value.get() == 10_000  # sizes from each `usage`
+    # sizes from each `usage`: "hi" is 1 token to the upstream, max_tokens 5
+    assert router.metrics.joint.labels("m", "1", "5")._value.get() == 10_000
 
 
 async def test_streaming_passes_through_byte_for_byte(cluster):
     router, url, _, _, session = cluster
-    async with session.post(f"{url}/v1/completions", json={"prompt": "hi", "stream": True}) as response:
+    body = {"prompt": "hi", "stream": True}
+    async with session.post(f"{url}/v1/completions", json=body) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
         received = await response.read()
-    assert received == b"".join(STREAM_CHUNKS)
-    exposed = router.metrics.joint.labels("m", "10", "20")._value.get()
-    assert exposed == 1  # usage from the stream fed the joint size counter
+    assert received == b"".join(stream_events(body))  # what the upstream sends a client that did not ask for usage
+    # the router asked for usage all the same: 1 prompt token ("hi"), 30 (no max_tokens) generated
+    assert router.metrics.joint.labels("m", "1", "32")._value.get() == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+async def test_a_stream_is_what_the_upstream_sends_for_the_clients_own_request(cluster, path):
+    router, url, urls, _, session = cluster
+    prompt = {"prompt": "one two three"} if path == "/v1/completions" else {
+        "messages": [{"role": "user", "content": "one two three"}]}
+    for options in (None, {"include_usage": False}, {"include_usage": True}, {}):
+        body = {**prompt, "max_tokens": 7, "stream": True}
+        if options is not None:
+            body["stream_options"] = options
+        async with session.post(urls["a"] + path, json=body) as direct:
+            expected = await direct.read()
+        async with session.post(url + path, json=body) as routed:
+            received = await routed.read()
+        assert received == expected, options
+        asked = options is not None and options.get("include_usage", True)
+        assert (b'"usage":{' in received) == asked and (b'"choices":[]' in received) == asked
+    # all four counted, by the upstream's usage: 3 prompt tokens, 7 generated
+    assert router.metrics.joint.labels("m", "5", "10")._value.get() == 4
 
 
 async def test_reload_under_load_loses_nothing(cluster):

@@ -5,13 +5,7 @@ import random
 
 import yaml
 
-from melange.solver.cli.main import main
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+from .run_cli import run
 
 
 def test_profile_estimate_writes_a_profile(tmp_path, capsys):

@@ -7,17 +7,11 @@ import sys
 import pytest
 import yaml
 
-from melange.solver.cli.main import main
+from .run_cli import run
 
 from ...conftest import EXAMPLES
 
 ARENA = EXAMPLES / "arena-llama2-7b"
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_table_output(capsys):

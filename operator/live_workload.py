@@ -1,0 +1,67 @@
+"""The live workload of a service with `workload.source: prometheus`: which Prometheus and series to
+read, and what the answer means for the operator. Unknown is never idle: missing, stale or too few
+metrics give no workload (the last good allocation stays); zero requests on healthy, current series
+is an idle service (it falls to its floors after the cooldown).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from melange.operator.reconcile import LiveInput
+from melange.operator.spec import ServiceSpec
+from melange.solver.buckets import BucketGrid
+from melange.solver.errors import UnavailableError
+from melange.solver.metrics.metric_names import MODEL_LABEL
+from melange.solver.metrics.prometheus_source import LiveWorkload, PrometheusConfig, PrometheusSource
+from melange.solver.workload import make_workload
+
+
+@dataclass(frozen=True)
+class PrometheusDefaults:
+    """The operator's flags, for specs that name no Prometheus of their own."""
+
+    url: str | None = None
+    bearer_token: str | None = None
+    ca_bundle: str | None = None
+
+
+def prometheus_config(spec: ServiceSpec, defaults: PrometheusDefaults, bearer_token: str | None,
+                      ca_bundle: str | None) -> PrometheusConfig | None:
+    """Where to read the service's traffic: vLLM's series of its served model (`model_name`), narrowed
+    by the spec's selector. None when neither the spec nor the operator names a Prometheus."""
+    prometheus = spec.workload.prometheus
+    url = (prometheus.url if prometheus else None) or defaults.url
+    if url is None:
+        return None
+    selector = {MODEL_LABEL: spec.model, **(dict(prometheus.selector) if prometheus else {})}
+    config = PrometheusConfig(url=url, selector=selector, window_s=prometheus.window_s if prometheus else 600.0,
+                              bearer_token=bearer_token or defaults.bearer_token,
+                              ca_bundle=ca_bundle or defaults.ca_bundle)
+    if prometheus is not None and prometheus.min_requests is not None:
+        config = replace(config, min_requests=prometheus.min_requests)
+    return config
+
+
+def interpret(live: LiveWorkload, grid: BucketGrid, window: str) -> LiveInput:
+    """The operator's reading of a Prometheus answer."""
+    notes = "; ".join(live.notes)
+    if live.status == "ok" and live.workload is not None:
+        return LiveInput(live.workload, f"{live.requests_in_window:.0f} requests in {window} "
+                                        f"({live.rate:.3g} req/s, mix from {live.mix_source})", window)
+    if live.status in ("ok", "too_few_requests") and live.rate == 0 and live.requests_in_window == 0:
+        rows, columns = grid.shape
+        idle = make_workload(0.0, grid, [[1.0 / (rows * columns)] * columns for _ in range(rows)], "prometheus",
+                             notes=("no requests in the window: the service is idle",))
+        return LiveInput(idle, f"no requests in {window} on current series (idle)", window)
+    return LiveInput(None, f"{live.status.replace('_', ' ')}: {notes}" if notes else live.status, window)
+
+
+def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str) -> LiveInput:
+    """Query Prometheus (blocking: run it in a thread) and interpret the answer."""
+    if config is None:
+        return LiveInput(None, "no Prometheus URL: set spec.workload.prometheus.url or the operator's "
+                               "--prometheus-url", window)
+    try:
+        return interpret(PrometheusSource(config).workload(grid), grid, window)
+    except UnavailableError as error:
+        return LiveInput(None, str(error), window)

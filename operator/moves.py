@@ -1,0 +1,94 @@
+"""Make-before-break: a move from one allocation to another as a small state machine kept in status,
+so a restarted operator resumes it where it stood.
+
+    scaling-up    every pool at max(old, new) replicas; routing still follows the old split;
+                  waits until every pool has that many ready replicas
+    switching     the routing table follows the new split (written this step)
+    draining      waits `drain_s` (the router re-reads its mounted table when the kubelet syncs
+                  the ConfigMap, and requests in flight finish)
+    scaling-down  every pool at its new replicas; pools the new mix drops go to zero, then away
+    (done)        status.allocation is the new mix
+
+At every step the ready replicas carry the split the router applies: the old split on old pools
+that are never reduced before the switch, the new split on pools that are ready before it.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from melange.operator.status import from_iso, iso
+
+STEPS = ("scaling-up", "switching", "draining", "scaling-down")
+DEFAULT_DRAIN_S = 90.0
+
+
+@dataclass(frozen=True)
+class Move:
+    """A move in progress: from `source` to `target` (option -> replicas), at `step` since `since_s`
+    (seconds on the operator's clock, wall time in status)."""
+
+    source: Mapping[str, int]
+    target: Mapping[str, int]
+    step: str
+    since_s: float
+    reason: str = ""
+
+    def to_status(self) -> dict[str, Any]:
+        return {"from": dict(self.source), "to": dict(self.target), "step": self.step, "since": iso(self.since_s),
+                "reason": self.reason}
+
+    @staticmethod
+    def from_status(data: Any) -> Move | None:
+        """The move recorded in status, or None (also for a malformed record: then no move is resumed)."""
+        if not isinstance(data, Mapping) or data.get("step") not in STEPS:
+            return None
+        since = from_iso(data.get("since"))
+        try:
+            return Move({k: int(v) for k, v in data["from"].items()}, {k: int(v) for k, v in data["to"].items()},
+                        data["step"], since, str(data.get("reason", ""))) if since is not None else None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """What one step asks of the cluster: replicas per pool, and which allocation the routing follows."""
+
+    replicas: dict[str, int]
+    routing: str  # "source" or "target"
+
+
+def peak(move: Move) -> dict[str, int]:
+    """max(source, target) per option: both mixes at once."""
+    names = set(move.source) | set(move.target)
+    return {name: max(move.source.get(name, 0), move.target.get(name, 0)) for name in sorted(names)}
+
+
+def stage(move: Move) -> Stage:
+    """The replicas and routing of a move's current step."""
+    if move.step == "scaling-up":
+        return Stage(peak(move), "source")
+    if move.step in ("switching", "draining"):
+        return Stage(peak(move), "target")
+    return Stage({name: count for name, count in move.target.items()}, "target")
+
+
+def all_ready(wanted: Mapping[str, int], ready: Mapping[str, int]) -> bool:
+    """Every pool has at least the replicas wanted, ready."""
+    return all(ready.get(name, 0) >= count for name, count in wanted.items() if count > 0)
+
+
+def advance(move: Move, ready: Mapping[str, int], now_s: float, drain_s: float = DEFAULT_DRAIN_S) -> Move | None:
+    """The move after this pass's observations; None when it is complete. `ready`: ready replicas per
+    pool now. The caller then applies `stage()` of the returned move."""
+    if move.step == "scaling-up":
+        return Move(move.source, move.target, "switching", now_s, move.reason) if all_ready(peak(move), ready) else move
+    if move.step == "switching":  # the switch was written last pass; the drain counts from then
+        return Move(move.source, move.target, "draining", move.since_s, move.reason)
+    if move.step == "draining":
+        return Move(move.source, move.target, "scaling-down", now_s, move.reason) \
+            if now_s - move.since_s >= drain_s else move
+    shrunk = all(ready.get(name, 0) <= move.target.get(name, 0) for name in peak(move))
+    return None if shrunk else move

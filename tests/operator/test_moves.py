@@ -1,0 +1,33 @@
+"""The make-before-break state machine, step by step, with the ready replicas a cluster would report."""
+from __future__ import annotations
+
+from melange.operator.moves import Move, advance, peak, stage
+
+SOURCE = {"l4": 2, "a10g": 1, "a100": 0}
+TARGET = {"l4": 1, "a10g": 0, "a100": 1}
+
+
+def test_the_steps_of_one_move():
+    move = Move(SOURCE, TARGET, "scaling-up", 0.0, "saving 30%")
+    assert peak(move) == {"a100": 1, "a10g": 1, "l4": 2}
+    assert stage(move).replicas == {"a100": 1, "a10g": 1, "l4": 2} and stage(move).routing == "source"
+    # The new A100 is not ready yet: stay.
+    assert advance(move, {"l4": 2, "a10g": 1}, 10.0) == move
+    switching = advance(move, {"l4": 2, "a10g": 1, "a100": 1}, 20.0)
+    assert (switching.step, switching.since_s) == ("switching", 20.0)
+    assert stage(switching).routing == "target" and stage(switching).replicas == peak(move)
+    draining = advance(switching, {"l4": 2, "a10g": 1, "a100": 1}, 25.0)
+    assert (draining.step, draining.since_s) == ("draining", 20.0)  # the drain counts from the switch
+    assert advance(draining, {"l4": 2, "a10g": 1, "a100": 1}, 109.0, drain_s=90) == draining
+    down = advance(draining, {"l4": 2, "a10g": 1, "a100": 1}, 110.0, drain_s=90)
+    assert down.step == "scaling-down" and stage(down).replicas == TARGET
+    assert advance(down, {"l4": 2, "a10g": 1, "a100": 1}, 120.0) == down  # old pods still up
+    assert advance(down, {"l4": 1, "a100": 1}, 130.0) is None
+
+
+def test_status_round_trip_and_a_malformed_record():
+    move = Move(SOURCE, TARGET, "draining", 1_790_000_042.0, "why")
+    assert Move.from_status(move.to_status()) == move
+    assert Move.from_status({"step": "teleporting"}) is None
+    assert Move.from_status({"step": "draining", "from": {"l4": "x"}, "to": {}, "since": "2026-11-28T00:00:00Z"}) is None
+    assert Move.from_status(None) is None
