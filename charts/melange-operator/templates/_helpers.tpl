@@ -1,0 +1,89 @@
+{{/* Names and labels: release "melange" makes objects named melange-operator. */}}
+{{- define "melange-operator.fullname" -}}
+{{- if hasSuffix "operator" .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "melange-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "melange-operator.labels" -}}
+{{ include "melange-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{- define "melange-operator.serviceAccountName" -}}
+{{- default (include "melange-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "melange-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "melange-operator.clusterwide" -}}
+{{- if not .Values.watchNamespaces }}true{{ end -}}
+{{- end -}}
+
+{{/*
+RBAC: exactly the (verb, resource) pairs the operator calls (tests/operator/operator_calls.json,
+recorded by its end-to-end tests; tests/charts/test_chart.py compares), plus kopf's peering objects
+when peering is on (kopf docs, "Deployment": get, list, watch, patch).
+Rules for the namespaced resources: in a ClusterRole when watching every namespace, else in a Role
+in each watched namespace.
+*/}}
+{{- define "melange-operator.namespacedRules" -}}
+- apiGroups: [melange.ai]
+  resources: [llmservices]
+  verbs: [list, watch, patch]
+- apiGroups: [melange.ai]
+  resources: [llmservices/status]
+  verbs: [patch]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [create, delete, list, patch, update]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [create, delete, list]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, get, list, update]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- if and .Values.peering.enabled (not (include "melange-operator.clusterwide" .)) }}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end -}}
+
+{{/* Rules for cluster-scoped resources, always in the ClusterRole. */}}
+{{- define "melange-operator.clusterRules" -}}
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- if .Values.nodePools.karpenter.enabled }}
+- apiGroups: [karpenter.sh]
+  resources: [nodepools]
+  verbs: [create, delete, list, update]
+{{- end }}
+{{- if and .Values.peering.enabled (include "melange-operator.clusterwide" .) }}
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end -}}
+
+{{/* Where the Prometheus bearer token and CA bundle are mounted. */}}
+{{- define "melange-operator.prometheusTokenDir" -}}/var/run/secrets/melange/prometheus{{- end -}}
+{{- define "melange-operator.prometheusCADir" -}}/etc/melange/prometheus-ca{{- end -}}
