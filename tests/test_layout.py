@@ -11,7 +11,8 @@ import pytest
 
 from .conftest import ROOT
 
-PACKAGES = {"solver": "melange.solver", "operator": "melange.operator", "testing": "melange.testing"}
+PACKAGES = {"solver": "melange.solver", "operator": "melange.operator", "testing": "melange.testing",
+            "demo": "melange.demo"}
 
 
 def modules(folder: str) -> list[Path]:
@@ -39,8 +40,9 @@ def offending(paths: list[Path], forbidden: tuple[str, ...]) -> list[str]:
             if any(name == f or name.startswith(f + ".") for f in forbidden)]
 
 
-def test_the_solver_never_imports_the_operator_or_test_helpers():
-    assert offending(modules("solver"), ("melange.operator", "melange.testing", "kopf", "kubernetes")) == []
+def test_the_solver_never_imports_the_operator_the_demo_or_test_helpers():
+    assert offending(modules("solver"), ("melange.operator", "melange.testing", "melange.demo", "kopf",
+                                         "kubernetes")) == []
 
 
 def test_the_core_imports_no_profiling_metrics_or_cli():
@@ -54,12 +56,12 @@ def test_profiling_and_metrics_do_not_import_the_cli(folder):
     assert offending(modules(folder), ("melange.solver.cli",)) == []
 
 
-def test_the_operator_does_not_import_test_helpers():
-    assert offending(modules("operator"), ("melange.testing",)) == []
+def test_the_operator_does_not_import_test_helpers_or_the_demo():
+    assert offending(modules("operator"), ("melange.testing", "melange.demo")) == []
 
 
 def test_every_package_says_what_it_holds():
-    for folder in ("solver", "operator", "testing"):
+    for folder in PACKAGES:
         for init in (ROOT / folder).rglob("__init__.py"):
             docstring = ast.get_docstring(ast.parse(init.read_text()))
             assert docstring and len(docstring) > 40, f"{init.relative_to(ROOT)} has no docstring saying what it holds"
