@@ -10,6 +10,7 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY solver/ solver/
 COPY operator/ operator/
 COPY testing/ testing/
+COPY demo/ demo/
 # One wheel for the project and one for each pinned dependency (binary wheels: no compiler needed).
 RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt --only-binary=:all: \
         --no-binary=melange-operator .

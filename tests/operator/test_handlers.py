@@ -5,6 +5,7 @@ Expected mixes come from the Mélange paper's Table 3 (Arena, Llama-2-7B, 120 ms
 """
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import os
@@ -17,6 +18,7 @@ import yaml
 from melange.operator import handlers
 from melange.operator.handlers import OperatorConfig
 from melange.testing.kube_emulator import crd_manifest
+from melange.testing.ports import free_port
 
 from .conftest import LLMSERVICES
 from .schema import ROOT
@@ -34,7 +36,8 @@ RECORDED_BY: set[str] = set()
 RECORDING_TESTS = {"test_create_deploys_the_papers_mix_with_router_and_routing_table",
                    "test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes",
                    "test_karpenter_node_pools_follow_the_allocation_and_go_with_the_service",
-                   "test_two_services_are_independent"}
+                   "test_two_services_are_independent",
+                   "test_unreachable_prometheus_keeps_everything_and_says_so"}
 
 
 def arena(name: str = "llama2-arena", rate: float = 4.0, **spec_changes) -> dict:
@@ -198,6 +201,25 @@ async def test_deleting_the_service_removes_what_it_owns(kube, operator_runner):
         await kube.wait_for(lambda: all(not o["metadata"]["name"].startswith("llama2-arena")
                                         for r in (DEPLOYMENTS, SERVICES, CONFIGMAPS) for o in kube.objects(r, "default")))
         assert kube.object(LLMSERVICES, "llama2-arena", "default") is None
+
+
+async def test_unreachable_prometheus_keeps_everything_and_says_so(kube, operator_runner):
+    """A live service whose Prometheus (with a token from a Secret) does not answer: no workload is not
+    an idle workload; nothing is created and MetricsAvailable=False names the URL."""
+    url = f"http://127.0.0.1:{free_port()}"
+    await kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prom", "namespace": "default"},
+                       "data": {"token": base64.b64encode(b"s3cret").decode()}})
+    service = arena("live")
+    service["spec"]["workload"] = {"source": "prometheus", "grid": service["spec"]["workload"]["grid"],
+                                   "prometheus": {"url": url, "window": "1m",
+                                                  "bearerTokenSecretRef": {"name": "prom", "key": "token"}}}
+    async with start(operator_runner):
+        await kube.create(service)
+        found = await status_of(kube, "live", lambda s: condition(s, "MetricsAvailable").get("status") == "False")
+        assert url in condition(found, "MetricsAvailable")["message"]
+        assert "allocation" not in found["status"] and replicas(kube, "live") == {}
+        assert kube.calls.get(("get", "secrets"), 0) >= 1
+        remember_calls(kube)
 
 
 def _writes(kube) -> int:

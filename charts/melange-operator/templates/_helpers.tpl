@@ -57,6 +57,9 @@ in each watched namespace.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
 {{- if and .Values.peering.enabled (not (include "melange-operator.clusterwide" .)) }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]
