@@ -253,6 +253,11 @@ class PrometheusSource:
         status = "ok" if self.is_live() else "stale"
         if status == "stale":
             notes.append("the request counter has no current sample: the service or its scrape target is gone")
+        elif not rate and not count:
+            # Current series that did not move: the service is idle (its histograms did not move either,
+            # so there is no mix to read, and none is needed for a rate of 0).
+            return LiveWorkload("ok", 0.0, 0.0, window, None, None,
+                                tuple(notes + ["no requests in the window: the service is idle"]), span)
         joint = self.router_mix(grid)
         if joint is not None:
             matrix, beyond = joint
