@@ -187,7 +187,7 @@ def render_sweep_table(sweeps: Sequence[tuple[Problem, Sequence[SolveReport]]]) 
         mix_width = max(len("mix"), *(len(m) for m in mixes))
         option_widths = [max(9, len(name) + 5) for name in names]
         header = (f"{'req/s':>7} {'mix $/h':>9}  {'mix':<{mix_width}}  "
-                  + " ".join(f"{name + ' only':>{w}}" for name, w in zip(names, option_widths))
+                  + "  ".join(f"{name + ' only':>{w}}" for name, w in zip(names, option_widths))
                   + f"  {'best single':<{max(11, *map(len, names))}} {'saves':>8} {'vs worst':>9}")
         lines += ["", f"SLO {_slo_text(reports[0])}", header, "-" * len(header)]
         for report, mix in zip(reports, mixes):
@@ -195,7 +195,7 @@ def render_sweep_table(sweeps: Sequence[tuple[Problem, Sequence[SolveReport]]]) 
             lines.append(
                 f"{report.rate:>7g} {_money(report.allocation.cost_per_hour if report.allocation.solved else None):>9}"
                 f"  {mix:<{mix_width}}  "
-                + " ".join(f"{_money(report.single_type[name]):>{w}}" for name, w in zip(names, option_widths))
+                + "  ".join(f"{_money(report.single_type[name]):>{w}}" for name, w in zip(names, option_widths))
                 + f"  {(best[0] if best else '-'):<{max(11, *map(len, names))}}"
                 f" {_percent(report.savings_percent(best[1] if best else None)):>8}"
                 f" {_percent(report.savings_percent(worst[1] if worst else None)):>9}")
