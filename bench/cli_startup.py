@@ -23,6 +23,7 @@ COMMANDS = {
     "melange solve BUNDLE": ["solve", str(BUNDLE)],
     "melange solve BUNDLE --output json": ["solve", str(BUNDLE), "--output", "json"],
     "melange solve --model llama-3-8b --gpus l4,a10g (catalog)": None,  # filled in main (needs a workload file)
+    "melange sweep BUNDLE --rates 1,2,4,8,16,32 (6 solves)": ["sweep", str(BUNDLE), "--rates", "1,2,4,8,16,32"],
     "melange profile estimate --model llama-3-8b --gpu l4": ["profile", "estimate", "--model", "llama-3-8b",
                                                             "--gpu", "l4", "--tpot-ms", "120"],
 }

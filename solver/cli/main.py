@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 
-from melange.solver.cli import profile_command, solve_command
+from melange.solver.cli import profile_command, solve_command, sweep_command
 from melange.solver.command_line import OneLineParser, VersionAction, run_reporting_errors
 
 
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     solve_command.add_parser(commands)
+    sweep_command.add_parser(commands)
     profile_command.add_parser(commands)
     for entry in entry_points(group="melange.commands"):  # e.g. `melange demo`, from outside the solver
         entry.load()(commands)

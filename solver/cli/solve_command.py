@@ -44,6 +44,20 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                     "the workload within the profiles' SLO. Inputs: a BUNDLE, or separate --workload/--trace, "
                     "--options and --profiles, or the catalog (--model, --gpus); the workload may come from "
                     "Prometheus (--prometheus). Exit status 2: bad input; 3: a server unavailable.")
+    groups = add_input_arguments(parser)
+    groups["inputs"].add_argument("--rate", type=float, help="total request rate in req/s (default: the workload's, "
+                                                             "or the trace's timestamps)")
+    groups["catalog"].add_argument("--tpot-ms", type=float,
+                                   help=f"mean TPOT SLO in ms (default {DEFAULT_TPOT_MS:g} unless --ttft-ms is given)")
+    add_model_arguments(parser, single_solve=True)
+    parser.add_argument("--output", choices=("table", "json"), default="table", help="table (default) or json")
+    parser.add_argument("--splits", action="store_true", help="also print how each bucket is split (table output)")
+    parser.set_defaults(handler=run)
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._ArgumentGroup]:
+    """The input flags `melange solve` and `melange sweep` share (what `read_inputs` reads, less --rate
+    and --tpot-ms, which each command adds in its own form); returns the groups by name."""
     parser.add_argument("bundle", nargs="?", type=Path,
                         help="one file with workload, options and profiles (YAML/JSON), or a melange-release "
                              "JSON config")
@@ -51,11 +65,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     inputs.add_argument("--workload", type=Path, help="workload YAML {rate, grid, distribution}")
     inputs.add_argument("--trace", type=Path,
                         help="request trace: CSV, JSONL or JSON of input/output token counts, optionally arrival "
-                             "timestamps in seconds (then --rate may be left out)")
+                             "timestamps in seconds")
     inputs.add_argument("--grid", type=Path, help="grid YAML {input_edges, output_edges} to bin --trace on "
                                                   "(default: the profiles' grid, or the paper's 10x6 with --model)")
-    inputs.add_argument("--rate", type=float, help="total request rate in req/s (default: the workload's, or the "
-                                                   "trace's timestamps)")
     inputs.add_argument("--options", type=Path, help="GPU options YAML")
     inputs.add_argument("--profiles", type=Path, nargs="+", help="profile YAML file(s)")
     live = parser.add_argument_group("live workload from Prometheus (vLLM metrics; instead of --workload/--trace)")
@@ -73,17 +85,22 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     catalog = parser.add_argument_group("GPU catalog (instead of --options/--profiles: estimated profiles, no profiling)")
     catalog.add_argument("--model", help="catalog model (e.g. llama-3-8b) or a Hugging Face config.json path")
     catalog.add_argument("--gpus", help="GPU types to mix, with GPUs per replica where above 1: l4,a10g,h100:2")
-    catalog.add_argument("--tpot-ms", type=float,
-                         help=f"mean TPOT SLO in ms (default {DEFAULT_TPOT_MS:g} unless --ttft-ms is given)")
     catalog.add_argument("--ttft-ms", type=float, help="mean TTFT SLO in ms (default: none)")
     catalog.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                          help="override a catalog price, $/h per GPU; repeatable (default: the catalog's)")
     catalog.add_argument("--catalog", type=Path, action="append", default=[],
                          help="extra catalog file (GPUs and models); repeatable (default: the shipped catalog)")
+    return {"inputs": inputs, "live": live, "catalog": catalog}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, single_solve: bool) -> None:
+    """The solver flags that `settings_from` reads. A `single_solve` also reports the other mode and
+    takes --current and --move-cost (moves against a current allocation); otherwise those read as unset."""
     model = parser.add_argument_group("model")
     model.add_argument("--mode", choices=MODES, default="paper",
                        help="paper: split per (input, output) bucket as in the paper; routable: split per input "
-                            "bucket, which a router can enforce (default: paper; the other is reported beside)")
+                            "bucket, which a router can enforce (default: paper"
+                            + ("; the other is reported beside)" if single_solve else ")"))
     model.add_argument("--slice-factor", type=int, help="slices per bucket (default: the file's, else 8 as the paper)")
     model.add_argument("--solver", choices=SOLVERS, help=f"MIP solver (default: {DEFAULT_SOLVER})")
     model.add_argument("--time-limit", type=float, help="solver time limit in seconds (default: none)")
@@ -92,12 +109,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     model.add_argument("--min-replicas", type=int, help="at least this many replicas in total (default 0)")
     model.add_argument("--max-spot-share", type=float,
                        help="at most this share (0-1) of requests on spot options (default: no limit)")
-    model.add_argument("--current", help="current replicas as NAME=N,NAME=N; needs --move-cost (default: none)")
-    model.add_argument("--move-cost", type=float,
-                       help="$/h charged per replica added or removed vs --current (default 0)")
-    parser.add_argument("--output", choices=("table", "json"), default="table", help="table (default) or json")
-    parser.add_argument("--splits", action="store_true", help="also print how each bucket is split (table output)")
-    parser.set_defaults(handler=run)
+    if single_solve:
+        model.add_argument("--current", help="current replicas as NAME=N,NAME=N; needs --move-cost (default: none)")
+        model.add_argument("--move-cost", type=float,
+                           help="$/h charged per replica added or removed vs --current (default 0)")
+    else:
+        parser.set_defaults(current=None, move_cost=None)
 
 
 # Flags that only a given input source reads: given without it, they would be silently ignored.
@@ -295,14 +312,19 @@ def settings_from(args: argparse.Namespace, loaded: LoadedInputs) -> IlpSettings
     return settings
 
 
+def mode_from(args: argparse.Namespace, loaded: LoadedInputs) -> str:
+    """The split mode: --mode when it is not the default, else the file's `settings.mode`, else paper."""
+    mode = args.mode if args.mode != "paper" else loaded.settings.get("mode", "paper")
+    if mode not in MODES:
+        raise InputError(f"{loaded.settings_where}.mode", f"unknown mode {mode!r}", ", ".join(MODES))
+    return mode
+
+
 def run(args: argparse.Namespace) -> int:
     """Solve and print the report (table or JSON)."""
     loaded = read_inputs(args)
     settings = settings_from(args, loaded)
-    mode = args.mode if args.mode != "paper" else loaded.settings.get("mode", "paper")
-    if mode not in MODES:
-        raise InputError(f"{loaded.settings_where}.mode", f"unknown mode {mode!r}", ", ".join(MODES))
-    report = solve(loaded.problem, settings, mode=mode)
+    report = solve(loaded.problem, settings, mode=mode_from(args, loaded))
     if not report.allocation.solved:
         raise InputError("infeasible", f"the solver found no allocation ({report.allocation.status}): quotas, "
                                        "the spot share or the time limit leave no feasible mix")

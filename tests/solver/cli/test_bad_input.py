@@ -26,6 +26,8 @@ ROUTER = [sys.executable, "-m", "melange.operator.router"]
 PLAYER = [sys.executable, "-m", "melange.solver.metrics.traffic_player"]
 SHIPPED = [sys.executable, "-m", "melange.solver.profiling.shipped_profiles"]
 CATALOG_SOLVE = SOLVE + ["--model", "llama-3-8b", "--gpus", "l4,a10g", "--rate", "2"]
+SWEEP = MELANGE + ["sweep"]
+CATALOG_SWEEP = SWEEP + ["--model", "llama-3-8b", "--gpus", "l4,a10g", "--rates", "1,2"]
 
 NOT_UTF8 = b"rate: 4\n# caf\xe9 in Latin-1\n"
 REFERENCE = {"gpu_info": {"A": {"cost": 1.0, "tputs": [[1.0, 1.0]]}}, "workload_distribution": [[0.5, 0.5]],
@@ -102,6 +104,29 @@ CASES = {
                                              "{trace.csv}"], 2, "try a tensor-parallel option such as l4:8"),
     "unknown flag": (SOLVE + [BUNDLE, "--frobnicate"], 2, "unrecognized arguments: --frobnicate"),
     "Prometheus unreachable": (SOLVE + [BUNDLE, "--prometheus", "{closed}", "--model-name", "m"], 3, "{closed}"),
+    # melange sweep
+    "sweep without --rates": (SWEEP + [BUNDLE], 2, "the following arguments are required: --rates"),
+    "sweep empty --rates": (SWEEP + [BUNDLE, "--rates", ""], 2, "--rates: no rates given"),
+    "sweep --rates only commas": (SWEEP + [BUNDLE, "--rates", ",,"], 2, "--rates: no rates given"),
+    "sweep zero rate": (SWEEP + [BUNDLE, "--rates", "1,0"], 2, "--rates: rate 0 is not a finite number > 0"),
+    "sweep negative rate": (SWEEP + [BUNDLE, "--rates", "-4"], 2, "--rates: rate -4 is not a finite number > 0"),
+    "sweep infinite rate": (SWEEP + [BUNDLE, "--rates", "1,inf"], 2, "--rates: rate inf is not a finite number > 0"),
+    "sweep rate not a number": (SWEEP + [BUNDLE, "--rates", "1,fast"], 2, "--rates: 'fast' is not a number"),
+    "sweep rate twice": (SWEEP + [BUNDLE, "--rates", "2,4,2"], 2, "--rates: rate 2 is given twice"),
+    "sweep several SLOs with a bundle": (SWEEP + [BUNDLE, "--rates", "1", "--tpot-ms", "40,120"], 2,
+                                         "--tpot-ms: 2 SLOs given, but a bundle's"),
+    "sweep one SLO with a bundle": (SWEEP + [BUNDLE, "--rates", "1", "--tpot-ms", "40"], 2,
+                                    "--tpot-ms: only applies to catalog GPUs"),
+    "sweep SLO not a number": (CATALOG_SWEEP + ["--trace", "{trace.csv}", "--tpot-ms", "40,fast"], 2,
+                               "--tpot-ms: 'fast' is not a number"),
+    "sweep SLO negative": (CATALOG_SWEEP + ["--trace", "{trace.csv}", "--tpot-ms", "40,-1"], 2,
+                           "--tpot-ms: must be > 0, got -1.0"),
+    "sweep --plot into a missing folder": (SWEEP + [BUNDLE, "--rates", "1", "--plot", "{missing_folder_file}"], 2,
+                                           "--plot: folder"),
+    "sweep --plot a folder": (SWEEP + [BUNDLE, "--rates", "1", "--plot", "{folder}"], 2, "--plot: {folder} is a folder"),
+    "sweep --output unknown": (SWEEP + [BUNDLE, "--rates", "1", "--output", "xml"], 2, "invalid choice: 'xml'"),
+    "sweep --move-cost (a solve's flag)": (SWEEP + [BUNDLE, "--rates", "1", "--move-cost", "1"], 2,
+                                           "unrecognized arguments: --move-cost"),
     # melange profile
     "estimate -o into a missing folder": (ESTIMATE + ["-o", "{missing_folder_file}"], 2, "--output: folder"),
     "estimate -o a folder": (ESTIMATE + ["-o", "{folder}"], 2, "--output: {folder} is a folder"),
@@ -148,7 +173,7 @@ def test_version_is_the_package_version():
     assert result.stdout.strip() == f"melange {metadata.version('melange-operator')}"
 
 
-HELP_COMMANDS = [MELANGE, MELANGE + ["solve"], MELANGE + ["profile"], MELANGE + ["profile", "estimate"],
+HELP_COMMANDS = [MELANGE, MELANGE + ["solve"], SWEEP, MELANGE + ["profile"], MELANGE + ["profile", "estimate"],
                  MELANGE + ["profile", "measure"], ROUTER, PLAYER, SHIPPED]
 
 
