@@ -16,9 +16,10 @@ from melange.testing.ports import free_port
 
 class PrometheusServer:
     """Starts Prometheus with a temporary config and data folder, a 1 s scrape interval, scraping
-    `targets` (host:port); stops it by PID."""
+    `targets` (host:port); stops it by PID. `port` None takes a free one; give the port of a stopped
+    server to play that server coming back."""
 
-    def __init__(self, targets: Sequence[str], binary: str | None = None) -> None:
+    def __init__(self, targets: Sequence[str], binary: str | None = None, port: int | None = None) -> None:
         self.binary = binary or shutil.which("prometheus")
         if self.binary is None:
             raise RuntimeError("the prometheus binary is not installed (Debian package `prometheus`; .ci/run installs it)")
@@ -29,12 +30,13 @@ class PrometheusServer:
         self.config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
         self.log = open(self.folder / "prometheus.log", "wb")
         self.targets = list(targets)
+        self._port = port
         self._start()
 
     def _start(self) -> None:
         # Prometheus cannot report a port the OS picked, so it gets a free one; another process may
         # take that port first, and then wait_until_scraping starts it again on another.
-        self.port = free_port()
+        self.port = self._port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log_start = (self.folder / "prometheus.log").stat().st_size
         self.process = subprocess.Popen(

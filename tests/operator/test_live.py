@@ -1,0 +1,283 @@
+"""The operator following live traffic: a real Prometheus (1 s scrape) scraping the traffic player,
+the emulated Kubernetes API and the real kopf operator, in real time (Prometheus and the player run
+on the wall clock, so the loop clock is not faked here).
+
+One 2 x 1 grid keeps every expected mix obvious by hand. Input <= 2000 tokens is "short", 2000-10000
+"long"; every request asks <= 500 output tokens. The traffic player's chat mix is all short, its
+documents mix all long (inputs 2100-7900), and both end on vLLM's histogram edges (2000, 10000), so
+the measured mix is exact. Max req/s per replica at the SLO (targetUtilisation 1):
+
+    service "flow":   small $1.0/h  short 10, long -     warm $0.5/h (minReplicas 1)  short 0.01, long -
+                      big   $4.0/h  short 20, long 10    (warm is a floor: any traffic needs more)
+      chat at 6 req/s:      one small (the warm one is there anyway)      -> 1 small + 1 warm  $1.5/h
+      documents at 6 req/s: only big serves long, one carries 6 <= 10     -> 1 big + 1 warm    $4.5/h
+      no traffic:           the floor                                     -> 1 warm            $0.5/h
+    service "steady": small $1.0/h  short 10             tiny $0.2/h  short 2
+      chat at 11 req/s:     one small + one tiny (12 >= 11; two smalls cost $2)  -> $1.2/h
+      chat at 9 req/s:      one small alone would do ($1.0/h): a 16.7% saving, under its 20% threshold
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+
+import kopf
+import pytest
+import pytest_asyncio
+from prometheus_client import CollectorRegistry, start_http_server
+
+from melange.operator import handlers
+from melange.operator.handlers import OperatorConfig
+from melange.operator.status import from_iso
+from melange.solver.metrics.traffic_player import CHAT, DOCUMENTS, Stream, VllmMetrics
+from melange.testing.kube_emulator import KubeEmulator
+from melange.testing.ports import free_port
+from melange.testing.prometheus_server import PrometheusServer
+
+from .conftest import LLMSERVICES
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+DEPLOYMENTS, CONFIGMAPS = "apps/v1/deployments", "v1/configmaps"
+GRID = {"input_edges": [2000, 10000], "output_edges": [500]}
+CANNOT = None  # no rate meets the SLO
+
+
+def option(name: str, gpu: str, price: float, short: float, long: float | None, **extra) -> dict:
+    profile = {"model": "demo-7b", "gpu": gpu, "gpus_per_replica": 1, "slo": {"tpot_ms": 100}, "grid": GRID,
+               "max_rps": [[short], [long]]}
+    return {"name": name, "gpu": gpu, "pricePerHour": price, "profile": {"inline": profile}, **extra}
+
+
+FLOW_OPTIONS = [option("small", "L4", 1.0, 10.0, CANNOT), option("big", "A100", 4.0, 20.0, 10.0),
+                option("warm", "T4", 0.5, 0.01, CANNOT, minReplicas=1)]
+STEADY_OPTIONS = [option("small", "L4", 1.0, 10.0, CANNOT), option("tiny", "T4", 0.2, 2.0, CANNOT)]
+CHAT_MIX = {"small": 1, "big": 0, "warm": 1}
+DOCUMENTS_MIX = {"small": 0, "big": 1, "warm": 1}
+FLOOR = {"small": 0, "big": 0, "warm": 1}
+STEADY_MIX = {"small": 1, "tiny": 1}
+
+
+def live_service(name: str, options: list[dict], prometheus_url: str, min_savings: float) -> dict:
+    return {"apiVersion": "melange.ai/v1alpha1", "kind": "LLMService",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"model": name, "slo": {"tpotMs": 100}, "gpuOptions": options,
+                     "workload": {"source": "prometheus",
+                                  "prometheus": {"url": prometheus_url, "window": "10s", "minRequests": 10}},
+                     "reallocation": {"interval": "5s", "cooldown": "5s", "minSavingsPercent": min_savings,
+                                      "targetUtilisation": 1.0},
+                     "router": {"replicas": 1}}}
+
+
+class Recorder:
+    """Every write to the store, as the operator made it: per service, each move step seen in status, and
+    after each write the pool replicas (spec) and the pools the routing table sends traffic to."""
+
+    def __init__(self, emulator: KubeEmulator) -> None:
+        self.emulator = emulator
+        self.steps: dict[str, list[str]] = {}
+        self.snapshots: dict[str, list[tuple[str | None, dict[str, int], set[str]]]] = {}
+
+    def after_write(self) -> None:
+        for service in [obj for _, obj in self.emulator.live_objects(LLMSERVICES, "default")]:
+            name = service["metadata"]["name"]
+            move = (service.get("status") or {}).get("move")
+            step = move["step"] if move else None
+            steps = self.steps.setdefault(name, [])
+            if step and (not steps or steps[-1] != step):
+                steps.append(step)
+            table = self.emulator.live(CONFIGMAPS, "default", f"{name}-routing")
+            routed = set(json.loads(table["data"]["routing.json"])["pools"]) if table else set()
+            self.snapshots.setdefault(name, []).append((step, pools(self.emulator, name), routed))
+
+
+def pools(emulator: KubeEmulator, service: str) -> dict[str, int]:
+    """Option -> spec.replicas of the service's vLLM Deployments."""
+    found = {}
+    for _, deployment in emulator.live_objects(DEPLOYMENTS, "default"):
+        name = deployment["metadata"]["name"]
+        if name.startswith(service + "-") and not name.endswith("-router"):
+            found[name.removeprefix(service + "-")] = deployment["spec"]["replicas"]
+    return found
+
+
+@pytest.fixture
+def recorder(kube, monkeypatch) -> Recorder:
+    recorder = Recorder(kube.emulator)
+    emit = KubeEmulator._emit
+
+    def emit_and_record(self, resource, event_type, obj):
+        emit(self, resource, event_type, obj)
+        if self is recorder.emulator:
+            recorder.after_write()
+    monkeypatch.setattr(KubeEmulator, "_emit", emit_and_record)
+    return recorder
+
+
+class Traffic:
+    """One exporter of vLLM metrics for two services, evenly spaced arrivals (so the rate over the
+    window is steady), and the Prometheus scraping it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.metrics = VllmMetrics(self.registry)
+        self.exporter_port = free_port()
+        self.server, _ = start_http_server(self.exporter_port, addr="127.0.0.1", registry=self.registry)
+        self.flow = Stream(self.metrics, "flow", 6.0, CHAT, seed=1, poisson=False)
+        self.steady = Stream(self.metrics, "steady", 11.0, CHAT, seed=2, poisson=False)
+        self.prometheus = PrometheusServer([f"127.0.0.1:{self.exporter_port}"])
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.prometheus.wait_until_scraping)
+        self.flow.start()
+        self.steady.start()
+
+    async def restart_prometheus(self) -> None:
+        """A new Prometheus (empty storage) on the port of the stopped one."""
+        self.prometheus = PrometheusServer([f"127.0.0.1:{self.exporter_port}"], port=self.prometheus.port)
+        await asyncio.to_thread(self.prometheus.wait_until_scraping)
+
+    def close(self) -> None:
+        self.flow.stop()
+        self.steady.stop()
+        self.prometheus.stop()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest_asyncio.fixture
+async def traffic():
+    traffic = Traffic()
+    try:
+        await traffic.start()
+        yield traffic
+    finally:
+        traffic.close()
+
+
+def status(kube, name: str) -> dict:
+    return (kube.object(LLMSERVICES, name, "default") or {}).get("status") or {}
+
+
+def condition(kube, name: str, kind: str) -> dict:
+    return next((c for c in status(kube, name).get("conditions", []) if c["type"] == kind), {})
+
+
+def settled(kube, name: str, mix: dict[str, int]) -> Callable[[], bool]:
+    """The service runs `mix`: in status, with no move under way, and in its Deployments."""
+    def check() -> bool:
+        current = status(kube, name)
+        return (current.get("allocation") == mix and not current.get("move")
+                and pools(kube.emulator, name) == {k: v for k, v in mix.items() if v})
+    return check
+
+
+def reasons(kube, name: str) -> list[str]:
+    return [event["reason"] for event in kube.events(name, "default")]
+
+
+async def poll(check: Callable[[], bool], timeout_s: float) -> None:
+    """For conditions no store write announces (the operator's own counters)."""
+    async with asyncio.timeout(timeout_s):
+        while not check():
+            await asyncio.sleep(0.2)
+
+
+async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder, traffic):
+    kube.emulator.auto_ready = True  # the Deployment controller: pods ready as soon as asked for
+    config = OperatorConfig(drain_s=1.0)
+    unavailable = config.metrics.errors.labels("MetricsUnavailable")
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.monotonic() - started, 1)
+        print(f"{timings[name]:6.1f} s  {name}")
+
+    async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=config)):
+        url = traffic.prometheus.url
+        await kube.create(live_service("flow", FLOW_OPTIONS, url, min_savings=5))
+        await kube.create(live_service("steady", STEADY_OPTIONS, url, min_savings=20))
+
+        # (a) chat traffic: the chat mix; the other service its own mix.
+        await kube.wait_for(settled(kube, "flow", CHAT_MIX), timeout_s=60)
+        await kube.wait_for(settled(kube, "steady", STEADY_MIX), timeout_s=60)
+        assert condition(kube, "flow", "MetricsAvailable")["status"] == "True"
+        assert status(kube, "flow")["workload"]["source"] == "prometheus"
+        lap("a: chat mix deployed")
+        steady_moves = reasons(kube, "steady").count("MoveStarted")
+
+        # (b) + (d) + (f): flow's traffic turns into documents while steady's rate dips 18%.
+        traffic.flow.set_mix(DOCUMENTS)
+        traffic.steady.set_rate(9.0)
+        await kube.wait_for(lambda: status(kube, "flow").get("move"), timeout_s=30)
+        await kube.wait_for(settled(kube, "flow", DOCUMENTS_MIX), timeout_s=90)
+        lap("b: documents mix deployed")
+        # Make before break: one move, in order, the big pool up before the small one goes.
+        assert recorder.steps["flow"] == ["scaling-up", "switching", "draining", "scaling-down"]
+        history = [(replicas, routed) for _, replicas, routed in recorder.snapshots["flow"]]
+        big_up = next(k for k, (replicas, _) in enumerate(history) if replicas.get("big"))
+        switched = next(k for k, (_, routed) in enumerate(history) if routed == {"big", "warm"})
+        small_down = next(k for k, (replicas, _) in enumerate(history) if k > big_up and not replicas.get("small"))
+        assert big_up < switched < small_down
+        assert all(routed == {"small", "warm"} for _, routed in history[big_up:switched])
+        # kopf posts Events in the background: wait for the last one.
+        await kube.wait_for(lambda: any(e["message"].endswith("1 x small + 1 x warm ($1.50/h) -> 1 x big + 1 x warm "
+                                                              "($4.50/h)") for e in kube.events("flow", "default")
+                                        if e["reason"] == "Reallocated"), timeout_s=10)
+        flow_reasons = reasons(kube, "flow")
+        assert flow_reasons.count("MoveStarted") == 1 and flow_reasons.count("MoveStep") == 3
+        # (d) the dip would save 16.7%, under steady's 20%: kept, nothing touched.
+        await kube.wait_for(lambda: status(kube, "steady").get("lastDecision", {}).get("reason", "").startswith(
+            "kept: saving 16.7% < 20%"), timeout_s=30)
+        lap("d: steady kept its mix")
+        assert settled(kube, "steady", STEADY_MIX)()
+        assert reasons(kube, "steady").count("MoveStarted") == steady_moves
+        assert not any(step for step, _, _ in recorder.snapshots["steady"])
+
+        # (c) Prometheus stops: nothing changes for two passes of each service, MetricsAvailable=False.
+        before = {name: pools(kube.emulator, name) for name in ("flow", "steady")}
+        traffic.prometheus.stop()
+        for name in ("flow", "steady"):
+            await kube.wait_for(lambda: condition(kube, name, "MetricsAvailable").get("status") == "False",
+                                timeout_s=30)
+        failed = unavailable._value.get()
+        await poll(lambda: unavailable._value.get() >= failed + 4, timeout_s=40)
+        lap("c: Prometheus down, passes kept everything")
+        assert {name: pools(kube.emulator, name) for name in ("flow", "steady")} == before
+        assert status(kube, "flow")["allocation"] == DOCUMENTS_MIX and status(kube, "steady")["allocation"] == STEADY_MIX
+        assert "MetricsUnavailable" in reasons(kube, "flow")
+        # ... and recovers when it is back.
+        await traffic.restart_prometheus()
+        for name in ("flow", "steady"):
+            await kube.wait_for(lambda: condition(kube, name, "MetricsAvailable").get("status") == "True",
+                                timeout_s=40)
+        lap("c: metrics back")
+        assert settled(kube, "flow", DOCUMENTS_MIX)() and settled(kube, "steady", STEADY_MIX)()
+
+    print("timings (s since start):", timings)
+
+
+@pytest.mark.xfail(strict=True, reason="zero traffic on live series reads as 'no series' (PrometheusSource.workload "
+                                       "finds no histogram increase and says no_series), so the operator never idles")
+async def test_no_traffic_falls_to_the_floor_after_the_cooldown(kube, operator_runner, traffic):
+    kube.emulator.auto_ready = True
+    async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig(drain_s=1.0))):
+        service = live_service("flow", FLOW_OPTIONS, traffic.prometheus.url, min_savings=5)
+        service["spec"]["reallocation"]["cooldown"] = "20s"
+        await kube.create(service)
+        await kube.wait_for(settled(kube, "flow", CHAT_MIX), timeout_s=60)
+        deployed_at = from_iso(status(kube, "flow")["lastChange"])
+        traffic.flow.set_rate(0.0)
+        # Fixed, metrics stay available all along; broken, they go unavailable within a window: stop there.
+        await kube.wait_for(lambda: settled(kube, "flow", FLOOR)()
+                            or condition(kube, "flow", "MetricsAvailable").get("status") == "False", timeout_s=90)
+        assert condition(kube, "flow", "MetricsAvailable")["status"] == "True", condition(kube, "flow",
+                                                                                          "MetricsAvailable")
+        assert settled(kube, "flow", FLOOR)()
+        current = status(kube, "flow")
+        assert current["lastDecision"]["kind"] == "rebalance"
+        assert from_iso(current["lastDecision"]["time"]) - deployed_at >= 20  # not before the cooldown
+        assert "no requests" in condition(kube, "flow", "MetricsAvailable")["message"]
