@@ -260,8 +260,6 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
     print("timings (s since start):", timings)
 
 
-@pytest.mark.xfail(strict=True, reason="zero traffic on live series reads as 'no series' (PrometheusSource.workload "
-                                       "finds no histogram increase and says no_series), so the operator never idles")
 async def test_no_traffic_falls_to_the_floor_after_the_cooldown(kube, operator_runner, traffic):
     kube.emulator.auto_ready = True
     async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig(drain_s=1.0))):
