@@ -14,7 +14,7 @@ from melange.solver.buckets import BucketGrid, grid_from_dict
 from melange.solver.checks import integer, number, require_keys, require_mapping, sequence, text
 from melange.solver.errors import InputError
 from melange.solver.metrics.prometheus_source import parse_duration
-from melange.solver.profiles import Slo
+from melange.solver.profiles import Slo, slo_from_dict
 
 DNS_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 MODES = ("apply", "recommend")
@@ -154,7 +154,7 @@ def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
     return ServiceSpec(
         model=text(data["model"], f"{where}.model"),
         catalog_model=catalog_model,
-        slo=_slo(data["slo"], f"{where}.slo"),
+        slo=slo_from_dict(data["slo"], f"{where}.slo", ("tpotMs", "ttftMs", "percentile")),
         options=options,
         workload=_workload(data.get("workload", {"source": "static"}), f"{where}.workload"),
         reallocation=realloc,
@@ -190,20 +190,6 @@ def _dns_label(value: Any, where: str, max_length: int) -> str:
         raise InputError(where, f"{name!r} is not a DNS label of at most {max_length} characters",
                          "lower-case letters, digits and '-', starting and ending alphanumeric")
     return name
-
-
-def _slo(value: Any, where: str) -> Slo:
-    data = require_mapping(value, where)
-    require_keys(data, where, [], ["tpotMs", "ttftMs", "percentile"])
-    bounds = {key: None if data.get(key) is None else number(data[key], f"{where}.{key}", minimum=0,
-                                                                 strict_minimum=True)
-              for key in ("tpotMs", "ttftMs")}
-    if bounds["tpotMs"] is None and bounds["ttftMs"] is None:
-        raise InputError(where, "no latency bound", "tpotMs and/or ttftMs")
-    percentile = data.get("percentile")
-    if percentile is not None:
-        percentile = number(percentile, f"{where}.percentile", minimum=0, strict_minimum=True, maximum=100)
-    return Slo(bounds["tpotMs"], bounds["ttftMs"], percentile)
 
 
 def _option(value: Any, where: str) -> GpuOptionSpec:

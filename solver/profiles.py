@@ -45,19 +45,21 @@ class Slo:
         return data
 
 
-def slo_from_dict(data: Any, where: str) -> Slo:
-    """Read `{tpot_ms?, ttft_ms?, percentile?}`; at least one bound is required."""
+def slo_from_dict(data: Any, where: str, keys: tuple[str, str, str] = ("tpot_ms", "ttft_ms", "percentile")) -> Slo:
+    """Read `{tpot_ms?, ttft_ms?, percentile?}` (under other `keys`, e.g. the CRD's camelCase); at least
+    one bound is required."""
+    tpot_key, ttft_key, percentile_key = keys
     mapping = require_mapping(data, where)
-    require_keys(mapping, where, [], ["tpot_ms", "ttft_ms", "percentile"])
+    require_keys(mapping, where, [], list(keys))
     values = {key: None if mapping.get(key) is None else number(mapping[key], f"{where}.{key}", minimum=0,
                                                                    strict_minimum=True)
-              for key in ("tpot_ms", "ttft_ms")}
-    if values["tpot_ms"] is None and values["ttft_ms"] is None:
-        raise InputError(where, "no latency bound", "tpot_ms and/or ttft_ms")
-    percentile = mapping.get("percentile")
+              for key in (tpot_key, ttft_key)}
+    if values[tpot_key] is None and values[ttft_key] is None:
+        raise InputError(where, "no latency bound", f"{tpot_key} and/or {ttft_key}")
+    percentile = mapping.get(percentile_key)
     if percentile is not None:
-        percentile = number(percentile, f"{where}.percentile", minimum=0, strict_minimum=True, maximum=100)
-    return Slo(values["tpot_ms"], values["ttft_ms"], percentile)
+        percentile = number(percentile, f"{where}.{percentile_key}", minimum=0, strict_minimum=True, maximum=100)
+    return Slo(values[tpot_key], values[ttft_key], percentile)
 
 
 @dataclass(frozen=True)

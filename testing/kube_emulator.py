@@ -75,6 +75,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _revision: int = attrs.field(default=0, init=False)
     _log: list = attrs.field(factory=list, init=False)  # (revision, resource, watch event), oldest first
     _log_wakeup: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    # Called synchronously after every write to the store (tests check invariants at each step).
+    write_hooks: list = attrs.field(factory=list, init=False)
     _trimmed: int = attrs.field(default=0, init=False)  # events dropped from the log's head so far
 
     def __attrs_post_init__(self) -> None:
@@ -259,6 +261,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._trimmed += drop
         self._log_wakeup.set()
         self._log_wakeup = asyncio.Event()
+        for hook in self.write_hooks:
+            hook()
 
     def _next_revision(self) -> str:
         self._revision += 1

@@ -104,15 +104,9 @@ def pools(emulator: KubeEmulator, service: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def recorder(kube, monkeypatch) -> Recorder:
+def recorder(kube) -> Recorder:
     recorder = Recorder(kube.emulator)
-    emit = KubeEmulator._emit
-
-    def emit_and_record(self, resource, event_type, obj):
-        emit(self, resource, event_type, obj)
-        if self is recorder.emulator:
-            recorder.after_write()
-    monkeypatch.setattr(KubeEmulator, "_emit", emit_and_record)
+    kube.emulator.write_hooks.append(recorder.after_write)
     return recorder
 
 

@@ -242,15 +242,9 @@ def settled(emulator: KubeEmulator, generation: int) -> bool:
             and all(ready_pods(d) == d["spec"]["replicas"] for d in deployments.values()))
 
 
-async def test_ready_capacity_covers_the_routed_demand_at_every_step(kube, operator_runner, monkeypatch, tmp_path):
+async def test_ready_capacity_covers_the_routed_demand_at_every_step(kube, operator_runner, tmp_path):
     invariant = Invariant(kube.emulator)
-    emit = KubeEmulator._emit
-
-    def emit_and_check(self, resource, event_type, obj):
-        emit(self, resource, event_type, obj)
-        if self is kube.emulator:
-            invariant.after_write()
-    monkeypatch.setattr(KubeEmulator, "_emit", emit_and_check)
+    kube.emulator.write_hooks.append(invariant.after_write)
 
     cluster = Cluster(kube.emulator, tmp_path / "routing.json")
     follower = asyncio.create_task(cluster.run())
