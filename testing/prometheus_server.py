@@ -15,10 +15,10 @@ from melange.testing.ports import free_port
 
 
 class PrometheusServer:
-    """Starts Prometheus with a temporary config and data folder, a 1 s scrape interval, scraping
-    `targets` (host:port); stops it by PID."""
+    """Starts Prometheus with a temporary config and data folder, a 1 s scrape interval (or
+    `scrape_interval_s`), scraping `targets` (host:port); stops it by PID."""
 
-    def __init__(self, targets: Sequence[str], binary: str | None = None) -> None:
+    def __init__(self, targets: Sequence[str], binary: str | None = None, scrape_interval_s: float = 1.0) -> None:
         self.binary = binary or shutil.which("prometheus")
         if self.binary is None:
             raise RuntimeError("the prometheus binary is not installed (Debian package `prometheus`; .ci/run installs it)")
@@ -28,7 +28,7 @@ class PrometheusServer:
         config = self.folder / "prometheus.yml"
         jobs = "\n".join(f"  - job_name: target{k}\n    static_configs:\n      - targets: ['{t}']"
                          for k, t in enumerate(targets))
-        config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
+        config.write_text(f"global:\n  scrape_interval: {scrape_interval_s:g}s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
         self.log = open(self.folder / "prometheus.log", "wb")
         self.process = subprocess.Popen(
             [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.folder / 'data'}",
