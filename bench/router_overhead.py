@@ -14,14 +14,13 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
-from common import print_table
+from common import cpu_seconds, print_table
 
 from melange.operator.router.proxy import Router, serve
 from melange.testing.openai_upstream import run_upstream
@@ -65,12 +64,6 @@ async def serial_latency(url: str, count: int, stream: bool) -> tuple[float, flo
                 latencies.append(time.perf_counter() - started)
     latencies.sort()
     return statistics.median(latencies) * 1000, latencies[int(0.99 * len(latencies))] * 1000
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

@@ -188,9 +188,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 "metadata": {"resourceVersion": str(self._revision)}, "items": items}
 
     def _selected(self, request: rendering.Request) -> list[dict]:
+        """Copies of the objects a list or watch selects (only those are copied: with hundreds of objects
+        stored, copying every one for each label-selected list made the emulator the bottleneck)."""
         labels, fields = request.params.get("labelSelector", ""), request.params.get("fieldSelector", "")
-        return [obj for _, obj in self.live_objects(request.resource, request.namespace)
-                if matches_labels(obj, labels) and matches_fields(obj, fields)]
+        return [copy.deepcopy(obj.raw) for (res, ns, _), obj in list(self.objects.items())
+                if not obj.deleted and res == request.resource
+                and (request.namespace is None or ns == request.namespace)
+                and matches_labels(obj.raw, labels) and matches_fields(obj.raw, fields)]
 
     async def _watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         """Stream watch events: the current objects as ADDED when no version is given, else every change

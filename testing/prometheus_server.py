@@ -15,11 +15,12 @@ from melange.testing.ports import free_port
 
 
 class PrometheusServer:
-    """Starts Prometheus with a temporary config and data folder, a 1 s scrape interval, scraping
-    `targets` (host:port); stops it by PID. `port` None takes a free one; give the port of a stopped
-    server to play that server coming back."""
+    """Starts Prometheus with a temporary config and data folder, a 1 s scrape interval (or
+    `scrape_interval_s`), scraping `targets` (host:port); stops it by PID. `port` None takes a free
+    one; give the port of a stopped server to play that server coming back."""
 
-    def __init__(self, targets: Sequence[str], binary: str | None = None, port: int | None = None) -> None:
+    def __init__(self, targets: Sequence[str], binary: str | None = None, port: int | None = None,
+                 scrape_interval_s: float = 1.0) -> None:
         self.binary = binary or shutil.which("prometheus")
         if self.binary is None:
             raise RuntimeError("the prometheus binary is not installed (Debian package `prometheus`; .ci/run installs it)")
@@ -27,7 +28,8 @@ class PrometheusServer:
         self.config = self.folder / "prometheus.yml"
         jobs = "\n".join(f"  - job_name: target{k}\n    static_configs:\n      - targets: ['{t}']"
                          for k, t in enumerate(targets))
-        self.config.write_text(f"global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{jobs}\n")
+        self.config.write_text(f"global:\n  scrape_interval: {scrape_interval_s:g}s\n  evaluation_interval: 1s\n"
+                               f"scrape_configs:\n{jobs}\n")
         self.log = open(self.folder / "prometheus.log", "wb")
         self.targets = list(targets)
         self._port = port
