@@ -22,6 +22,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -112,21 +113,34 @@ def check_settings(settings: IlpSettings, where: str = "settings") -> None:
         raise InputError(f"{where}.time_limit_s", f"got {settings.time_limit_s!r}", "a number > 0")
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_saved_stdout = -1
+
+
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    """Silence file descriptor 1 while a native solver runs: HiGHS prints its banner on stdout even
-    when told to be quiet, and the CLI promises clean JSON there."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    """Silence file descriptor 1 while native solvers run: HiGHS prints its banner on stdout even
+    when told to be quiet, and the CLI promises clean JSON there. Solves in several threads (the
+    operator's) share one redirection: the first in silences, the last out restores."""
+    global _quiet_depth, _saved_stdout
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            sys.stdout.flush()
+            _saved_stdout = os.dup(1)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.close(devnull)
+        _quiet_depth += 1
     try:
-        os.dup2(devnull, 1)
         yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(devnull)
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                sys.stdout.flush()
+                os.dup2(_saved_stdout, 1)
+                os.close(_saved_stdout)
 
 
 def _solver(name: str, time_limit_s: float | None, mip: bool = True) -> pulp.LpSolver:

@@ -3,6 +3,7 @@ shipped estimated profiles where they match the request, estimated on the spot o
 solve needs no profiling at all."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 from melange.solver.buckets import BucketGrid
@@ -57,8 +58,10 @@ def _shipped_match(model: ModelSpec, gpu: GpuSpec, gpus: int, slo: Slo, grid: Bu
     return None
 
 
+@functools.lru_cache(maxsize=512)
 def catalog_profile(model: ModelSpec, gpu: GpuSpec, gpus: int, slo: Slo, grid: BucketGrid) -> Profile:
-    """The shipped profile for this shape when one matches exactly, else a fresh estimate."""
+    """The shipped profile for this shape when one matches exactly, else a fresh estimate. Cached: the
+    operator asks again for the same shapes every interval (frozen inputs, a frozen answer)."""
     return _shipped_match(model, gpu, gpus, slo, grid) or estimate_profile(model, gpu, slo, grid, tensor_parallel=gpus)
 
 

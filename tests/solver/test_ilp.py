@@ -228,3 +228,27 @@ def test_min_replicas_keep_a_floor_and_are_used():
     assert floored.replicas == (0, 1) and floored.cost_per_hour == 3.0  # the warm replica takes the traffic
     idle = solve_ilp([Item("b", 0.0, (1.0,))], [OptionSpec("warm", 3.0, min_replicas=2)], IlpSettings())
     assert idle.replicas == (2,)
+
+
+def test_solves_in_several_threads_leave_stdout_where_it_was():
+    """The operator solves in worker threads: overlapping silences of fd 1 must restore it (each
+    thread saving and restoring on its own left it on /dev/null)."""
+    import os
+    import threading
+    import time
+
+    from melange.solver.ilp import _quiet_stdout
+
+    before = os.readlink("/proc/self/fd/1")
+
+    def hold() -> None:
+        with _quiet_stdout():
+            time.sleep(0.01)
+
+    for _ in range(20):
+        threads = [threading.Thread(target=hold) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert os.readlink("/proc/self/fd/1") == before != os.devnull
