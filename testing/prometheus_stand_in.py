@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 QUERY_PATH = "/api/v1/query"
 
@@ -96,10 +96,10 @@ class PrometheusStandIn:
         return [r.query for r in self.received]
 
     def _answer(self, handler: BaseHTTPRequestHandler) -> None:
-        parts = urlsplit(handler.path)
-        query = parse_qs(parts.query).get("query", [None])[0]
-        self.received.append(Received(parts.path, query, dict(handler.headers.items())))
-        if parts.path != QUERY_PATH:
+        path, _, parameters = handler.path.partition("?")  # not urlsplit: it reads "//x" as a host
+        query = parse_qs(parameters).get("query", [None])[0]
+        self.received.append(Received(path, query, dict(handler.headers.items())))
+        if path != QUERY_PATH:
             return self._send(handler, 404, "404 page not found", "text/plain")
         answer = self.answers.get(query, [])
         if answer is HOLD:

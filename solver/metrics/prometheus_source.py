@@ -204,7 +204,7 @@ class PrometheusSource:
         selector = self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))
         now = self._scalar("vector(time())")
         series = self.query(f"{selector}[{self._window()}]")
-        times = [[float(t) for t, _ in item.get("values", [])] for item in series]
+        times = [[float(t) for t, _ in item["values"]] for item in series]
         times = [t for t in times if t]
         if now is None or not times:
             return None

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from melange.solver.errors import InfeasibleError, InputError
-from melange.solver.ilp import IlpSettings, Item, OptionSpec, solve_ilp
+from melange.solver.ilp import IlpSettings, Item, OptionSpec, check_settings, solve_ilp
 
 from .brute_force import brute_force_cost
 
@@ -228,3 +228,34 @@ def test_min_replicas_keep_a_floor_and_are_used():
     assert floored.replicas == (0, 1) and floored.cost_per_hour == 3.0  # the warm replica takes the traffic
     idle = solve_ilp([Item("b", 0.0, (1.0,))], [OptionSpec("warm", 3.0, min_replicas=2)], IlpSettings())
     assert idle.replicas == (2,)
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("slice_factor", True, "an integer >= 1"), ("slice_factor", 0, "an integer >= 1"),
+    ("slice_factor", 1.5, "an integer >= 1"),
+    ("target_utilisation", 0.0, "0 < u <= 1"), ("target_utilisation", 1.01, "0 < u <= 1"),
+    ("target_utilisation", float("nan"), "0 < u <= 1"),
+    ("min_total_replicas", -1, "an integer >= 0"),
+    ("max_spot_share", -0.01, "0 <= share <= 1"), ("max_spot_share", 1.01, "0 <= share <= 1"),
+    ("move_cost", -0.01, "a finite number >= 0"), ("move_cost", float("inf"), "a finite number >= 0"),
+    ("move_cost", float("nan"), "a finite number >= 0"),
+    ("time_limit_s", 0.0, "a number > 0"), ("time_limit_s", float("nan"), "a number > 0"),
+])
+def test_each_bad_setting_is_named_with_what_is_allowed(field, value, allowed):
+    with pytest.raises(InputError) as error:
+        check_settings(IlpSettings(**{field: value}))
+    assert str(error.value) == f"settings.{field}: got {value!r} (allowed: {allowed})"
+
+
+def test_an_unknown_solver_lists_the_known_ones_under_the_callers_name():
+    with pytest.raises(InputError) as error:
+        check_settings(IlpSettings(solver="glpk"), where="ilp")
+    assert str(error.value) == "ilp.solver: unknown solver 'glpk' (allowed: highs, cbc)"
+
+
+def test_settings_on_the_edges_of_what_is_allowed_pass():
+    for settings in (IlpSettings(), IlpSettings(solver="cbc", slice_factor=1, target_utilisation=1.0,
+                                                min_total_replicas=0, max_spot_share=0.0, move_cost=0.0,
+                                                time_limit_s=0.01),
+                     IlpSettings(target_utilisation=0.01, max_spot_share=1.0, time_limit_s=None)):
+        check_settings(settings)

@@ -17,14 +17,15 @@ from melange.testing.prometheus_stand_in import HOLD, Failure, Garbled, Promethe
 
 
 def test_label_values_cannot_end_the_string():
-    assert escape_label_value('a"b\\c\nd') == 'a\\"b\\\\c\\nd'
+    assert escape_label_value('a"b\\c\nd\re') == 'a\\"b\\\\c\\nd\\re'
     assert label_matchers({"model_name": 'x"} or vector(1) #'}) == 'model_name="x\\"} or vector(1) #"'
 
 
 @pytest.mark.parametrize("name", ["bad-name", "1x", "__name__", 'a"'])
 def test_bad_label_names_are_refused(name):
-    with pytest.raises(InputError, match="label name"):
+    with pytest.raises(InputError) as error:
         label_matchers({name: "v"})
+    assert str(error.value) == f"selector.{name}: not a valid label name (allowed: [a-zA-Z_][a-zA-Z0-9_]*, not __name__)"
 
 
 @pytest.mark.parametrize("text,seconds", [("30s", 30), ("10m", 600), ("1h", 3600), ("1.5m", 90), ("500ms", 0.5)])
@@ -34,13 +35,17 @@ def test_durations(text, seconds):
 
 @pytest.mark.parametrize("text", ["10", "-5m", "0s", "5 minutes", "1y"])
 def test_bad_durations(text):
-    with pytest.raises(InputError, match="window"):
+    with pytest.raises(InputError) as error:
         parse_duration(text)
+    assert str(error.value) == (f"window: cannot read duration {text!r} "
+                                "(allowed: a positive number with ms, s, m, h or d, e.g. 10m)")
 
 
 def test_bad_urls_and_windows():
-    with pytest.raises(InputError, match="prometheus.url"):
+    with pytest.raises(InputError) as error:
         PrometheusSource(PrometheusConfig(url="localhost:9090"))
+    assert str(error.value) == "prometheus.url: not an http(s) URL: 'localhost:9090' (allowed: http://host:9090)"
+    assert PrometheusSource(PrometheusConfig(url="https://x:9090", window_s=0.5)).config.window_s == 0.5
     for window in (0, -1, float("inf"), float("nan")):
         with pytest.raises(InputError) as error:
             PrometheusSource(PrometheusConfig(url="http://x:9090", window_s=window))
@@ -59,8 +64,9 @@ def test_bearer_token_from_file_and_env(tmp_path, monkeypatch):
     assert read_bearer_token(str(token)) == "secret"
     monkeypatch.setenv("PROM_TOKEN", "other")
     assert read_bearer_token(token_env="PROM_TOKEN") == "other"
-    with pytest.raises(InputError, match="cannot read bearer token"):
+    with pytest.raises(InputError) as error:
         read_bearer_token(str(tmp_path / "missing"))
+    assert str(error.value) == f"{tmp_path / 'missing'}: cannot read bearer token: No such file or directory"
     token.write_text("\n")
     assert read_bearer_token(str(token)) is None
     monkeypatch.setenv("PROM_TOKEN", " padded\n")
@@ -75,6 +81,13 @@ def test_bearer_token_from_file_and_env(tmp_path, monkeypatch):
 def test_independence_is_the_product_of_marginals():
     matrix, beyond = _independent(([30.0, 10.0], 0.0), ([20.0, 20.0], 0.0))
     assert matrix == [[15.0, 15.0], [5.0, 5.0]] and beyond == 0.0
+    # below one request on either axis is still a mix (increase() extrapolates to fractions)
+    assert _independent(([0.5, 0.0], 0.0), ([0.25, 0.25], 0.0)) == ([[0.25, 0.25], [0.0, 0.0]], 0.0)
+
+
+def test_independence_of_an_empty_marginal_is_nothing():
+    assert _independent(([3.0, 1.0], 0.0), ([0.0, 0.0], 0.0)) == ([[0.0, 0.0], [0.0, 0.0]], 0.0)
+    assert _independent(([0.0, 0.0], 0.0), ([2.0, 2.0], 0.0)) == ([[0.0, 0.0], [0.0, 0.0]], 0.0)
 
 
 # --- Queries and answers, against an in-process stand-in for Prometheus's HTTP API ---------------
@@ -132,6 +145,7 @@ def test_the_router_counter_gives_the_mix_on_a_grid_with_other_edges():
             live.span_s) == ("ok", 2.5, 1500, 600, MIX_ROUTER, notes, None)
     assert live.trustworthy
     assert live.workload.rate == 2.5 and live.workload.grid == GRID and live.workload.notes == notes
+    assert live.workload.rate_source == f"measured by Prometheus at {prometheus.url}"
     expected = [[160 / 840, 80 / 840], [200 / 840, 400 / 840]]
     assert [list(row) for row in live.workload.distribution] == [pytest.approx(row) for row in expected]
 
@@ -145,26 +159,27 @@ def test_the_output_axis_decides_the_column():
 
 
 def test_vllm_histograms_give_an_independent_mix_and_too_few_requests_are_flagged():
-    prompt = [sample(100, le="10"), sample(400, le="50"), sample(400, le="100"), sample(900, le="500"),
-              sample(1000, le="+Inf"), sample(7)]  # the last has no `le`: not a bucket, left out
+    prompt = [sample(7), sample(100, le="10"), sample(400, le="50"), sample(400, le="100"), sample(900, le="500"),
+              sample(1000, le="+Inf")]  # the first has no `le`: not a bucket, left out
     # Two exporters, one writing "20" and one "20.0": one edge, summed (Prometheus keeps them apart).
-    generation = [sample(200, le="20"), sample(500, le="50"), sample(100, le="20.0"), sample(300, le="50.0"),
-                  sample(1000, le="+Inf")]
+    generation = [sample(200, le="20"), sample(400, le="50"), sample(650, le="1000"), sample(100, le="20.0"),
+                  sample(200, le="50.0"), sample(330, le="1000.0"), sample(1000, le="+Inf")]
     answers = {**full_window(0.25, 150), PROMPT_BUCKETS: prompt, GENERATION_BUCKETS: generation}
     with PrometheusStandIn(answers) as prometheus:
         live = source(prometheus).workload(GRID)
         assert prometheus.queries == [RATE, INCREASE, NOW, RANGE, LIVE, JOINT, PROMPT_BUCKETS, GENERATION_BUCKETS]
     # inputs: (0,10] 100 + (10,50] 300 -> 400 in (0,80]; (100,500] 500: 300/400 of its integers in
     # (80,400] -> 375, 125 beyond; +Inf (after 500) 100 beyond. Inputs [400, 375], 225 beyond.
-    # outputs: (0,20] 300 + (20,50] 500 -> 800 in (0,50]; +Inf (after 50) 200 in (50,500].
-    # product / 1000: [[320, 80], [300, 75]], 775 placed, 225 beyond (22.50%).
+    # outputs: (0,20] 300 + (20,50] 300 -> 600 in (0,50]; (50,1000] 380: 450/950 of its integers in
+    # (50,500] -> 180, 200 beyond; +Inf (after 1000) 20 beyond. Outputs [600, 180], 220 beyond.
+    # product / 1000 (all outputs): [[240, 72], [225, 67.5]], 604.5 placed, 395.5 beyond (39.55%).
     notes = ("size mix from vLLM's prompt and generation histograms, assuming input and output lengths "
-             "are independent", "22.50% of requests lie beyond the grid and are left out",
+             "are independent", "39.55% of requests lie beyond the grid and are left out",
              "only 150 requests in the window (< 200): the mix is not trustworthy")
     assert (live.status, live.rate, live.requests_in_window, live.mix_source, live.notes) == (
         "too_few_requests", 0.25, 150, MIX_INDEPENDENT, notes)
     assert not live.trustworthy
-    expected = [[320 / 775, 80 / 775], [300 / 775, 75 / 775]]
+    expected = [[240 / 604.5, 72 / 604.5], [225 / 604.5, 67.5 / 604.5]]
     assert [list(row) for row in live.workload.distribution] == [pytest.approx(row) for row in expected]
 
 
@@ -250,8 +265,8 @@ def test_a_young_series_that_vanishes_has_rate_zero():
     (9430.5, 569.501),  # just over 2 intervals: measured from the first sample
 ])
 def test_the_covered_span_allows_two_scrape_intervals(first, span):
-    # Gaps 1, 1, 15, 15, 15, 15, 600: the median interval is 15 s (not the mean, not the smallest).
-    times = [first, first + 1, first + 2, first + 17, first + 32]
+    # Gaps 1, 1, 1, 15, 15, 15, 15: the median interval is 15 s (not the mean, not the smallest).
+    times = [first, first + 1, first + 2, first + 3, first + 18, first + 33]
     answers = {NOW: [sample(10000.0)], RANGE: [series(times, pod="a"), series([first + 10, first + 25, first + 40])]}
     with PrometheusStandIn(answers) as prometheus:
         assert source(prometheus).covered_span() == (pytest.approx(span) if span else None)
@@ -376,3 +391,40 @@ def test_https_is_verified_against_the_ca_bundle(certificate):
         assert PrometheusSource(config).request_rate()[0] == 2.0
         with pytest.raises(MetricsError, match="unreachable or too slow .*: SSLError$"):
             PrometheusSource(replace(config, ca_bundle=None)).request_rate()
+
+
+def test_single_samples_have_no_interval_to_allow():
+    # One sample per series (no gaps): any start after the window's is a younger series.
+    answers = {NOW: [sample(10000.0)], RANGE: [series([9401.0], pod="a"), series([9402.0], pod="b")]}
+    with PrometheusStandIn(answers) as prometheus:
+        assert source(prometheus).covered_span() == pytest.approx(599.001)
+
+
+def test_less_than_one_request_is_still_a_mix():
+    # increase() extrapolates, so a quiet window can hold 0.6 of a request in the grid and 0.4 beyond;
+    # the increase query found nothing (a counter with one sample), so the count is 0.
+    cells = [sample(0.6, input_le="50", output_le="50"), sample(0.4, input_le="2000", output_le="50")]
+    answers = {**full_window(0.001, 0), JOINT: cells}
+    del answers[INCREASE]
+    with PrometheusStandIn(answers) as prometheus:
+        live = source(prometheus, min_requests=0).workload(GRID)
+    assert (live.status, live.requests_in_window, live.mix_source) == ("ok", 0.0, MIX_ROUTER)
+    assert live.notes[-1] == "40.00% of requests lie beyond the grid and are left out"
+    assert live.workload.distribution == ((1.0, 0.0), (0.0, 0.0))
+    prompt, generation = [sample(0.8, le="50"), sample(0.8, le="+Inf")], [sample(0.8, le="50"), sample(0.8, le="+Inf")]
+    answers = {**full_window(0.001, 0), PROMPT_BUCKETS: prompt, GENERATION_BUCKETS: generation}
+    with PrometheusStandIn(answers) as prometheus:
+        live = source(prometheus, min_requests=0).workload(GRID)
+    assert (live.mix_source, live.workload.distribution) == (MIX_INDEPENDENT, ((1.0, 0.0), (0.0, 0.0)))
+
+
+def test_a_young_series_keeps_its_span_when_there_is_no_mix():
+    young = [series([9700.0 + 15 * k for k in range(21)])]
+    span_rate, span_increase = f"sum(rate({SUCCESS}[300001ms]))", f"sum(increase({SUCCESS}[300001ms]))"
+    answers = {**full_window(1.5, 900), RANGE: young, span_rate: [sample(3.0)]}
+    with PrometheusStandIn(answers) as prometheus:
+        without_histograms = source(prometheus).workload(GRID)
+        prometheus.answers[JOINT] = [sample(900, input_le="2000", output_le="50")]
+        all_beyond = source(prometheus).workload(GRID)
+    for live in (without_histograms, all_beyond):
+        assert (live.rate, live.requests_in_window, live.span_s, live.workload) == (3.0, 0.0, 300.001, None)
