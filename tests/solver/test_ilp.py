@@ -9,7 +9,8 @@ import pulp
 import pytest
 
 from melange.solver.errors import InfeasibleError, InputError
-from melange.solver.ilp import IlpSettings, Item, OptionSpec, _gap, _round_slices, _solver, check_settings, solve_ilp
+from melange.solver.ilp import (IlpSettings, Item, OptionSpec, _gap, _needed, _round_slices, _solver, check_settings,
+                                solve_ilp)
 
 from .brute_force import brute_force_cost
 
@@ -277,23 +278,42 @@ def test_the_named_solver_is_asked_for_proven_optima():
     assert (cbc.optionsDict["gapRel"], cbc.optionsDict["gapAbs"]) == (1e-9, 1e-7)
 
 
-def test_the_gap_is_measured_against_the_lp_relaxation():
+def test_the_gap_is_measured_against_the_lp_relaxation(solver_runs):
     # 1.5 req/s at 1 s each on a $1/h option: the relaxation's bound is 1.5 replicas, $1.50/h; an
     # answer of 2 replicas ($2/h) is (2 - 1.5) / 2 = 25% above it.
     items, options = [Item("b", 1.5, (1.0,))], [OptionSpec("a", 1.0)]
     for solver in SOLVER_NAMES:
         assert _gap(items, options, IlpSettings(slice_factor=1, solver=solver), 2.0) == pytest.approx(0.25)
         assert _gap(items, options, IlpSettings(slice_factor=1, solver=solver), 0.0) is None
+    # the named solver, as an LP (integrality ignored), with no time limit
+    assert solver_runs == [("HiGHS", None, False, True)] * 2 + [("PULP_CBC_CMD", None, False, True)] * 2
     # an answer below the bound (it cannot be) is never a negative gap
     assert _gap(items, options, IlpSettings(slice_factor=1), 1.0) == 0.0
 
 
-def test_an_infeasible_answer_places_nothing():
+def test_an_infeasible_answer_places_nothing(solver_runs):
     items = [Item("b0", 10.0, (1.0, None)), Item("b1", 1.0, (1.0, 1.0))]
     solution = solve_ilp(items, [OptionSpec("a", 1.0, max_replicas=5), OptionSpec("b", 2.0)], IlpSettings(solver="cbc"))
     assert (solution.status, solution.replicas, solution.slices, solution.loads, solution.gap, solution.solver) == (
         "infeasible", (0, 0), ((0, 0), (0, 0)), (0.0, 0.0), None, "cbc")
     assert math.isnan(solution.cost_per_hour)
+    assert len(solver_runs) == 1  # the relaxation already proves it
+
+
+def test_whole_slices_can_be_infeasible_where_fractions_are_not(solver_runs):
+    # 1.5 req/s in one slice; spot may carry at most half, and on demand has one replica (load 1).
+    # Half on each fits (0.75 on demand), but the whole slice fits neither: infeasible, which only
+    # the exact model (the third run) can tell.
+    items = [Item("b", 1.5, (1.0, 1.0))]
+    options = [OptionSpec("spot", 0.3, spot=True), OptionSpec("od", 1.0, max_replicas=1)]
+    solution = solve_ilp(items, options, IlpSettings(slice_factor=1, max_spot_share=0.5))
+    assert (solution.status, solution.replicas, solution.slices, solution.loads) == ("infeasible", (0, 0), ((0, 0),), (0.0, 0.0))
+    assert math.isnan(solution.cost_per_hour)
+    assert [run[3] for run in solver_runs] == [False, True, True]
+
+
+def test_replicas_carry_the_load_at_the_target_utilisation():
+    assert [_needed(4.0, 0.8), _needed(4.0, 1.0), _needed(0.0, 0.5), _needed(3.0000000001, 1.0)] == [5, 4, 0, 3]
 
 
 def test_a_fraction_of_a_request_per_second_still_needs_a_server():
@@ -334,9 +354,9 @@ def test_rounding_a_fractional_split(slice_factor, items, replicas, fractional, 
 
 
 def test_rounding_keeps_the_spot_share():
-    # 2 req/s in 2 slices; the relaxation put 1.6 slices on spot: whole 1 on spot, the remaining
+    # 1 req/s in 2 slices; the relaxation put 1.6 slices on spot: whole 1 on spot, the remaining
     # slice (0.6 on spot, 0.4 on demand) goes to spot too, 100% of the traffic; a 50% cap refuses it.
-    items, options = [Item("b", 2.0, (1.0, 1.0))], [OptionSpec("spot", 0.3, spot=True), OptionSpec("od", 1.0)]
+    items, options = [Item("b", 1.0, (1.0, 1.0))], [OptionSpec("spot", 0.3, spot=True), OptionSpec("od", 1.0)]
     fractional = {(0, 0): 1.6, (0, 1): 0.4}
     assert _round_slices(items, options, IlpSettings(slice_factor=2), [2, 2], fractional) == [[2, 0]]
     assert _round_slices(items, options, IlpSettings(slice_factor=2, max_spot_share=1.0), [2, 2], fractional) == [[2, 0]]
