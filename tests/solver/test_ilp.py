@@ -5,7 +5,6 @@ import math
 import random
 
 import pulp
-
 import pytest
 
 from melange.solver.errors import InfeasibleError, InputError
