@@ -22,6 +22,7 @@ from aiohttp import web
 COMPLETION_TOKENS = 30
 SLOW_PROMPT = "slow"  # a request with this prompt takes SLOW_SECONDS, and reports its cancellation
 SLOW_SECONDS = 5.0
+STARTED, CANCELLED, FINISHED = "started", "cancelled", "finished"  # what a slow request reports
 
 
 def prompt_tokens(body: Mapping[str, Any]) -> int:
@@ -90,16 +91,23 @@ def whole_answer(body: Mapping[str, Any], name: str) -> dict[str, Any]:
             "served_by": name, "choices": [choice], "usage": usage}
 
 
-def upstream_app(name: str, disconnects: asyncio.Queue | None = None, chunks: int = 20,
+def upstream_app(name: str, slow_requests: asyncio.Queue | None = None, chunks: int = 20,
                  tokenize: bool = True, tail_pause_s: float = 0.0) -> web.Application:
-    """The app of one upstream called `name` (whole answers carry `served_by: name`); slow
-    requests whose caller goes away put `name` on `disconnects`. A stream's body ends
+    """The app of one upstream called `name` (whole answers carry `served_by: name`); each slow
+    request puts `(name, STARTED)` on `slow_requests` when it begins, then `(name, CANCELLED)` when
+    its caller goes away or `(name, FINISHED)` when it runs to its end. A stream's body ends
     `tail_pause_s` after its `data: [DONE]` (a loaded server's last write can lag). Serve it with handler_cancellation
     on, as the router is, so that a caller leaving cancels the handler."""
+
+    def report(outcome: str) -> None:
+        if slow_requests is not None:
+            slow_requests.put_nowait((name, outcome))
 
     async def complete(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         slow = body.get("prompt") == SLOW_PROMPT
+        if slow:
+            report(STARTED)
         try:
             if body.get("stream"):
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -115,14 +123,17 @@ def upstream_app(name: str, disconnects: asyncio.Queue | None = None, chunks: in
                 if tail_pause_s:
                     await asyncio.sleep(tail_pause_s)
                 await response.write_eof()
-                return response
-            if slow:
-                await asyncio.sleep(SLOW_SECONDS)
-            return web.json_response(whole_answer(body, name))
+            else:
+                if slow:
+                    await asyncio.sleep(SLOW_SECONDS)
+                response = web.json_response(whole_answer(body, name))
         except (asyncio.CancelledError, ConnectionError):  # the caller went away
-            if slow and disconnects is not None:
-                disconnects.put_nowait(name)
+            if slow:
+                report(CANCELLED)
             raise
+        if slow:
+            report(FINISHED)
+        return response
 
     async def list_models(request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m"}]})

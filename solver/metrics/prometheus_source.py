@@ -154,12 +154,15 @@ class PrometheusSource:
             return self._client.custom_query(promql)
         except PrometheusApiClientException as error:
             raise MetricsError(f"Prometheus at {self.config.url} rejected a query: {error}") from None
+        except (requests.JSONDecodeError, KeyError, TypeError) as error:
+            # A body that is not JSON, or JSON without data.result. requests' JSONDecodeError is
+            # also a RequestException, so it is caught before that.
+            raise MetricsError(f"Prometheus at {self.config.url} sent an unreadable answer: "
+                               f"{type(error).__name__}: {error}") from None
         except requests.RequestException as error:
             raise MetricsError(f"Prometheus at {self.config.url} is unreachable or too slow "
                                f"(timeout {self.config.timeout_s:g}s, {self.config.retries} retries): "
                                f"{type(error).__name__}") from None
-        except ValueError as error:  # a body that is not JSON
-            raise MetricsError(f"Prometheus at {self.config.url} sent an unreadable answer: {error}") from None
 
     def _scalar(self, promql: str) -> float | None:
         result = self.query(promql)
@@ -201,7 +204,7 @@ class PrometheusSource:
         selector = self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))
         now = self._scalar("vector(time())")
         series = self.query(f"{selector}[{self._window()}]")
-        times = [[float(t) for t, _ in item.get("values", [])] for item in series]
+        times = [[float(t) for t, _ in item["values"]] for item in series]
         times = [t for t in times if t]
         if now is None or not times:
             return None

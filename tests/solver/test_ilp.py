@@ -1,12 +1,15 @@
 """The ILP against brute force, the CBC trap, statuses and extensions."""
 from __future__ import annotations
 
+import math
 import random
 
+import pulp
 import pytest
 
 from melange.solver.errors import InfeasibleError, InputError
-from melange.solver.ilp import IlpSettings, Item, OptionSpec, solve_ilp
+from melange.solver.ilp import (IlpSettings, Item, OptionSpec, _gap, _needed, _round_slices, _solver, check_settings,
+                                solve_ilp)
 
 from .brute_force import brute_force_cost
 
@@ -252,3 +255,174 @@ def test_solves_in_several_threads_leave_stdout_where_it_was():
         for thread in threads:
             thread.join()
     assert os.readlink("/proc/self/fd/1") == before != os.devnull
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("slice_factor", True, "an integer >= 1"), ("slice_factor", 0, "an integer >= 1"),
+    ("slice_factor", 1.5, "an integer >= 1"),
+    ("target_utilisation", 0.0, "0 < u <= 1"), ("target_utilisation", 1.01, "0 < u <= 1"),
+    ("target_utilisation", float("nan"), "0 < u <= 1"),
+    ("min_total_replicas", -1, "an integer >= 0"),
+    ("max_spot_share", -0.01, "0 <= share <= 1"), ("max_spot_share", 1.01, "0 <= share <= 1"),
+    ("move_cost", -0.01, "a finite number >= 0"), ("move_cost", float("inf"), "a finite number >= 0"),
+    ("move_cost", float("nan"), "a finite number >= 0"),
+    ("time_limit_s", 0.0, "a number > 0"), ("time_limit_s", float("nan"), "a number > 0"),
+])
+def test_each_bad_setting_is_named_with_what_is_allowed(field, value, allowed):
+    with pytest.raises(InputError) as error:
+        check_settings(IlpSettings(**{field: value}))
+    assert str(error.value) == f"settings.{field}: got {value!r} (allowed: {allowed})"
+
+
+def test_an_unknown_solver_lists_the_known_ones_under_the_callers_name():
+    with pytest.raises(InputError) as error:
+        check_settings(IlpSettings(solver="glpk"), where="ilp")
+    assert str(error.value) == "ilp.solver: unknown solver 'glpk' (allowed: highs, cbc)"
+
+
+def test_settings_on_the_edges_of_what_is_allowed_pass():
+    for settings in (IlpSettings(), IlpSettings(solver="cbc", slice_factor=1, target_utilisation=1.0,
+                                                min_total_replicas=0, max_spot_share=0.0, move_cost=0.0,
+                                                time_limit_s=0.01),
+                     IlpSettings(target_utilisation=0.01, max_spot_share=1.0, time_limit_s=None)):
+        check_settings(settings)
+
+
+def test_the_named_solver_is_asked_for_proven_optima():
+    """Both solvers close the gap to 1e-9 (not their default 1e-4: prices differ by cents), run
+    quietly on one thread (HiGHS), and CBC with preprocessing off (the trap above)."""
+    highs = _solver("highs", 5.0)
+    assert type(highs) is pulp.HiGHS
+    assert (highs.msg, highs.mip, highs.timeLimit, highs.gapRel, highs.gapAbs, highs.threads) == (
+        False, True, 5.0, 1e-9, 1e-7, 1)
+    cbc = _solver("cbc", None, mip=False)
+    assert type(cbc) is pulp.PULP_CBC_CMD
+    assert (cbc.msg, cbc.mip, cbc.timeLimit, cbc.options) == (False, False, None, ["preprocess off"])
+    assert (cbc.optionsDict["gapRel"], cbc.optionsDict["gapAbs"]) == (1e-9, 1e-7)
+
+
+def test_the_gap_is_measured_against_the_lp_relaxation(solver_runs):
+    # 1.5 req/s at 1 s each on a $1/h option: the relaxation's bound is 1.5 replicas, $1.50/h; an
+    # answer of 2 replicas ($2/h) is (2 - 1.5) / 2 = 25% above it.
+    items, options = [Item("b", 1.5, (1.0,))], [OptionSpec("a", 1.0)]
+    for solver in SOLVER_NAMES:
+        assert _gap(items, options, IlpSettings(slice_factor=1, solver=solver), 2.0) == pytest.approx(0.25)
+        assert _gap(items, options, IlpSettings(slice_factor=1, solver=solver), 0.0) is None
+    # the named solver, as an LP (integrality ignored), with no time limit
+    assert solver_runs == [("HiGHS", None, False, True)] * 2 + [("PULP_CBC_CMD", None, False, True)] * 2
+    # an answer below the bound (it cannot be) is never a negative gap
+    assert _gap(items, options, IlpSettings(slice_factor=1), 1.0) == 0.0
+
+
+def test_an_infeasible_answer_places_nothing(solver_runs):
+    items = [Item("b0", 10.0, (1.0, None)), Item("b1", 1.0, (1.0, 1.0))]
+    solution = solve_ilp(items, [OptionSpec("a", 1.0, max_replicas=5), OptionSpec("b", 2.0)], IlpSettings(solver="cbc"))
+    assert (solution.status, solution.replicas, solution.slices, solution.loads, solution.gap, solution.solver) == (
+        "infeasible", (0, 0), ((0, 0), (0, 0)), (0.0, 0.0), None, "cbc")
+    assert math.isnan(solution.cost_per_hour)
+    assert len(solver_runs) == 1  # the relaxation already proves it
+
+
+def test_whole_slices_can_be_infeasible_where_fractions_are_not(solver_runs):
+    # 1.5 req/s in one slice; spot may carry at most half, and on demand has one replica (load 1).
+    # Half on each fits (0.75 on demand), but the whole slice fits neither: infeasible, which only
+    # the exact model (the third run) can tell.
+    items = [Item("b", 1.5, (1.0, 1.0))]
+    options = [OptionSpec("spot", 0.3, spot=True), OptionSpec("od", 1.0, max_replicas=1)]
+    solution = solve_ilp(items, options, IlpSettings(slice_factor=1, max_spot_share=0.5))
+    assert (solution.status, solution.replicas, solution.slices, solution.loads) == ("infeasible", (0, 0), ((0, 0),), (0.0, 0.0))
+    assert math.isnan(solution.cost_per_hour)
+    assert [run[3] for run in solver_runs] == [False, True, True]
+
+
+def test_replicas_carry_the_load_at_the_target_utilisation():
+    assert [_needed(4.0, 0.8), _needed(4.0, 1.0), _needed(0.0, 0.5), _needed(3.0000000001, 1.0)] == [5, 4, 0, 3]
+
+
+def test_a_fraction_of_a_request_per_second_still_needs_a_server():
+    with pytest.raises(InfeasibleError) as error:
+        solve_ilp([Item("b", 0.5, (None,))], [OptionSpec("a", 1.0)], IlpSettings())
+    assert error.value.buckets == ("b",)
+
+
+TWO = [OptionSpec("g0", 1.0), OptionSpec("g1", 1.0)]
+
+
+@pytest.mark.parametrize("slice_factor,items,replicas,fractional,expected", [
+    # whole parts stay where the relaxation put them, even past the room (replicas are recomputed);
+    # a split whose whole parts already make all slices is kept
+    (2, [Item("b", 2.0, (1.0, 1.0))], [1, 5], {(0, 0): 2.0, (0, 1): 0.0}, [[2, 0]]),
+    # one slice left (load 2/3): the largest fractional remainder wins, 0.7 on g1 over 0.3 on g0
+    (3, [Item("b", 2.0, (1.0, 1.0))], [3, 3], {(0, 0): 2.3, (0, 1): 0.7}, [[2, 1]]),
+    (3, [Item("b", 2.0, (1.0, 1.0))], [3, 3], {(0, 0): 1.7, (0, 1): 1.2}, [[2, 1]]),  # 0.7 over 0.2
+    (3, [Item("b", 2.0, (1.0, 1.0))], [3, 3], {(0, 0): 1.2, (0, 1): 1.7}, [[1, 2]]),  # 0.7 over 0.2
+    # a missing split counts as 0: the remaining slice goes to g0's 0.5
+    (2, [Item("b", 2.0, (1.0, 1.0))], [2, 2], {(0, 0): 1.5}, [[2, 0]]),
+    # exactly full: 1 whole slice (load 1) leaves room 1 on 2 replicas, the last slice needs 1
+    (2, [Item("b", 2.0, (1.0,))], [2], {(0, 0): 1.5}, [[2]]),
+    # two slices of load 0.5 share one replica
+    (2, [Item("b", 2.0, (0.5,))], [1], {(0, 0): 0.0}, [[2]]),
+    # the heaviest item goes first: b0 (load 2) takes g0's 2 replicas, b1 (load 1) g1's one; the
+    # other way round b1 would take g0 (more room) and leave b0 nowhere
+    (1, [Item("b0", 1.0, (2.0, 2.0)), Item("b1", 4.0, (0.25, 0.25))], [2, 1],
+     {(0, 0): 0.5, (0, 1): 0.5, (1, 0): 0.5, (1, 1): 0.5}, [[1, 0], [0, 1]]),
+    # no room for the last slice: no rounding (the caller falls back to an exact fit)
+    (2, [Item("b", 2.0, (1.0,))], [1], {(0, 0): 1.5}, None),
+    # more whole slices than there are: not a split of this item
+    (2, [Item("b", 2.0, (1.0, 1.0))], [4, 4], {(0, 0): 2.0, (0, 1): 1.0}, None),
+])
+def test_rounding_a_fractional_split(slice_factor, items, replicas, fractional, expected):
+    options = TWO[:len(items[0].seconds_per_request)]
+    assert _round_slices(items, options, IlpSettings(slice_factor=slice_factor), replicas, fractional) == expected
+
+
+def test_rounding_keeps_the_spot_share():
+    # 1 req/s in 2 slices; the relaxation put 1.6 slices on spot: whole 1 on spot, the remaining
+    # slice (0.6 on spot, 0.4 on demand) goes to spot too, 100% of the traffic; a 50% cap refuses it.
+    items, options = [Item("b", 1.0, (1.0, 1.0))], [OptionSpec("spot", 0.3, spot=True), OptionSpec("od", 1.0)]
+    fractional = {(0, 0): 1.6, (0, 1): 0.4}
+    assert _round_slices(items, options, IlpSettings(slice_factor=2), [2, 2], fractional) == [[2, 0]]
+    assert _round_slices(items, options, IlpSettings(slice_factor=2, max_spot_share=1.0), [2, 2], fractional) == [[2, 0]]
+    assert _round_slices(items, options, IlpSettings(slice_factor=2, max_spot_share=0.5), [2, 2], fractional) is None
+    assert _round_slices(items, options, IlpSettings(slice_factor=2, max_spot_share=0.5), [2, 2],
+                         {(0, 0): 1.0, (0, 1): 1.0}) == [[1, 1]]
+
+
+@pytest.fixture
+def solver_runs(monkeypatch):
+    """Every model the ILP hands to a solver, recorded as it goes (the solve itself is real):
+    (solver class, time limit, MIP or LP, whether the slice variables are integer)."""
+    runs = []
+    solve = pulp.LpProblem.solve
+
+    def recording(model, solver=None, **options):
+        integer = any(v.cat == pulp.LpInteger for v in model.variables() if v.name.startswith("y_"))
+        runs.append((type(solver).__name__, solver.timeLimit, solver.mip, integer))
+        return solve(model, solver, **options)
+
+    monkeypatch.setattr(pulp.LpProblem, "solve", recording)
+    return runs
+
+
+@pytest.mark.parametrize("solver,solver_class", [("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")])
+def test_a_relaxation_that_rounds_is_the_answer(solver_runs, solver, solver_class):
+    # 2 req/s at 2 s each: 4 replicas, both slices on the one option; the relaxation is integral.
+    solution = solve_ilp([Item("b", 2.0, (2.0,))], [OptionSpec("g", 1.0)],
+                         IlpSettings(slice_factor=2, solver=solver, time_limit_s=60))
+    assert (solution.status, solution.replicas, solution.slices, solution.cost_per_hour) == ("optimal", (4,), ((2,),), 4.0)
+    assert solver_runs == [(solver_class, 60, True, False)]  # one run: the relaxation with fractional slices
+
+
+@pytest.mark.parametrize("solver,solver_class", [("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")])
+def test_a_relaxation_that_does_not_round_goes_to_the_exact_model(solver_runs, solver, solver_class):
+    # One slice of 3 req/s: 6 replicas of g0 ($12/h) or 2 of g1 ($10/h, the optimum). Relaxed, the
+    # slice splits 1/3 on g0 and 2/3 on g1 ($2 x 2 + $5 x 1 = $9/h, the only $9 pair); a whole slice
+    # fits neither 2 x g0 (needs 6) nor 1 x g1 (needs 1.5), so neither rounding nor a fit within
+    # those replicas works, and the exact model runs.
+    solution = solve_ilp([Item("b", 3.0, (2.0, 0.5))], [OptionSpec("g0", 2.0), OptionSpec("g1", 5.0)],
+                         IlpSettings(slice_factor=1, solver=solver, time_limit_s=60))
+    assert (solution.status, solution.replicas, solution.slices, solution.cost_per_hour) == ("optimal", (0, 2), ((0, 1),), 10.0)
+    assert [run[0] for run in solver_runs] == [solver_class] * 3 and all(run[2] for run in solver_runs)
+    relaxed, fit, exact = solver_runs
+    assert relaxed[1:] == (60, True, False) and fit[1:] == (60, True, True)
+    assert exact[3] and 0.01 <= exact[1] <= 60  # what is left of the limit (at least 10 ms)
