@@ -15,15 +15,15 @@ from typing import Any
 
 import kopf
 
-from melange.operator.diff import diff
+from melange.operator.core.diff import diff
 from melange.operator.kube import Cluster, load_config
-from melange.operator.planner import GROUP, VERSION, Images, Owner
+from melange.operator.core.planner import GROUP, VERSION, Images, Owner
 from melange.operator.metrics import OperatorMetrics
 from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
-from melange.operator.moves import DEFAULT_DRAIN_S
-from melange.operator.problem import Inputs, config_refs, explicit_profiles, service_grid
-from melange.operator.reconcile import LiveInput, Observed, Outcome, reconcile
-from melange.operator.spec import ServiceSpec, parse_spec
+from melange.operator.core.moves import DEFAULT_DRAIN_S
+from melange.operator.core.problem import Inputs, config_refs, explicit_profiles, service_grid
+from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
+from melange.operator.core.spec import ServiceSpec, parse_spec
 from melange.solver.errors import InputError
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 

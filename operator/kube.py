@@ -13,10 +13,10 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
-from melange.operator.diff import Actions, ObjectKey
-from melange.operator.planner import GROUP, MANAGED_BY, SERVICE_LABEL, Owner
-from melange.operator.problem import ConfigData
-from melange.operator.spec import KeyRef
+from melange.operator.core.diff import Actions, ObjectKey
+from melange.operator.core.planner import GROUP, MANAGED_BY, SERVICE_LABEL, Owner
+from melange.operator.core.problem import ConfigData
+from melange.operator.core.spec import KeyRef
 
 log = logging.getLogger(__name__)
 NAMESPACE_LABEL = f"{GROUP}/namespace"

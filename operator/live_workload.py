@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from melange.operator.reconcile import LiveInput
-from melange.operator.spec import ServiceSpec
+from melange.operator.core.reconcile import LiveInput
+from melange.operator.core.spec import ServiceSpec
 from melange.solver.buckets import BucketGrid
 from melange.solver.errors import UnavailableError
 from melange.solver.metrics.metric_names import MODEL_LABEL

@@ -17,8 +17,8 @@ import kopf
 from melange.operator import handlers  # noqa: F401  (registers the handlers with kopf)
 from melange.operator.handlers import OperatorConfig
 from melange.operator.live_workload import PrometheusDefaults
-from melange.operator.moves import DEFAULT_DRAIN_S
-from melange.operator.planner import Images
+from melange.operator.core.moves import DEFAULT_DRAIN_S
+from melange.operator.core.planner import Images
 from melange.solver.errors import InputError
 from melange.solver.metrics.prometheus_source import read_bearer_token
 

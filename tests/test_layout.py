@@ -77,3 +77,13 @@ def test_the_check_sees_a_relative_import_inside_a_function():
             "solver/_layout_probe.py imports melange.solver.metrics.histograms"]
     finally:
         probe.unlink()
+
+
+def test_the_operators_core_makes_no_calls():
+    """The pure core of a reconcile imports neither kopf, the Kubernetes client, HTTP clients nor the
+    operator's shell (the modules one folder up)."""
+    core = modules("operator/core")
+    assert len(core) >= 8
+    shell = [f"melange.operator.{p.stem}" for p in (ROOT / "operator").glob("*.py") if p.stem != "__init__"]
+    assert offending(core, ("kopf", "kubernetes", "aiohttp", "requests", "prometheus_api_client",
+                            "melange.operator.router", *shell)) == []

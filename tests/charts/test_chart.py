@@ -17,7 +17,7 @@ from yamllint import linter
 from yamllint.config import YamlLintConfig
 
 from melange.operator.main import build_parser
-from melange.operator.spec import parse_spec
+from melange.operator.core.spec import parse_spec
 
 from ..operator.schema import CRD_PATH, schema_errors
 from .rendering import CHART, NAMESPACE, NOTES, ROOT, chart, lint, objects, one, render

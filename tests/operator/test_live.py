@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from melange.operator import handlers
 from melange.operator.handlers import OperatorConfig
-from melange.operator.status import from_iso
+from melange.operator.core.status import from_iso
 from melange.solver.metrics.traffic_player import CHAT, DOCUMENTS, Stream, VllmMetrics
 from melange.testing.kube_emulator import KubeEmulator
 from melange.testing.ports import free_port

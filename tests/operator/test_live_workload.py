@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from melange.operator.live_workload import PrometheusDefaults, interpret, prometheus_config, read_live
-from melange.operator.spec import parse_spec
+from melange.operator.core.spec import parse_spec
 from melange.solver.buckets import BucketGrid
 from melange.solver.metrics.prometheus_source import LiveWorkload
 from melange.solver.workload import make_workload

@@ -6,8 +6,8 @@ import json
 import kubernetes_validate
 import pytest
 
-from melange.operator.planner import HASH_ANNOTATION, Images, Owner, content_hash, plan, pool_url
-from melange.operator.spec import parse_spec
+from melange.operator.core.planner import HASH_ANNOTATION, Images, Owner, content_hash, plan, pool_url
+from melange.operator.core.spec import parse_spec
 from melange.solver.profiles import Profile, Slo
 from melange.solver.buckets import BucketGrid
 

@@ -20,7 +20,7 @@ from melange.solver.profiles import Profile, profile_from_dict
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 from melange.solver.profiling.catalog_inputs import catalog_profile
 from melange.solver.workload import Workload, make_workload, parse_trace, workload_from_trace
-from melange.operator.spec import GpuOptionSpec, KeyRef, ServiceSpec
+from melange.operator.core.spec import GpuOptionSpec, KeyRef, ServiceSpec
 
 # ConfigMap data by (name, key), as the shell read it from the service's namespace.
 ConfigData = Mapping[tuple[str, str], str]

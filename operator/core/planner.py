@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from melange.operator.spec import GpuOptionSpec, ServiceSpec
+from melange.operator.core.spec import GpuOptionSpec, ServiceSpec
 from melange.solver.profiles import Profile
 
 GROUP, VERSION, KIND = "melange.ai", "v1alpha1", "LLMService"

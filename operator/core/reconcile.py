@@ -14,12 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from melange.operator.decision import Decision, cost_of, covers, decide, move_cost
-from melange.operator.moves import DEFAULT_DRAIN_S, Move, advance, stage
-from melange.operator.planner import OPTION_LABEL, Images, Owner, plan, pool_url, routing_config_name
-from melange.operator.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
-from melange.operator.spec import ServiceSpec, parse_spec
-from melange.operator.status import condition, describe_mix, from_iso, iso, merge_conditions
+from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
+from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, stage
+from melange.operator.core.planner import OPTION_LABEL, Images, Owner, plan, pool_url, routing_config_name
+from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
+from melange.operator.core.spec import ServiceSpec, parse_spec
+from melange.operator.core.status import condition, describe_mix, from_iso, iso, merge_conditions
 from melange.solver.allocation import Allocation, OptionUse, SolveReport
 from melange.solver.errors import InfeasibleError, InputError
 from melange.solver.ilp import IlpSettings

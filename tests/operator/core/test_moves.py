@@ -1,7 +1,7 @@
 """The make-before-break state machine, step by step, with the ready replicas a cluster would report."""
 from __future__ import annotations
 
-from melange.operator.moves import Move, advance, peak, stage
+from melange.operator.core.moves import Move, advance, peak, stage
 
 SOURCE = {"l4": 2, "a10g": 1, "a100": 0}
 TARGET = {"l4": 1, "a10g": 0, "a100": 1}

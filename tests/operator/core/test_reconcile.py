@@ -5,11 +5,11 @@ import copy
 
 import yaml
 
-from melange.operator.planner import Owner
-from melange.operator.problem import default_inputs
-from melange.operator.reconcile import Observed, reconcile
+from melange.operator.core.planner import Owner
+from melange.operator.core.problem import default_inputs
+from melange.operator.core.reconcile import Observed, reconcile
 
-from .schema import ROOT
+from ..schema import ROOT
 
 ARENA = yaml.safe_load((ROOT / "examples" / "operator" / "arena-llama2-7b.yaml").read_text())
 OWNER = Owner("llama2-arena", "default", "uid-1")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import copy
 
-from melange.operator.diff import ObjectKey, diff
-from melange.operator.planner import HASH_ANNOTATION
+from melange.operator.core.diff import ObjectKey, diff
+from melange.operator.core.planner import HASH_ANNOTATION
 
 
 def obj(kind: str, name: str, digest: str, option: str | None = None, replicas: int | None = None) -> dict:

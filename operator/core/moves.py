@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from melange.operator.status import from_iso, iso
+from melange.operator.core.status import from_iso, iso
 
 STEPS = ("scaling-up", "switching", "draining", "scaling-down")
 DEFAULT_DRAIN_S = 90.0

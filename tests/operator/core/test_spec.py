@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from melange.operator.spec import DEFAULT_TARGET_UTILISATION, parse_spec
+from melange.operator.core.spec import DEFAULT_TARGET_UTILISATION, parse_spec
 from melange.solver.errors import InputError
 from melange.solver.profiles import Slo
 
-from .schema import ROOT
+from ..schema import ROOT
 
 SPEC = yaml.safe_load((ROOT / "examples" / "operator" / "llama-3-8b.yaml").read_text())["spec"]
 

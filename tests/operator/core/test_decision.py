@@ -5,7 +5,7 @@ the optimum is 1 x big ($3); 4 x small costs $4, 3 x small ($3) cannot serve 4 r
 """
 from __future__ import annotations
 
-from melange.operator.decision import MOVE_COST_SHARE, covers, decide, move_cost
+from melange.operator.core.decision import MOVE_COST_SHARE, covers, decide, move_cost
 from melange.solver.buckets import BucketGrid
 from melange.solver.ilp import IlpSettings
 from melange.solver.options import GpuOption

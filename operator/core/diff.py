@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from melange.operator.planner import HASH_ANNOTATION, OPTION_LABEL
+from melange.operator.core.planner import HASH_ANNOTATION, OPTION_LABEL
 
 
 @dataclass(frozen=True)

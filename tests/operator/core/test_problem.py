@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from melange.operator.problem import build_problem, config_refs, default_inputs
-from melange.operator.spec import parse_spec
+from melange.operator.core.problem import build_problem, config_refs, default_inputs
+from melange.operator.core.spec import parse_spec
 from melange.solver.errors import InputError
 
-from .schema import ROOT
+from ..schema import ROOT
 
 ARENA = yaml.safe_load((ROOT / "examples" / "operator" / "arena-llama2-7b.yaml").read_text())["spec"]
 L4_PROFILE = (ROOT / "examples" / "arena-llama2-7b" / "profiles" / "l4.yaml").read_text()
