@@ -16,14 +16,15 @@ from typing import Any
 import kopf
 
 from melange.operator.core.diff import diff
-from melange.operator.kube import Cluster, load_config
-from melange.operator.core.planner import GROUP, VERSION, Images, Owner
-from melange.operator.metrics import OperatorMetrics
-from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
 from melange.operator.core.moves import DEFAULT_DRAIN_S
+from melange.operator.core.planner import GROUP, VERSION, Images, Owner
 from melange.operator.core.problem import Inputs, config_refs, explicit_profiles, service_grid
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
 from melange.operator.core.spec import ServiceSpec, parse_spec
+from melange.operator.core.status import condition_status
+from melange.operator.kube import Cluster, load_config
+from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
+from melange.operator.metrics import OperatorMetrics
 from melange.solver.errors import InputError
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 
@@ -80,11 +81,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 def _uses_node_pools(spec: Any) -> bool:
     return ((spec or {}).get("nodePools") or {}).get("provider") == "karpenter"
-
-
-def _condition_status(body: Any, kind: str) -> str | None:
-    conditions = (body.get("status") or {}).get("conditions") or []
-    return next((c.get("status") for c in conditions if c.get("type") == kind), None)
 
 
 def _interval_s(spec: Any) -> float:
@@ -196,8 +192,9 @@ async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: A
     """Reconcile again once the service's interval has passed (new traffic, drift), and at every tick
     while its pools are not all ready or a move is under way, so each step follows within a tick."""
     last = memo.get("last_reconcile")
-    waiting = (_condition_status(body, "Ready") != "True" and _condition_status(body, "Solved") == "True") \
-        or bool((body.get("status") or {}).get("move"))
+    status = body.get("status") or {}
+    waiting = (condition_status(status, "Ready") != "True" and condition_status(status, "Solved") == "True") \
+        or bool(status.get("move"))
     if not waiting and last is not None and asyncio.get_running_loop().time() - last < _interval_s(body.get("spec")):
         return
     await reconcile_service(body, patch, memo, logger)

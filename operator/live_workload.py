@@ -48,7 +48,7 @@ def interpret(live: LiveWorkload, grid: BucketGrid, window: str) -> LiveInput:
     if live.status == "ok" and live.workload is not None:
         return LiveInput(live.workload, f"{live.requests_in_window:.0f} requests in {window} "
                                         f"({live.rate:.3g} req/s, mix from {live.mix_source})", window)
-    if live.status in ("ok", "too_few_requests") and live.rate == 0 and live.requests_in_window == 0:
+    if live.status == "ok" and live.rate == 0 and live.requests_in_window == 0:
         rows, columns = grid.shape
         idle = make_workload(0.0, grid, [[1.0 / (rows * columns)] * columns for _ in range(rows)], "prometheus",
                              notes=("no requests in the window: the service is idle",))

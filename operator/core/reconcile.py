@@ -10,16 +10,17 @@ allocation stays in status.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
 from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, stage
-from melange.operator.core.planner import OPTION_LABEL, Images, Owner, plan, pool_url, routing_config_name
+from melange.operator.core.planner import OPTION_LABEL, ROUTING_KEY, Images, Owner, plan, pool_url, routing_config_name
 from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
 from melange.operator.core.spec import ServiceSpec, parse_spec
-from melange.operator.core.status import condition, describe_mix, from_iso, iso, merge_conditions
+from melange.operator.core.status import condition, condition_status, describe_mix, from_iso, iso, merge_conditions
 from melange.solver.allocation import Allocation, OptionUse, SolveReport
 from melange.solver.errors import InfeasibleError, InputError
 from melange.solver.ilp import IlpSettings
@@ -99,13 +100,9 @@ def _metrics_unavailable(observed: Observed, live: LiveInput | None) -> Outcome:
     reason = live.reason if live is not None else "not read"
     updates = [condition("MetricsAvailable", False, "MetricsUnavailable", f"{reason}; keeping the last good "
                                                                           "allocation", now, gen, previous)]
-    events = () if _condition_status(observed, "MetricsAvailable") == "False" else (
+    events = () if condition_status(observed.status, "MetricsAvailable") == "False" else (
         Event("Warning", "MetricsUnavailable", f"{reason}; keeping the last good allocation"),)
     return Outcome({"conditions": _conditions(observed, updates)}, None, events)
-
-
-def _condition_status(observed: Observed, kind: str) -> str | None:
-    return next((c.get("status") for c in observed.status.get("conditions") or [] if c.get("type") == kind), None)
 
 
 def ready_replicas(actual: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -167,11 +164,10 @@ def _table(owner: Owner, problem: Problem, allocation: Allocation) -> dict[str, 
 
 def _current_table(observed: Observed, owner: Owner) -> dict[str, Any] | None:
     """The routing table now in the cluster (the old split, kept while new pools come up)."""
-    import json
     for obj in observed.actual:
         if obj.get("kind") == "ConfigMap" and obj["metadata"]["name"] == routing_config_name(owner):
             try:
-                return json.loads((obj.get("data") or {}).get("routing.json", ""))
+                return json.loads((obj.get("data") or {}).get(ROUTING_KEY, ""))
             except ValueError:
                 return None
     return None

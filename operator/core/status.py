@@ -1,38 +1,11 @@
-"""The LLMService status: the solve's figures in camelCase and the conditions, as plain dicts."""
+"""The LLMService status's shapes: conditions, the mix in words, times as Kubernetes writes them."""
 from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from melange.solver.allocation import SolveReport
-
 CONDITION_TYPES = ("Ready", "Solved", "Infeasible", "InvalidSpec", "MetricsAvailable")
-
-
-def _money(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-def solve_status(report: SolveReport, workload_source: str, window: str | None = None) -> dict[str, Any]:
-    """The status fields of a solve: allocation, $/h, best single type, savings, the other mode's $/h."""
-    allocation = report.allocation
-    best = report.best_single
-    other = report.other_mode
-    savings = report.savings_percent(best[1] if best else None)
-    status: dict[str, Any] = {
-        "allocation": {name: count for name, count in allocation.replicas.items()},
-        "costPerHour": _money(allocation.cost_per_hour),
-        "bestSingleType": None if best is None else {"name": best[0], "costPerHour": _money(best[1])},
-        "savingsPercent": None if savings is None else round(savings, 2),
-        "otherModeCostPerHour": _money(other.cost_per_hour) if other is not None and other.solved else None,
-        "workload": {"rate": round(report.rate, 6), "source": workload_source},
-    }
-    if window is not None:
-        status["workload"]["window"] = window
-    if report.notes:
-        status["workload"]["notes"] = list(report.notes)[:5]
-    return status
 
 
 def condition(kind: str, true: bool, reason: str, message: str, now: str, generation: int | None,
@@ -46,6 +19,11 @@ def condition(kind: str, true: bool, reason: str, message: str, now: str, genera
     if generation is not None:
         result["observedGeneration"] = generation
     return result
+
+
+def condition_status(status: Mapping[str, Any] | None, kind: str) -> str | None:
+    """The status ("True"/"False") of the condition `kind` in an object's status, or None."""
+    return next((c.get("status") for c in (status or {}).get("conditions") or [] if c.get("type") == kind), None)
 
 
 def merge_conditions(previous: Sequence[Mapping[str, Any]], updates: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
