@@ -1,0 +1,133 @@
+"""Fixtures of the real-cluster tests (marker `cluster`): one local control plane per test run
+(`melange.testing.cluster`), KWOK GPU nodes of four types, the chart installed with the real helm,
+and the real operator process authenticated as the chart's ServiceAccount.
+
+    def test_something(cluster, operator):   # operator: installed by helm and running
+        cluster.apply(manifest)
+        wait_until(lambda: ..., "what is awaited")
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from melange.testing.cluster import LocalCluster, build_binaries
+from melange.testing.operator_process import OperatorProcess, local_arguments
+
+from ..conftest import ROOT
+
+T = TypeVar("T")
+CHART = ROOT / "charts" / "melange-operator"
+EXAMPLES_DIR = ROOT / "examples" / "operator"
+RELEASE, RELEASE_NAMESPACE = "melange", "melange-system"
+OPERATOR_ACCOUNT = "melange-operator"  # the chart's ServiceAccount for release "melange"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_ACCOUNT}"
+# Enough GPUs of each type for every example at once: 7 L4, 7 A10G, 8 A100-80GB, 8 H100; CPU nodes for
+# routers and the operator's own pod.
+NODES = {"m5.xlarge": 2, "g6.xlarge": 3, "g6.12xlarge": 1, "g5.xlarge": 3, "g5.12xlarge": 1,
+         "p4de.24xlarge": 1, "p5.48xlarge": 1}
+CHART_VALUES = ["--set", "image.repository=registry.invalid/melange-operator",
+                "--set", "defaults.drainSeconds=2", "--set", "nodePools.karpenter.enabled=true"]
+
+
+def wait_until(check: Callable[[], T], what: str, timeout_s: float = 60.0, interval_s: float = 0.25) -> T:
+    """Poll `check` until it returns something truthy (returned); AssertionError naming `what` and
+    the last value after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    value: Any = None
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}; last: {value!r}"[:4000])
+        time.sleep(interval_s)
+
+
+@pytest.fixture(scope="session")
+def cluster_binaries() -> Path:
+    """The pinned binaries (built by e2e/build.sh the first time)."""
+    return build_binaries()
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """The control plane with the GPU nodes, for the whole run; stopped (nothing left running) after it."""
+    local = LocalCluster(cluster_binaries, tmp_path_factory.mktemp("cluster"))
+    local.start()
+    try:
+        local.add_nodes(NODES)
+        yield local
+    finally:
+        local.stop(keep_folder=True)
+
+
+def helm(cluster: LocalCluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The real helm binary against the cluster (admin credentials, as a user installs)."""
+    result = subprocess.run([str(cluster.bin / "helm"), *args], capture_output=True, text=True,
+                            env=cluster.env(), timeout=180)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return result
+
+
+def operator_container_args(cluster: LocalCluster) -> list[str]:
+    """The arguments of the operator container in the chart's Deployment, as installed."""
+    deployment = cluster.get("deployment", OPERATOR_ACCOUNT, RELEASE_NAMESPACE)
+    return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
+
+
+def start_operator(cluster: LocalCluster, folder: Path, name: str = "operator") -> OperatorProcess:
+    """The operator process with the chart container's arguments, as the chart's ServiceAccount."""
+    kubeconfig = cluster.service_account_kubeconfig(RELEASE_NAMESPACE, OPERATOR_ACCOUNT, folder / f"{name}.kubeconfig")
+    args, health = local_arguments(operator_container_args(cluster))
+    return OperatorProcess(args, kubeconfig, folder / f"{name}.log", health).start()
+
+
+@pytest.fixture(scope="session")
+def release(cluster: LocalCluster) -> str:
+    """`helm install` of the chart (CRD, RBAC, the operator's Deployment); the release name."""
+    helm(cluster, "install", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--create-namespace", "--wait",
+         "--timeout", "120s", *CHART_VALUES)
+    return RELEASE
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, release: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The real operator, running for the whole run under the chart's RBAC."""
+    folder = tmp_path_factory.mktemp("operator")
+    process = start_operator(cluster, folder)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted after it (without waiting)."""
+    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name)
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def llmservice(cluster: LocalCluster, name: str, namespace: str) -> dict[str, Any] | None:
+    """The LLMService as the API server has it, or None."""
+    result = cluster.kubectl("get", "llmservice", name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> str | None:
+    """The status of one condition of an object ("True", "False", None when absent)."""
+    for entry in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if entry.get("type") == kind:
+            return entry.get("status")
+    return None
