@@ -9,6 +9,7 @@ registers the handlers with kopf's default registry.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -198,6 +199,19 @@ async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: A
     if not waiting and last is not None and asyncio.get_running_loop().time() - last < _interval_s(body.get("spec")):
         return
     await reconcile_service(body, patch, memo, logger)
+
+
+def _without_finalizer(timer: Any) -> None:
+    """kopf gives every timer a finalizer, to stop it before its object goes. A tick holds nothing that
+    needs stopping, and a finalizer on every service hangs its deletion (and the CRD's) once the
+    operator is gone: the same timer, without one. Only Karpenter services keep a finalizer, for their
+    cluster-scoped NodePools (the delete handler below); kopf removes it from the others."""
+    spawning = kopf.get_default_registry()._spawning
+    spawning._handlers[:] = [dataclasses.replace(handler, requires_finalizer=False) if handler.fn is timer
+                             else handler for handler in spawning._handlers]
+
+
+_without_finalizer(on_tick)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=lambda spec, **_: _uses_node_pools(spec))

@@ -228,6 +228,8 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={c.sa_pub}", f"--service-account-signing-key-file={c.sa_key}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
+            # as strict as OpenShift: setting blockOwnerDeletion needs `update` on the owner's finalizers
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             # the apiserver's own endpoints would be 127.0.0.1, which Endpoints refuse; no pod calls it
             "--endpoint-reconciler-type=none",
             f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
@@ -280,6 +282,34 @@ class LocalCluster:
             time.sleep(0.2)
         raise ClusterError("the default ServiceAccount did not appear (kube-controller-manager):\n"
                            f"{self.log_tail('kube-controller-manager')}")
+
+    def start_karpenter(self, instance_types: list[dict[str, Any]], timeout_s: float = 60.0) -> None:
+        """Karpenter's KWOK provider beside the control plane (admin credentials, no leader election),
+        with its CRDs and a KWOKNodeClass `default`; its nodes carry KWOK's annotation, so the KWOK
+        controller makes them Ready."""
+        crds = self.bin.parent / "crds"
+        self.kubectl("apply", "--server-side", "--field-manager=e2e-test", "-f", str(crds))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(crds))
+        types = self.folder / "instance-types.json"
+        types.write_text(json.dumps(instance_types, indent=1))
+        health = free_port()
+        self._spawn("karpenter", [self.bin / "karpenter-kwok"], env={
+            "KUBECONFIG": str(self.kubeconfig), "DISABLE_LEADER_ELECTION": "true",
+            "INSTANCE_TYPES_FILE_PATH": str(types), "METRICS_PORT": str(free_port()),
+            "HEALTH_PROBE_PORT": str(health), "SYSTEM_NAMESPACE": "kube-system", "LOG_LEVEL": "info",
+            "BATCH_IDLE_DURATION": "1s", "BATCH_MAX_DURATION": "3s"})
+        self.apply({"apiVersion": "karpenter.kwok.sh/v1alpha1", "kind": "KWOKNodeClass",
+                    "metadata": {"name": "default"}})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if requests.get(f"http://127.0.0.1:{health}/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise ClusterError(f"Karpenter not ready after {timeout_s:g} s:\n{self.log_tail('karpenter')}")
 
     # --- using it ---
 

@@ -36,6 +36,21 @@ CHART_VALUES = ["--set", "image.repository=registry.invalid/melange-operator",
                 "--set", "defaults.drainSeconds=2", "--set", "nodePools.karpenter.enabled=true"]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """A failed cluster test shows the operator's and the controllers' last log lines."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    funcargs = getattr(item, "funcargs", {})
+    if isinstance(funcargs.get("operator"), OperatorProcess):
+        report.sections.append(("operator log", funcargs["operator"].log_tail(80)))
+    if isinstance(funcargs.get("cluster"), LocalCluster):
+        for component in ("kube-controller-manager", "karpenter"):
+            report.sections.append((f"{component} log", funcargs["cluster"].log_tail(component, 15)))
+
+
 def wait_until(check: Callable[[], T], what: str, timeout_s: float = 60.0, interval_s: float = 0.25) -> T:
     """Poll `check` until it returns something truthy (returned); AssertionError naming `what` and
     the last value after `timeout_s`."""
@@ -109,11 +124,15 @@ def operator(cluster: LocalCluster, release: str, tmp_path_factory: pytest.TempP
         process.stop()
 
 
+_namespaces: list[str] = []
+
+
 @pytest.fixture
 def namespace(cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted after it (without waiting)."""
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
-    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name)
+    _namespaces.append(request.node.name)
+    words = "".join(c if c.isalnum() else "-" for c in request.node.name.lower().removeprefix("test_"))
+    name = f"t{len(_namespaces)}-{words}"[:40].strip("-")
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

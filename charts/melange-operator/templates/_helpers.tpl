@@ -32,9 +32,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{/*
-RBAC: exactly the (verb, resource) pairs the operator calls (tests/operator/operator_calls.json,
-recorded by its end-to-end tests; tests/charts/test_chart.py compares), plus kopf's peering objects
-when peering is on (kopf docs, "Deployment": get, list, watch, patch).
+RBAC: exactly the (verb, resource) pairs the operator calls (tests/cluster/operator_calls.json,
+recorded from a real API server's audit log by the cluster tests; tests/charts/test_chart.py
+compares), plus `update` on llmservices/finalizers (for blockOwnerDeletion) and kopf's peering
+objects when peering is on (kopf docs, "Deployment": get, list, watch, patch).
 Rules for the namespaced resources: in a ClusterRole when watching every namespace, else in a Role
 in each watched namespace.
 */}}
@@ -45,6 +46,11 @@ in each watched namespace.
 - apiGroups: [melange.ai]
   resources: [llmservices/status]
   verbs: [patch]
+{{- /* Not a call: the owned objects' ownerReferences set blockOwnerDeletion, which the API server
+       allows only to who may update the owner's finalizers (OwnerReferencesPermissionEnforcement). */}}
+- apiGroups: [melange.ai]
+  resources: [llmservices/finalizers]
+  verbs: [update]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [create, delete, list, patch, update]
