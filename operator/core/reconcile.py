@@ -194,8 +194,12 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
     except InputError as error:
         return _refused(observed, "InvalidSpec", error, "Infeasible")
     previous = observed.status
-    current = {k: int(v) for k, v in (previous.get("allocation") or {}).items()} or None
+    # Options the spec no longer has are not part of the service: the planner renders none of them.
+    offered = {o.name for o in problem.options}
+    current = {k: int(v) for k, v in (previous.get("allocation") or {}).items() if k in offered} or None
     move = Move.from_status(previous.get("move"))
+    if move is not None and any(name not in offered for name in {**move.source, **move.target}):
+        move = None  # the spec dropped an option the move needs: decide again from what runs
     plain = solver_settings(spec)
     settings = solver_settings(spec, current or {}, move_cost(problem) if current else 0.0)
     try:

@@ -54,3 +54,20 @@ def from_iso(text: Any) -> float | None:
         return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """`new` status fields as a JSON merge patch (RFC 7386) over the stored `old` status: inside each
+    object-valued field, the keys `old` has and `new` lacks are sent as null, so that the stored field
+    becomes `new`'s (a merge patch keeps any key it does not name). Top-level fields `new` does not
+    name are left alone: a pass writes only the fields it decides."""
+    patch: dict[str, Any] = {}
+    for key, value in new.items():
+        before = (old or {}).get(key)
+        if isinstance(value, Mapping) and isinstance(before, Mapping):
+            nested = merge_patch(before, value)
+            nested.update({gone: None for gone in before if gone not in value})
+            patch[key] = nested
+        else:
+            patch[key] = value
+    return patch

@@ -94,3 +94,20 @@ def test_condition_times_move_only_when_the_status_flips():
     later = reconcile(OWNER, Observed(ARENA["spec"], 1, first.status, [], 1_767_312_000.0), default_inputs())
     solved = next(c for c in later.status["conditions"] if c["type"] == "Solved")
     assert solved["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+
+def test_dropping_an_option_in_use_moves_from_what_remains_and_never_waits_for_it():
+    """The stored status still names the dropped option (a merge patch keeps keys it does not name):
+    its replicas are not part of the service any more, and a move that needs it is abandoned."""
+    first = reconcile(OWNER, observe(ARENA["spec"]), default_inputs())
+    assert first.status["allocation"]["a100-80gb"] == 1
+    spec = copy.deepcopy(ARENA["spec"])
+    spec["gpuOptions"] = [o for o in spec["gpuOptions"] if o["name"] != "a100-80gb"]
+    stale = {**first.status, "move": {"from": {"l4": 1, "a100-80gb": 1}, "to": {"l4": 2, "a100-80gb": 1},
+                                      "step": "scaling-up", "since": "2026-01-01T00:00:00Z", "reason": "r"}}
+    outcome = reconcile(OWNER, observe(spec, stale, generation=2), default_inputs())
+    move = outcome.status["move"]
+    assert move is not None and {k: v for k, v in move["from"].items() if v} == {"l4": 1}
+    assert "a100-80gb" not in move["from"] and "a100-80gb" not in move["to"]
+    assert "a100-80gb" not in outcome.status["allocation"]
+    assert all("a100-80gb" not in o["metadata"]["name"] for o in outcome.desired)
