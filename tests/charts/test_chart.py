@@ -24,7 +24,7 @@ from .rendering import CHART, NAMESPACE, NOTES, ROOT, chart, lint, objects, one,
 
 # A Kubernetes release the chart's kubeVersion (>=1.29) admits, whose schemas kubernetes-validate ships.
 K8S_VERSION = "1.33.0"
-CALLS_FILE = ROOT / "tests" / "operator" / "operator_calls.json"
+CALLS_FILE = ROOT / "tests" / "cluster" / "operator_calls.json"  # what a real API server saw
 PROMETHEUS = {"url": "https://prometheus.monitoring.svc:9091",
               "bearerTokenSecret": {"name": "prometheus-reader", "key": "token"},
               "caConfigMap": {"name": "prometheus-ca", "key": "ca.crt"}}
@@ -95,6 +95,9 @@ def _expected(values: dict) -> tuple[set, set]:
     cluster = {(c["verb"], c["resource"]) for c in calls if c["clusterwide"]
                and (karpenter or not c["resource"].startswith("karpenter.sh/"))}
     namespaced = {(c["verb"], c["resource"]) for c in calls if not c["clusterwide"]}
+    # Not a call: the API server lets only who may update an owner's finalizers set blockOwnerDeletion
+    # on its dependents (OwnerReferencesPermissionEnforcement), which the operator's objects do.
+    namespaced.add(("update", "melange.ai/llmservices/finalizers"))
     if values.get("watchNamespaces"):
         namespaced |= {(verb, "kopf.dev/kopfpeerings") for verb in PEERING_VERBS if peering}
         return cluster, namespaced

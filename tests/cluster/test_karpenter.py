@@ -100,6 +100,19 @@ def test_karpenter_provisions_node_pools_and_removes_the_emptied_ones(cluster, k
     wait_until(lambda: nodes_match(cluster, namespace, name, mix), "the emptied pool's NodePool and node gone",
                timeout_s=120)
 
+    # Up to 2 req/s: the pool that stayed grows or the emptied one returns; NodePools follow.
+    cluster.kubectl("patch", "llms", name, "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"workload": {"static": {"rate": 2.0}}}}))
+
+    def grown():
+        status = (llmservice(cluster, name, namespace) or {}).get("status") or {}
+        found = status.get("allocation") or {}
+        return found if sum(found.values()) > sum(mix.values()) and not status.get("move") else None
+    bigger = wait_until(grown, "a move to a larger mix", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, bigger), f"the mix {bigger}", timeout_s=120)
+    wait_until(lambda: nodes_match(cluster, namespace, name, bigger), "NodePools and nodes for the larger mix",
+               timeout_s=120)
+
     cluster.kubectl("delete", "llms", name, "-n", namespace, "--timeout=60s")
     wait_until(lambda: node_pools(cluster, namespace) == {}, "the NodePools deleted with the service", timeout_s=60)
     wait_until(lambda: karpenter_nodes(cluster, f"{namespace}-") == {}, "the service's nodes gone", timeout_s=120)

@@ -80,3 +80,27 @@ def test_pools_run_on_nodes_of_their_gpu_type_and_the_service_is_ready(cluster, 
     described = cluster.kubectl("describe", "llms", name, "-n", namespace).stdout
     events = described[described.index("Events:"):]
     assert "Reallocated" in events or "Allocated" in events, events
+
+
+def test_a_profile_from_a_configmap_is_read_once_it_exists(cluster, operator, namespace):
+    manifest = load_example("arena-llama2-7b.yaml", namespace)
+    name = manifest["metadata"]["name"]
+    a100 = next(o for o in manifest["spec"]["gpuOptions"] if o["name"] == "a100-80gb")
+    profile = a100["profile"]["inline"]
+    a100["profile"] = {"configMapRef": {"name": "measured-profiles", "key": "a100.yaml"}}
+    manifest["spec"]["reallocation"]["interval"] = "5s"
+    cluster.apply(manifest)
+    # The ConfigMap is missing: the spec cannot be read, nothing is deployed, status says which field.
+    refused = wait_until(lambda: (s := llmservice(cluster, name, namespace)) and condition(s, "InvalidSpec") == "True"
+                         and s, "InvalidSpec", timeout_s=60)
+    message = next(c["message"] for c in refused["status"]["conditions"] if c["type"] == "InvalidSpec")
+    assert "measured-profiles" in message, message
+    assert cluster.get("deployments", namespace=namespace)["items"] == []
+
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "measured-profiles",
+                                                                         "namespace": namespace},
+                   "data": {"a100.yaml": yaml.safe_dump(profile)}})
+    service = wait_until(lambda: (s := llmservice(cluster, name, namespace)) and condition(s, "Ready") == "True"
+                         and s, f"{name} Ready", timeout_s=120)
+    assert {k: v for k, v in service["status"]["allocation"].items() if v} == {"l4": 1, "a100-80gb": 1}
+    assert condition(service, "InvalidSpec") == "False"

@@ -136,8 +136,11 @@ def flow_service(namespace: str, prometheus_url: str) -> dict:
             "spec": {"model": "flow", "slo": {"tpotMs": 100},
                      "gpuOptions": [option("small", "L4", 1.0, 10.0, None), option("big", "A100", 4.0, 20.0, 10.0),
                                     option("warm", "A10G", 0.5, 0.01, None, minReplicas=1)],
+                     # the token is read from the Secret on every pass (this Prometheus ignores it)
                      "workload": {"source": "prometheus",
-                                  "prometheus": {"url": prometheus_url, "window": "10s", "minRequests": 10}},
+                                  "prometheus": {"url": prometheus_url, "window": "10s", "minRequests": 10,
+                                                 "bearerTokenSecretRef": {"name": "prometheus-reader",
+                                                                          "key": "token"}}},
                      "reallocation": {"interval": "5s", "cooldown": "5s", "minSavingsPercent": 5,
                                       "targetUtilisation": 1.0},
                      "router": {"replicas": 1}}}
@@ -163,6 +166,8 @@ def test_a_prometheus_driven_shift_moves_make_before_break(cluster, operator, na
     try:
         prometheus.wait_until_scraping()
         stream.start()
+        cluster.kubectl("create", "secret", "generic", "prometheus-reader", "-n", namespace,
+                        "--from-literal=token=reader-token")
         cluster.apply(flow_service(namespace, prometheus.url))
         wait_until(settled(cluster, "flow", namespace, CHAT_MIX), "the chat mix", timeout_s=120)
 

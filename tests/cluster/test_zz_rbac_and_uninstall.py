@@ -26,8 +26,10 @@ CALLS_FILE = Path(__file__).with_name("operator_calls.json")
 RECORDING_MODULES = {"test_pools", "test_reallocation", "test_lifecycle", "test_karpenter"}
 
 
-def recorded_calls(events: list[dict]) -> list[dict]:
-    """(verb, group/resource[/subresource], cluster-wide) of each audited request, sorted, once each."""
+def recorded_calls(events: list[dict], cluster_scoped: set[str]) -> list[dict]:
+    """(verb, group/resource[/subresource], cluster-scoped) of each audited request, sorted, once each.
+    `clusterwide` says whether the resource is cluster-scoped (a ClusterRole grants it whatever the
+    operator watches), not whether the request named a namespace."""
     rows = set()
     for event in events:
         ref = event.get("objectRef") or {}
@@ -36,7 +38,8 @@ def recorded_calls(events: list[dict]) -> list[dict]:
         resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
         if ref.get("apiGroup"):
             resource = f"{ref['apiGroup']}/{resource}"
-        rows.add((event["verb"], resource, not ref.get("namespace")))
+        plural = f"{ref['resource']}.{ref['apiGroup']}" if ref.get("apiGroup") else ref["resource"]
+        rows.add((event["verb"], resource, plural in cluster_scoped))
     return [{"verb": v, "resource": r, "clusterwide": c} for v, r, c in sorted(rows)]
 
 
@@ -46,7 +49,8 @@ def test_every_call_of_the_operator_was_authorized_and_the_chart_grants_exactly_
     refused = [(e["verb"], e.get("requestURI"), e["responseStatus"].get("code")) for e in events
                if e.get("responseStatus", {}).get("code") == 403]
     assert refused == [], refused
-    rows = recorded_calls(events)
+    cluster_scoped = set(cluster.kubectl("api-resources", "--namespaced=false", "-o", "name").stdout.split())
+    rows = recorded_calls(events, cluster_scoped)
     modules = {item.module.__name__.rsplit(".", 1)[-1] for item in request.session.items}
     complete = RECORDING_MODULES <= modules
     if os.environ.get("MELANGE_RECORD_CALLS") and complete:

@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
-from pathlib import Path
 
 import kopf
 import pytest
@@ -28,18 +26,6 @@ DEPLOYMENTS, SERVICES, CONFIGMAPS, NODEPOOLS = "apps/v1/deployments", "v1/servic
     "karpenter.sh/v1/nodepools"
 ARENA = yaml.safe_load((ROOT / "examples" / "operator" / "arena-llama2-7b.yaml").read_text())
 OWNED = (DEPLOYMENTS, SERVICES, CONFIGMAPS, NODEPOOLS)
-# The (verb, resource) pairs the operator calls, for the Helm chart's RBAC test. Regenerate with
-# MELANGE_RECORD_CALLS=1 after a change to what the operator calls.
-CALLS_FILE = Path(__file__).with_name("operator_calls.json")
-RECORDED: dict[tuple[str, str], bool] = {}
-RECORDED_BY: set[str] = set()
-RECORDING_TESTS = {"test_create_deploys_the_papers_mix_with_router_and_routing_table",
-                   "test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes",
-                   "test_karpenter_node_pools_follow_the_allocation_and_go_with_the_service",
-                   "test_two_services_are_independent",
-                   "test_unreachable_prometheus_keeps_everything_and_says_so"}
-
-
 def arena(name: str = "llama2-arena", rate: float = 4.0, **spec_changes) -> dict:
     service = copy.deepcopy(ARENA)
     service["metadata"] = {"name": name, "namespace": "default"}
@@ -60,12 +46,6 @@ def replicas(kube, prefix: str) -> dict[str, int]:
 
 def condition(service: dict, kind: str) -> dict:
     return next((c for c in (service.get("status") or {}).get("conditions", []) if c["type"] == kind), {})
-
-
-def remember_calls(kube) -> None:
-    RECORDED_BY.add(os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0])
-    RECORDED.update({pair: RECORDED.get(pair, False) or pair in kube.emulator.clusterwide_calls
-                     for pair in kube.calls})
 
 
 async def status_of(kube, name: str, predicate) -> dict:
@@ -95,7 +75,6 @@ async def test_create_deploys_the_papers_mix_with_router_and_routing_table(kube,
             kube.mark_ready("default", name)
         ready = await status_of(kube, "llama2-arena", lambda s: condition(s, "Ready").get("status") == "True")
         assert condition(ready, "Solved")["status"] == "True"
-        remember_calls(kube)
 
 
 async def test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes(kube, operator_runner):
@@ -127,7 +106,6 @@ async def test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes(kube, o
                          namespace="default")
         await kube.wait_for(lambda: all("--enable-prefix-caching" in d["spec"]["template"]["spec"]["containers"][0]["args"]
                                         for d in kube.objects(DEPLOYMENTS, "default") if "router" not in d["metadata"]["name"]))
-        remember_calls(kube)
 
 
 async def test_recommend_mode_writes_status_and_events_only(kube, operator_runner):
@@ -190,7 +168,6 @@ async def test_karpenter_node_pools_follow_the_allocation_and_go_with_the_servic
         await kube.wait_for(lambda: kube.objects(NODEPOOLS) == [] and kube.object(LLMSERVICES, "llama2-arena",
                                                                                     "default") is None)
         await kube.wait_for(lambda: replicas(kube, "llama2-arena") == {})
-        remember_calls(kube)
 
 
 async def test_deleting_the_service_removes_what_it_owns(kube, operator_runner):
@@ -219,7 +196,6 @@ async def test_unreachable_prometheus_keeps_everything_and_says_so(kube, operato
         assert url in condition(found, "MetricsAvailable")["message"]
         assert "allocation" not in found["status"] and replicas(kube, "live") == {}
         assert kube.calls.get(("get", "secrets"), 0) >= 1
-        remember_calls(kube)
 
 
 def _writes(kube) -> int:
@@ -257,20 +233,3 @@ async def test_two_services_are_independent(kube, operator_runner):
         await kube.patch(LLMSERVICES, "chat-b", {"spec": {"mode": "recommend"}}, namespace="default")
         await status_of(kube, "chat-b", lambda s: (s.get("status") or {}).get("observedGeneration") == 2)
         assert replicas(kube, "chat-a") == {"chat-a-l4": 1, "chat-a-a100-80gb": 1}
-        remember_calls(kube)
-
-
-def test_the_recorded_calls_match_the_committed_list():
-    """Runs after the scenarios above (same module): what they called is what the chart's RBAC must grant.
-    Every call is in the committed list; when every scenario ran, the list holds nothing more."""
-    if not RECORDED:
-        pytest.skip("no scenario ran in this session")
-    rows = [{"verb": verb, "resource": resource, "clusterwide": clusterwide}
-            for (verb, resource), clusterwide in sorted(RECORDED.items())]
-    if os.environ.get("MELANGE_RECORD_CALLS"):
-        CALLS_FILE.write_text(json.dumps(rows, indent=1) + "\n")
-    committed = json.loads(CALLS_FILE.read_text())
-    hint = "the operator's API calls changed: rerun this module with MELANGE_RECORD_CALLS=1 and check the chart's RBAC"
-    assert [r for r in rows if r not in committed] == [], hint
-    if RECORDING_TESTS <= RECORDED_BY:
-        assert rows == committed, hint
