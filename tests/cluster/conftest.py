@@ -66,9 +66,11 @@ def wait_until(check: Callable[[], T], what: str, timeout_s: float = 60.0, inter
 
 
 @pytest.fixture(scope="session")
-def cluster_binaries() -> Path:
-    """The pinned binaries (built by e2e/build.sh the first time)."""
-    return build_binaries()
+def cluster_binaries(request: pytest.FixtureRequest) -> Path:
+    """The pinned binaries (built by e2e/build.sh the first time, its progress shown as it goes)."""
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        return build_binaries()
 
 
 @pytest.fixture(scope="session")
