@@ -22,7 +22,7 @@ from melange.operator.core.planner import GROUP, VERSION, Images, Owner
 from melange.operator.core.problem import Inputs, config_refs, explicit_profiles, service_grid
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
 from melange.operator.core.spec import ServiceSpec, parse_spec
-from melange.operator.core.status import condition_status, merge_patch
+from melange.operator.core.status import condition_status, status_merge_patch
 from melange.operator.kube import Cluster, load_config
 from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
 from melange.operator.metrics import OperatorMetrics
@@ -133,7 +133,7 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, config: OperatorCo
         actions = diff(outcome.desired, actual)
         if not actions.empty:
             await asyncio.to_thread(cluster.apply, actions, actual)
-    for key, value in merge_patch(body.get("status"), outcome.status).items():
+    for key, value in status_merge_patch(body.get("status"), outcome.status).items():
         patch.status[key] = value
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)

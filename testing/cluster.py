@@ -2,7 +2,8 @@
 envtest and `kwokctl --runtime binary` run one), for the real-cluster tests and benches:
 
 - etcd; kube-apiserver with RBAC (and Node) authorization, ServiceAccount token issuing, a
-  client-certificate admin in `system:masters`, and an audit log of every request;
+  client-certificate admin in `system:masters`, the OwnerReferencesPermissionEnforcement admission
+  plugin, and an audit log of every request (`audit_events`);
 - kube-controller-manager (Deployment, ReplicaSet, EndpointSlice, garbage-collector, ServiceAccount
   token and namespace controllers, each under its own ServiceAccount), kube-scheduler;
 - the KWOK controller, which keeps nodes annotated `kwok.x-k8s.io/node: fake` Ready and makes the
@@ -58,7 +59,7 @@ def build_binaries(timeout_s: float = 3600) -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
@@ -187,7 +188,7 @@ class LocalCluster:
         log = open(self.folder / f"{name}.log", "ab")
         self._logs.append(log)
         process = subprocess.Popen([str(a) for a in args], stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=_die_with_parent, cwd=self.folder,
+                                   preexec_fn=die_with_parent, cwd=self.folder,
                                    env={**os.environ, **(env or {})})
         self.processes[name] = process
         return process

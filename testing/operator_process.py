@@ -13,6 +13,7 @@ from pathlib import Path
 
 import requests
 
+from melange.testing.cluster import die_with_parent
 from melange.testing.ports import free_port
 
 
@@ -48,7 +49,7 @@ class OperatorProcess:
         self._log = open(self.log_path, "ab")
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.extra_env}
         self.process = subprocess.Popen([str(command), *self.args], stdout=self._log, stderr=subprocess.STDOUT,
-                                        env=env, cwd=self.log_path.parent)
+                                        env=env, cwd=self.log_path.parent, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -56,7 +56,7 @@ def from_iso(text: Any) -> float | None:
         return None
 
 
-def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+def status_merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """`new` status fields as a JSON merge patch (RFC 7386) over the stored `old` status: inside each
     object-valued field, the keys `old` has and `new` lacks are sent as null, so that the stored field
     becomes `new`'s (a merge patch keeps any key it does not name). Top-level fields `new` does not
@@ -65,7 +65,7 @@ def merge_patch(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[s
     for key, value in new.items():
         before = (old or {}).get(key)
         if isinstance(value, Mapping) and isinstance(before, Mapping):
-            nested = merge_patch(before, value)
+            nested = status_merge_patch(before, value)
             nested.update({gone: None for gone in before if gone not in value})
             patch[key] = nested
         else:

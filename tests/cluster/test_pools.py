@@ -67,6 +67,12 @@ def test_pools_run_on_nodes_of_their_gpu_type_and_the_service_is_ready(cluster, 
         for pod in pods:
             labels = nodes[pod["spec"]["nodeName"]]["metadata"]["labels"]
             assert labels["nvidia.com/gpu.product"] == GPU_PRODUCT[gpu_of[option]], (option, pod["spec"]["nodeName"])
+        # the EndpointSlice controller lists each pool's ready pods behind its Service
+        slices = [es for es in cluster.get("endpointslices", namespace=namespace)["items"]
+                  if es["metadata"]["labels"].get("kubernetes.io/service-name") == f"{name}-{option}"]
+        ready_ips = sorted(address for es in slices for endpoint in es.get("endpoints") or []
+                           if endpoint["conditions"].get("ready") for address in endpoint["addresses"])
+        assert ready_ips == sorted(pod["status"]["podIP"] for pod in pods)
     router = cluster.get("deployment", f"{name}-router", namespace)
     assert router["status"].get("readyReplicas") == router["spec"]["replicas"] >= 1
     assert all(running_and_ready(pod) for pod in pods_of(cluster, namespace, f"{name}-router"))

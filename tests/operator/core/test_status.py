@@ -1,20 +1,9 @@
 """The status's shapes; here the merge patch that makes the stored status equal what a pass wrote."""
 from __future__ import annotations
 
-from melange.operator.core.status import merge_patch
-
-
-def apply_merge_patch(target, patch):
-    """RFC 7386, section 2, written out: what the API server stores after a JSON merge patch."""
-    if not isinstance(patch, dict):
-        return patch
-    result = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
+from melange.operator.core.status import status_merge_patch
+# RFC 7386 as the emulated API server applies it: what is stored after a JSON merge patch.
+from melange.testing.kube_emulator import merge_patch as apply_merge_patch
 
 
 def test_the_stored_fields_become_what_the_pass_wrote_and_other_fields_stay():
@@ -22,11 +11,11 @@ def test_the_stored_fields_become_what_the_pass_wrote_and_other_fields_stay():
            "workload": {"rate": 4, "notes": ["n"]}, "costPerHour": 4.37, "other": {"kept": True}}
     new = {"allocation": {"l4": 2}, "move": {"from": {"l4": 1}, "step": "switching"}, "workload": {"rate": 1},
            "costPerHour": 1.4}
-    stored = apply_merge_patch(old, merge_patch(old, new))
+    stored = apply_merge_patch(old, status_merge_patch(old, new))
     assert stored == {**new, "other": {"kept": True}}
 
 
 def test_without_a_stored_status_the_patch_is_the_status():
     new = {"allocation": {"l4": 1}, "conditions": [{"type": "Ready", "status": "False"}], "move": None}
-    assert merge_patch(None, new) == new
-    assert merge_patch({"allocation": "not an object"}, new) == new
+    assert status_merge_patch(None, new) == new
+    assert status_merge_patch({"allocation": "not an object"}, new) == new
