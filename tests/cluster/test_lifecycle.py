@@ -148,7 +148,8 @@ def test_helm_upgrade_rolls_the_operator_and_a_restart_writes_nothing_that_is_ri
 
     def resumed():  # the resume pass writes the service's status once
         return [e for e in cluster.audit_events(OPERATOR_USER)[events_before:]
-                if (e.get("objectRef") or {}).get("name") == name and e["verb"] == "patch"]
+                if (e.get("objectRef") or {}).get("name") == name and e["verb"] == "patch"
+                and e["objectRef"].get("namespace") == namespace]
     wait_until(resumed, "the resumed pass", timeout_s=60)
     time.sleep(2)
     writes = [(e["verb"], e["objectRef"].get("resource"), e["objectRef"].get("name"))
