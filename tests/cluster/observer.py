@@ -20,7 +20,7 @@ from typing import Any
 import kubernetes
 from kubernetes import watch
 
-HOLD_S = 0.5  # how long an event waits for earlier writes of other kinds to arrive
+HOLD_S = 2.0  # how long an event waits for earlier writes of other kinds to arrive (a loaded CI machine)
 
 
 @dataclass
