@@ -72,6 +72,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     url: str = ""  # set by serve_emulator()
     calls: collections.Counter = attrs.field(factory=collections.Counter, init=False)
     clusterwide_calls: set = attrs.field(factory=set, init=False)
+    deleted_uids: set = attrs.field(factory=set, init=False)  # of objects taken out (the garbage collector knows them)
     _revision: int = attrs.field(default=0, init=False)
     _log: list = attrs.field(factory=list, init=False)  # (revision, resource, watch event), oldest first
     _log_wakeup: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
@@ -325,6 +326,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._serve_crd(obj)
         stored = self._store(resource, namespace, obj, "ADDED")
         self._after_write(resource, namespace, stored)
+        owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+        if owners and owners <= self.deleted_uids:
+            # The garbage collector deletes a dependent whose owners are all gone, also one created after
+            # its owner was deleted (a controller finishing a pass it began before the deletion). gap: a
+            # real one also deletes dependents of owners that never existed; tests here make such objects.
+            self._delete(resource, namespace, meta["name"], "Background")
         return stored
 
     def _update(self, request: rendering.Request) -> dict:
@@ -435,6 +442,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self.objects[resource, namespace, obj["metadata"]["name"]].delete()
         self._emit(resource, "DELETED", obj)
         uid = obj["metadata"]["uid"]
+        self.deleted_uids.add(uid)
         if resource == NAMESPACES:
             for res, held in self.live_objects(namespace=None):
                 if held["metadata"].get("namespace") == obj["metadata"]["name"] and self.live(

@@ -172,6 +172,16 @@ async def test_deleting_an_owner_deletes_its_dependents_unless_orphaned(kube):
     assert kube.object(CONFIGMAPS, "kept", "default")["metadata"]["ownerReferences"] == []
 
 
+async def test_a_dependent_created_after_its_owner_was_deleted_is_collected(kube):
+    owner = await kube.create(configmap("owner"), namespace="default")
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner["metadata"]["uid"]}
+    await kube.delete(CONFIGMAPS, "owner", namespace="default")
+    created = await kube.create(dict(configmap("late"), metadata={"name": "late", "ownerReferences": [ref]}),
+                                namespace="default")
+    assert created["metadata"]["name"] == "late"  # the create succeeds, as on a real server
+    assert kube.object(CONFIGMAPS, "late", "default") is None  # then the garbage collector takes it
+
+
 async def test_finalizers_hold_the_deletion_until_the_last_one_is_removed(kube):
     await kube.create(dict(configmap("f"), metadata={"name": "f", "finalizers": ["x/y"]}), namespace="default")
     marked = await kube.delete(CONFIGMAPS, "f", namespace="default")
