@@ -31,7 +31,7 @@ import requests
 import yaml
 
 from melange.testing.gpu_nodes import SHAPES, kwok_node
-from melange.testing.ports import free_port
+from melange.testing.ports import free_port, wait_for_http_ok
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPOSITORY / "e2e" / "build.sh"
@@ -266,7 +266,7 @@ class LocalCluster:
             "--allocate-node-cidrs=false", "--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
             "--concurrent-gc-syncs=20", "--v=1"])
         self._spawn("kube-scheduler", [self.bin / "kube-scheduler", *common, f"--secure-port={free_port()}", "--v=1"])
-        stages = [p for p in sorted((self.bin.parent / "kwok-stages").glob("*.yaml"))]
+        stages = sorted((self.bin.parent / "kwok-stages").glob("*.yaml"))
         if not stages:
             raise ClusterError(f"no KWOK stages in {self.bin.parent / 'kwok-stages'}; rerun e2e/build.sh")
         self._spawn("kwok", [
@@ -301,16 +301,8 @@ class LocalCluster:
             "BATCH_IDLE_DURATION": "1s", "BATCH_MAX_DURATION": "3s"})
         self.apply({"apiVersion": "karpenter.kwok.sh/v1alpha1", "kind": "KWOKNodeClass",
                     "metadata": {"name": "default"}})
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                if requests.get(f"http://127.0.0.1:{health}/readyz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        raise ClusterError(f"Karpenter not ready after {timeout_s:g} s:\n{self.log_tail('karpenter')}")
+        if not wait_for_http_ok(f"http://127.0.0.1:{health}/readyz", timeout_s, self._check_alive):
+            raise ClusterError(f"Karpenter not ready after {timeout_s:g} s:\n{self.log_tail('karpenter')}")
 
     # --- using it ---
 

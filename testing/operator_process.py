@@ -7,14 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import requests
-
 from melange.testing.cluster import die_with_parent
-from melange.testing.ports import free_port
+from melange.testing.ports import free_port, wait_for_http_ok
 
 
 def local_arguments(container_args: Sequence[str]) -> tuple[list[str], int]:
@@ -36,10 +33,8 @@ def local_arguments(container_args: Sequence[str]) -> tuple[list[str], int]:
 class OperatorProcess:
     """`melange-operator ARGS` with KUBECONFIG set; its output goes to `log_path`."""
 
-    def __init__(self, args: Sequence[str], kubeconfig: Path, log_path: Path, health_port: int,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], kubeconfig: Path, log_path: Path, health_port: int) -> None:
         self.args, self.kubeconfig, self.log_path, self.health_port = list(args), kubeconfig, log_path, health_port
-        self.extra_env = extra_env or {}
         self.process: subprocess.Popen | None = None
         self._log = None
 
@@ -47,19 +42,15 @@ class OperatorProcess:
         """Start it and wait for kopf's health endpoint (it answers once the operator is ready)."""
         command = Path(sys.executable).with_name("melange-operator")
         self._log = open(self.log_path, "ab")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", **self.extra_env}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen([str(command), *self.args], stdout=self._log, stderr=subprocess.STDOUT,
                                         env=env, cwd=self.log_path.parent, preexec_fn=die_with_parent)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def alive() -> None:
             if self.process.poll() is not None:
                 raise RuntimeError(f"melange-operator exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+        if wait_for_http_ok(f"http://127.0.0.1:{self.health_port}/healthz", timeout_s, alive):
+            return self
         raise RuntimeError(f"melange-operator not healthy after {timeout_s:g} s:\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 20.0) -> int | None:

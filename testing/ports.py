@@ -1,8 +1,11 @@
-"""Loopback ports: find a free one, wait until something listens."""
+"""Loopback ports: find a free one, wait until something listens or answers."""
 from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
+
+import requests
 
 
 def free_port() -> int:
@@ -23,3 +26,18 @@ def wait_for_port(port: int, timeout_s: float = 10.0, host: str = "127.0.0.1") -
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nothing listens on {host}:{port} after {timeout_s:g} s") from None
             time.sleep(0.05)
+
+
+def wait_for_http_ok(url: str, timeout_s: float, check_alive: Callable[[], None] = lambda: None) -> bool:
+    """Poll `url` until it answers 200 (True) or `timeout_s` passes (False); `check_alive` runs before
+    each try, to raise when the process that should answer has died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        check_alive()
+        try:
+            if requests.get(url, timeout=1).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    return False

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 
+from melange.operator.core.status import condition_status
 from melange.testing.cluster import LocalCluster, build_binaries
 from melange.testing.operator_process import OperatorProcess, local_arguments
 
 from ..conftest import ROOT
+from ..operator.test_make_before_break import ready_pods
 
 T = TypeVar("T")
 CHART = ROOT / "charts" / "melange-operator"
@@ -32,6 +35,8 @@ OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{OPERATOR_ACCOUNT}"
 # routers and the operator's own pod.
 NODES = {"m5.xlarge": 2, "g6.xlarge": 3, "g6.12xlarge": 1, "g5.xlarge": 3, "g5.12xlarge": 1,
          "p4de.24xlarge": 1, "p5.48xlarge": 1}
+# The paper's Table 3 at 4 req/s for the Arena example: 1 x L4 + 1 x A100.
+TABLE3_RATE_4 = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
 CHART_VALUES = ["--set", "image.repository=registry.invalid/melange-operator",
                 "--set", "defaults.drainSeconds=2", "--set", "nodePools.karpenter.enabled=true"]
 
@@ -148,7 +153,33 @@ def llmservice(cluster: LocalCluster, name: str, namespace: str) -> dict[str, An
 
 def condition(obj: dict[str, Any] | None, kind: str) -> str | None:
     """The status of one condition of an object ("True", "False", None when absent)."""
-    for entry in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if entry.get("type") == kind:
-            return entry.get("status")
-    return None
+    return condition_status((obj or {}).get("status"), kind)
+
+
+def example(file: str, namespace: str) -> dict[str, Any]:
+    """An example LLMService manifest, moved into `namespace`."""
+    manifest = yaml.safe_load((EXAMPLES_DIR / file).read_text())
+    manifest["metadata"]["namespace"] = namespace
+    return manifest
+
+
+def arena(namespace: str, **spec_changes: Any) -> dict[str, Any]:
+    """The Arena example with one router replica and `spec_changes`."""
+    manifest = example("arena-llama2-7b.yaml", namespace)
+    manifest["spec"]["router"] = {"replicas": 1}
+    manifest["spec"].update(spec_changes)
+    return manifest
+
+
+def settled(cluster: LocalCluster, name: str, namespace: str, mix: dict[str, int]) -> Callable[[], bool]:
+    """The service runs `mix`: in status, no move, Ready, and its Deployments' ready replicas."""
+    def check() -> bool:
+        service = llmservice(cluster, name, namespace)
+        status = (service or {}).get("status") or {}
+        if status.get("allocation") != mix or status.get("move") or condition(service, "Ready") != "True":
+            return False
+        deployments = {d["metadata"]["name"]: d for d in cluster.get("deployments", namespace=namespace)["items"]}
+        return all(f"{name}-{pool}" in deployments and ready_pods(deployments[f"{name}-{pool}"]) == n
+                   for pool, n in mix.items() if n) and all(
+            f"{name}-{pool}" not in deployments for pool, n in mix.items() if not n)
+    return check

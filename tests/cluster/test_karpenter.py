@@ -11,9 +11,7 @@ import pytest
 
 from melange.testing.gpu_nodes import karpenter_instance_types
 
-from .conftest import llmservice, wait_until
-from .test_lifecycle import arena
-from .test_reallocation import settled
+from .conftest import arena, llmservice, settled, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -47,7 +45,8 @@ def node_pools(cluster, namespace: str) -> dict[str, dict]:
 def karpenter_nodes(cluster, prefix: str = "") -> dict[str, dict]:
     """Nodes Karpenter launched (for NodePools whose name starts with `prefix`), by name."""
     return {n["metadata"]["name"]: n for n in cluster.get("nodes")["items"]
-            if (n["metadata"].get("labels") or {}).get("karpenter.sh/nodepool", "\0").startswith(prefix)}
+            if "karpenter.sh/nodepool" in (labels := n["metadata"].get("labels") or {})
+            and labels["karpenter.sh/nodepool"].startswith(prefix)}
 
 
 def nodes_match(cluster, namespace: str, name: str, mix: dict[str, int]) -> bool:

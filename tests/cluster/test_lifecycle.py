@@ -7,24 +7,14 @@ import json
 import time
 
 import pytest
-import yaml
 
-from .conftest import (EXAMPLES_DIR, OPERATOR_USER, RELEASE, RELEASE_NAMESPACE, CHART, helm, llmservice,
-                       operator_container_args, wait_until)
-from .test_reallocation import settled
+from .conftest import (CHART, OPERATOR_USER, RELEASE, RELEASE_NAMESPACE, TABLE3_RATE_4, arena, helm, llmservice,
+                       operator_container_args, settled, wait_until)
 
 pytestmark = pytest.mark.cluster
 
 OWNED_KINDS = ("deployments", "replicasets", "pods", "services", "configmaps")
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}
-
-
-def arena(namespace: str, **spec_changes) -> dict:
-    manifest = yaml.safe_load((EXAMPLES_DIR / "arena-llama2-7b.yaml").read_text())
-    manifest["metadata"]["namespace"] = namespace
-    manifest["spec"]["router"] = {"replicas": 1}
-    manifest["spec"].update(spec_changes)
-    return manifest
 
 
 def owned(cluster, namespace: str, name: str) -> dict[str, list[str]]:
@@ -45,14 +35,11 @@ def images(cluster, namespace: str, deployment: str) -> tuple[str, list[str]]:
     return container["image"], container.get("args") or container.get("command") or []
 
 
-PAPER_RATE_4 = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
-
-
 def test_dropping_an_option_the_allocation_uses_converges(cluster, operator, namespace):
     manifest = arena(namespace)
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
-    wait_until(settled(cluster, name, namespace, PAPER_RATE_4), "the rate-4 mix", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the rate-4 mix", timeout_s=120)
     # Without the A100 the cheapest mix at 4 req/s uses the others (whatever it is, it must run).
     manifest["spec"]["gpuOptions"] = [o for o in manifest["spec"]["gpuOptions"] if o["name"] != "a100-80gb"]
     cluster.apply(manifest)
@@ -83,7 +70,7 @@ def test_adding_an_option_and_changing_model_and_image_converge(cluster, operato
 
     manifest["spec"]["gpuOptions"].append(h100)
     cluster.apply(manifest)
-    wait_until(settled(cluster, name, namespace, PAPER_RATE_4), "the mix with the added option", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the mix with the added option", timeout_s=120)
 
     manifest["spec"]["model"] = "meta-llama/Llama-2-7b-hf"
     manifest["spec"]["serving"] = {"image": "vllm/vllm-openai:v0.11.1"}
@@ -100,7 +87,7 @@ def test_adding_an_option_and_changing_model_and_image_converge(cluster, operato
                     status.get("readyReplicas") != deployment["spec"]["replicas"] or \
                     status.get("observedGeneration") != deployment["metadata"]["generation"]:
                 return False
-        return settled(cluster, name, namespace, PAPER_RATE_4)()
+        return settled(cluster, name, namespace, TABLE3_RATE_4)()
     wait_until(rolled, "the pools rolled to the new model and image", timeout_s=120)
 
 
@@ -108,7 +95,7 @@ def test_deleting_a_service_lets_the_garbage_collector_take_what_it_owned(cluste
     manifest = arena(namespace)
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
-    wait_until(settled(cluster, name, namespace, PAPER_RATE_4), "the mix", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the mix", timeout_s=120)
     before = owned(cluster, namespace, name)
     assert {"deployments", "replicasets", "pods", "services", "configmaps"} <= set(before), before
     assert (llmservice(cluster, name, namespace)["metadata"].get("finalizers") or []) == []
@@ -124,7 +111,7 @@ def test_helm_upgrade_rolls_the_operator_and_a_restart_writes_nothing_that_is_ri
     manifest = arena(namespace)
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
-    wait_until(settled(cluster, name, namespace, PAPER_RATE_4), "the mix", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the mix", timeout_s=120)
 
     before = cluster.get("deployment", "melange-operator", RELEASE_NAMESPACE)
     helm(cluster, "upgrade", RELEASE, str(CHART), "-n", RELEASE_NAMESPACE, "--reuse-values",

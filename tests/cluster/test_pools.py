@@ -3,12 +3,10 @@ scheduler on nodes of their GPU type, the service reports Ready when they are, a
 printer columns and the Events."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import yaml
 
-from .conftest import EXAMPLES_DIR, condition, llmservice, wait_until
+from .conftest import condition, example, llmservice, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -16,13 +14,6 @@ pytestmark = pytest.mark.cluster
 # product names; an independent table, not the operator's).
 GPU_PRODUCT = {"l4": "NVIDIA-L4", "a10g": "NVIDIA-A10G", "a100": "NVIDIA-A100-SXM4-80GB",
                "a100-80gb": "NVIDIA-A100-SXM4-80GB", "h100": "NVIDIA-H100-80GB-HBM3"}
-
-
-def load_example(name: str, namespace: str) -> dict:
-    manifest = yaml.safe_load((EXAMPLES_DIR / name).read_text())
-    manifest = copy.deepcopy(manifest)
-    manifest["metadata"]["namespace"] = namespace
-    return manifest
 
 
 def pods_of(cluster, namespace: str, deployment: str) -> list[dict]:
@@ -38,12 +29,12 @@ def running_and_ready(pod: dict) -> bool:
     return pod["status"].get("phase") == "Running" and condition(pod, "Ready") == "True"
 
 
-@pytest.mark.parametrize("example,expected", [
+@pytest.mark.parametrize("file,expected", [
     ("arena-llama2-7b.yaml", {"l4": 1, "a100-80gb": 1}),  # the paper's Table 3 mix at 4 req/s
     ("llama-3-8b.yaml", None),
 ])
-def test_pools_run_on_nodes_of_their_gpu_type_and_the_service_is_ready(cluster, operator, namespace, example, expected):
-    manifest = load_example(example, namespace)
+def test_pools_run_on_nodes_of_their_gpu_type_and_the_service_is_ready(cluster, operator, namespace, file, expected):
+    manifest = example(file, namespace)
     name = manifest["metadata"]["name"]
     gpu_of = {option["name"]: option["gpu"].lower() for option in manifest["spec"]["gpuOptions"]}
     cluster.apply(manifest)
@@ -89,7 +80,7 @@ def test_pools_run_on_nodes_of_their_gpu_type_and_the_service_is_ready(cluster, 
 
 
 def test_a_profile_from_a_configmap_is_read_once_it_exists(cluster, operator, namespace):
-    manifest = load_example("arena-llama2-7b.yaml", namespace)
+    manifest = example("arena-llama2-7b.yaml", namespace)
     name = manifest["metadata"]["name"]
     a100 = next(o for o in manifest["spec"]["gpuOptions"] if o["name"] == "a100-80gb")
     profile = a100["profile"]["inline"]

@@ -14,27 +14,19 @@ import json
 import time
 
 import pytest
-import yaml
 from prometheus_client import CollectorRegistry, start_http_server
 
 from melange.solver.metrics.traffic_player import CHAT, DOCUMENTS, Stream, VllmMetrics
 from melange.testing.ports import free_port
 from melange.testing.prometheus_server import PrometheusServer
 
-from ..operator.test_make_before_break import required_replicas
-from .conftest import EXAMPLES_DIR, condition, llmservice, wait_until
+from ..operator.test_make_before_break import ready_pods, required_replicas
+from .conftest import TABLE3_RATE_4, arena, condition, llmservice, settled, wait_until
 from .observer import Observer, State
 
 pytestmark = pytest.mark.cluster
 
 MOVE_STEPS = ["scaling-up", "switching", "draining", "scaling-down"]
-
-
-def ready_pods(deployment: dict | None) -> int:
-    """Pods that serve: ready, and not beyond what the Deployment still wants (extra pods are going)."""
-    if deployment is None:
-        return 0
-    return min(deployment["spec"]["replicas"], (deployment.get("status") or {}).get("readyReplicas") or 0)
 
 
 class LoadCovered:
@@ -65,35 +57,20 @@ class LoadCovered:
         self.checks += 1
         self.checks_in_moves += bool(move)
         for pool, need in required_replicas(spec, table).items():
-            have = ready_pods(state.deployments.get(f"{self.name}-{pool}"))
+            deployment = state.deployments.get(f"{self.name}-{pool}")
+            have = ready_pods(deployment) if deployment is not None else 0
             if need > have + 1e-9:
                 self.violations.append(f"{pool}: needs {need:.3f} replicas, {have} ready "
                                        f"(step {move['step'] if move else None}, routed {sorted(table['pools'])})")
 
 
-def settled(cluster, name: str, namespace: str, mix: dict[str, int]):
-    """The service runs `mix`: in status, no move, Ready, and its Deployments' ready replicas."""
-    def check():
-        service = llmservice(cluster, name, namespace)
-        status = (service or {}).get("status") or {}
-        if status.get("allocation") != mix or status.get("move") or condition(service, "Ready") != "True":
-            return False
-        deployments = {d["metadata"]["name"]: d for d in cluster.get("deployments", namespace=namespace)["items"]}
-        return all(ready_pods(deployments.get(f"{name}-{pool}")) == n for pool, n in mix.items() if n) and all(
-            f"{name}-{pool}" not in deployments for pool, n in mix.items() if not n)
-    return check
-
-
 def test_a_rate_edit_moves_make_before_break(cluster, operator, namespace):
     # The paper's Table 3: 1 L4 + 1 A100 at 4 req/s, 1 L4 + 1 A10G at 1 req/s. The old mix serves
     # the lower rate, so the invariant can hold from the edit to the end of the move.
-    manifest = yaml.safe_load((EXAMPLES_DIR / "arena-llama2-7b.yaml").read_text())
-    manifest["metadata"]["namespace"] = namespace
-    manifest["spec"]["router"] = {"replicas": 1}
+    manifest = arena(namespace)
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
-    wait_until(settled(cluster, name, namespace, {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}),
-               "the rate-4 mix", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the rate-4 mix", timeout_s=120)
 
     invariant = LoadCovered(name)
     observer = Observer(str(cluster.kubeconfig), namespace, invariant).start()

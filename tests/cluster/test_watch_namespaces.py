@@ -9,14 +9,10 @@ import pytest
 
 from melange.testing.operator_process import local_arguments
 
-from .conftest import CHART, RELEASE, RELEASE_NAMESPACE, helm, llmservice, operator_container_args, wait_until
-from .test_lifecycle import arena
-from .test_reallocation import settled
+from .conftest import (CHART, RELEASE, RELEASE_NAMESPACE, TABLE3_RATE_4, arena, helm, llmservice,
+                       operator_container_args, settled, wait_until)
 
 pytestmark = pytest.mark.cluster
-
-TABLE3 = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
-
 
 def upgrade_and_restart(cluster, operator, *values: str) -> None:
     """`helm upgrade` with the values, and the operator process again with the arguments the upgraded
@@ -41,7 +37,7 @@ def test_watching_listed_namespaces_uses_roles_and_leaves_other_namespaces_alone
 
         watched, unwatched = arena(namespace), arena(other)
         cluster.apply([watched, unwatched])
-        wait_until(settled(cluster, watched["metadata"]["name"], namespace, TABLE3), "the watched service",
+        wait_until(settled(cluster, watched["metadata"]["name"], namespace, TABLE3_RATE_4), "the watched service",
                    timeout_s=120)
         time.sleep(6)  # more than a timer tick: the other namespace's service stays untouched
         assert not (llmservice(cluster, unwatched["metadata"]["name"], other) or {}).get("status")
@@ -49,6 +45,6 @@ def test_watching_listed_namespaces_uses_roles_and_leaves_other_namespaces_alone
     finally:
         upgrade_and_restart(cluster, operator, "--set-json", "watchNamespaces=[]")
     assert "--all-namespaces" in operator_container_args(cluster)
-    wait_until(settled(cluster, unwatched["metadata"]["name"], other, TABLE3), "the service, once watched",
+    wait_until(settled(cluster, unwatched["metadata"]["name"], other, TABLE3_RATE_4), "the service, once watched",
                timeout_s=120)
     cluster.kubectl("delete", "namespace", other, "--wait=false")

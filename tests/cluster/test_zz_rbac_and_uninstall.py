@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import OPERATOR_USER, RELEASE, RELEASE_NAMESPACE, helm, wait_until
-from .test_lifecycle import arena, owned
-from .test_reallocation import settled
+from .conftest import OPERATOR_USER, RELEASE, RELEASE_NAMESPACE, TABLE3_RATE_4, arena, helm, settled, wait_until
+from .test_lifecycle import owned
 
 pytestmark = pytest.mark.cluster
 
@@ -69,8 +68,7 @@ def test_after_helm_uninstall_deleting_services_and_the_crd_does_not_hang(cluste
     manifest = arena(namespace)
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
-    wait_until(settled(cluster, name, namespace, {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}), "the mix",
-               timeout_s=120)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the mix", timeout_s=120)
     operator.stop()
     helm(cluster, "uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "60s")
     assert cluster.kubectl("get", "deployment", "melange-operator", "-n", RELEASE_NAMESPACE,
