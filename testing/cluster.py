@@ -148,6 +148,7 @@ class LocalCluster:
         try:
             self.certs = _Certificates(self.folder / "pki")
             self._start_etcd()
+            self._wait_for_etcd(begin + timeout_s)
             self._start_apiserver()
             self._wait_ready(begin + timeout_s)
             self.started_s["api"] = time.monotonic() - begin
@@ -214,6 +215,21 @@ class LocalCluster:
             f"--listen-peer-urls=http://127.0.0.1:{peer}", f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
             f"--initial-cluster=e2e=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--log-level=warn",
             "--listen-metrics-urls=", "--auto-compaction-retention=1"])
+
+    def _wait_for_etcd(self, deadline: float) -> None:
+        # kube-apiserver gives up on etcd after 20 s; a loaded machine can take that long to start etcd
+        last = ""
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                answer = requests.get(f"{self.etcd_url}/health", timeout=2)
+                if answer.status_code == 200:
+                    return
+                last = answer.text[-300:]
+            except requests.RequestException as error:
+                last = str(error)
+            time.sleep(0.1)
+        raise ClusterError(f"etcd not healthy: {last}\n{self.log_tail('etcd')}")
 
     def _start_apiserver(self) -> None:
         self.port = free_port()

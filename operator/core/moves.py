@@ -26,18 +26,28 @@ DEFAULT_DRAIN_S = 90.0
 
 @dataclass(frozen=True)
 class Move:
-    """A move in progress: from `source` to `target` (option -> replicas), at `step` since `since_s`
-    (seconds on the operator's clock, wall time in status)."""
+    """A move in progress: from `source` to `target` (option -> replicas), at `step` since `since_s`,
+    begun at `started_s` (seconds since the epoch; wall time in status)."""
 
     source: Mapping[str, int]
     target: Mapping[str, int]
     step: str
     since_s: float
     reason: str = ""
+    started_s: float | None = None
+
+    @property
+    def began_s(self) -> float:
+        """When the move began (a record without `started` began at its step's start)."""
+        return self.since_s if self.started_s is None else self.started_s
 
     def to_status(self) -> dict[str, Any]:
         return {"from": dict(self.source), "to": dict(self.target), "step": self.step, "since": iso(self.since_s),
-                "reason": self.reason}
+                "started": iso(self.began_s), "reason": self.reason}
+
+    def at(self, step: str, since_s: float) -> Move:
+        """The same move at another step."""
+        return Move(self.source, self.target, step, since_s, self.reason, self.began_s)
 
     @staticmethod
     def from_status(data: Any) -> Move | None:
@@ -47,7 +57,8 @@ class Move:
         since = from_iso(data.get("since"))
         try:
             return Move({k: int(v) for k, v in data["from"].items()}, {k: int(v) for k, v in data["to"].items()},
-                        data["step"], since, str(data.get("reason", ""))) if since is not None else None
+                        data["step"], since, str(data.get("reason", "")),
+                        from_iso(data.get("started"))) if since is not None else None
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -84,11 +95,20 @@ def advance(move: Move, ready: Mapping[str, int], now_s: float, drain_s: float =
     """The move after this pass's observations; None when it is complete. `ready`: ready replicas per
     pool now. The caller then applies `stage()` of the returned move."""
     if move.step == "scaling-up":
-        return Move(move.source, move.target, "switching", now_s, move.reason) if all_ready(peak(move), ready) else move
+        return move.at("switching", now_s) if all_ready(peak(move), ready) else move
     if move.step == "switching":  # the switch was written last pass; the drain counts from then
-        return Move(move.source, move.target, "draining", move.since_s, move.reason)
+        return move.at("draining", move.since_s)
     if move.step == "draining":
-        return Move(move.source, move.target, "scaling-down", now_s, move.reason) \
-            if now_s - move.since_s >= drain_s else move
+        return move.at("scaling-down", now_s) if now_s - move.since_s >= drain_s else move
     shrunk = all(ready.get(name, 0) <= move.target.get(name, 0) for name in peak(move))
     return None if shrunk else move
+
+
+def next_wake_s(move: Move, drain_s: float, timeout_s: float) -> float:
+    """When the move needs a pass that no change of its pools announces: the switch follows at once, the
+    drain ends after `drain_s`, and a scale-up that never becomes ready ends at its deadline."""
+    if move.step == "switching":
+        return move.since_s
+    if move.step == "draining":
+        return move.since_s + drain_s
+    return move.began_s + timeout_s

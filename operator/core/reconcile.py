@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
-from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, stage
+from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, next_wake_s, peak, stage
 from melange.operator.core.planner import OPTION_LABEL, ROUTING_KEY, Images, Owner, plan, pool_url, routing_config_name
 from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
 from melange.operator.core.spec import ServiceSpec, parse_spec
@@ -32,14 +32,15 @@ from melange.solver.workload import Workload
 
 @dataclass(frozen=True)
 class Observed:
-    """What the shell read for one service: its spec, generation and status, the objects it owns, and
-    the time (seconds since the epoch)."""
+    """What the shell read for one service: its spec, generation and status, the objects it owns, the
+    time (seconds since the epoch), and, while pools are not ready, what their pods say."""
 
     spec: Mapping[str, Any]
     generation: int | None
     status: Mapping[str, Any]
     actual: Sequence[Mapping[str, Any]]
     now_s: float
+    pod_problems: Mapping[str, str] = field(default_factory=dict)  # option -> why its pods are not ready
 
     @property
     def now(self) -> str:
@@ -65,8 +66,9 @@ class Event:
 
 @dataclass(frozen=True)
 class Outcome:
-    """`desired` None means: change no object. `status` is the status patch (kopf merges it; None
-    values delete fields). `decision` is what was decided this pass (None when none was taken)."""
+    """`desired` None means: change no object. `status` is the service's status after this pass (the
+    shell writes it so that fields it drops are deleted). `decision` is what was decided this pass (None
+    when none was taken)."""
 
     status: dict[str, Any]
     desired: list[dict[str, Any]] | None
@@ -74,6 +76,7 @@ class Outcome:
     spec: ServiceSpec | None = None
     report: SolveReport | None = None
     decision: Decision | None = None
+    wake_s: float | None = None  # when a move needs its next pass, if no change of its pools comes first
 
 
 def _conditions(observed: Observed, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -130,7 +133,9 @@ def ready_condition(observed: Observed, desired: Sequence[Mapping[str, Any]] | N
         have = actual.get(("Deployment", obj["metadata"]["name"]))
         ready = ((have or {}).get("status") or {}).get("readyReplicas") or 0
         if have is None or ready < want:
-            waiting.append(f"{obj['metadata']['name']} {ready}/{want}")
+            option = (obj["metadata"].get("labels") or {}).get(OPTION_LABEL)
+            why = observed.pod_problems.get(option) if option else None
+            waiting.append(f"{obj['metadata']['name']} {ready}/{want}" + (f" ({why})" if why else ""))
     if waiting:
         return condition("Ready", False, "PoolsNotReady", "waiting for " + ", ".join(waiting), now, gen, previous)
     return condition("Ready", True, "PoolsReady", "every pool and the router are ready", now, gen, previous)
@@ -162,14 +167,18 @@ def _table(owner: Owner, problem: Problem, allocation: Allocation) -> dict[str, 
     return routing_table(allocation, problem.workload.grid, urls)
 
 
-def _current_table(observed: Observed, owner: Owner) -> dict[str, Any] | None:
-    """The routing table now in the cluster (the old split, kept while new pools come up)."""
+def _current_table(observed: Observed, owner: Owner, source: Mapping[str, int]) -> dict[str, Any] | None:
+    """The routing table now in the cluster (the old split, kept while new pools come up), when it
+    names only pools that `source` runs (after a re-planned or timed-out move it may not)."""
     for obj in observed.actual:
         if obj.get("kind") == "ConfigMap" and obj["metadata"]["name"] == routing_config_name(owner):
             try:
-                return json.loads((obj.get("data") or {}).get(ROUTING_KEY, ""))
+                table = json.loads((obj.get("data") or {}).get(ROUTING_KEY, ""))
             except ValueError:
                 return None
+            pools = table.get("pools") if isinstance(table, dict) else None
+            running = {name for name, count in source.items() if count > 0}
+            return table if isinstance(pools, dict) and pools and set(pools) <= running else None
     return None
 
 
@@ -198,8 +207,24 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
     offered = {o.name for o in problem.options}
     current = {k: int(v) for k, v in (previous.get("allocation") or {}).items() if k in offered} or None
     move = Move.from_status(previous.get("move"))
-    if move is not None and any(name not in offered for name in {**move.source, **move.target}):
-        move = None  # the spec dropped an option the move needs: decide again from what runs
+    edited = observed.generation != previous.get("observedGeneration")
+    failure = _failure(previous, edited)
+    events: list[Event] = []
+    decision = None
+    last_change = from_iso(previous.get("lastChange"))
+    timeout_s = spec.reallocation.move_timeout_s
+    if move is not None and spec.mode == "apply" and (edited or any(name not in offered for name in peak(move))):
+        # The user's edit (or the spec dropped an option the move needs): decide again from what runs.
+        running = _what_runs(move, observed.actual, offered)
+        events.append(Event("Normal", "MoveReplanned", f"the spec changed during the move {describe_mix(move.source)}"
+                                                       f" -> {describe_mix(move.target)} ({move.step}): deciding "
+                                                       f"again from what runs, {describe_mix(running)}"))
+        current, move = running or None, None
+    elif move is not None and move.step == "scaling-up" and observed.now_s - move.began_s >= timeout_s:
+        running = _what_runs(move, observed.actual, offered)
+        failure = _timed_out(move, observed, running, timeout_s)
+        events.append(Event("Warning", "MoveTimedOut", failure["message"]))
+        current, move, last_change = running or None, None, observed.now_s
     plain = solver_settings(spec)
     settings = solver_settings(spec, current or {}, move_cost(problem) if current else 0.0)
     try:
@@ -210,10 +235,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         error = InputError("spec.gpuOptions", f"no allocation within the quotas ({report.allocation.status})",
                            "raise maxReplicas or add options")
         return _refused(observed, "Infeasible", error, "InvalidSpec")
-    events: list[Event] = []
-    decision = None
     applied = current or {}
-    last_change = from_iso(previous.get("lastChange"))
     if spec.mode == "recommend":
         move = None
         applied = dict(report.allocation.replicas)
@@ -222,17 +244,18 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
             last_change = observed.now_s
     elif move is None:
         # A spec edit is the user's request: it skips the savings threshold and the cooldown.
-        edited = observed.generation != previous.get("observedGeneration")
         decision = decide(current, report, problem, bool(current) and covers(problem, current, plain, spec.routing_mode),
                           0.0 if edited else spec.reallocation.min_savings_percent,
                           0.0 if edited else spec.reallocation.cooldown_s,
                           None if last_change is None else observed.now_s - last_change)
+        decision = _after_failure(decision, current, failure, observed.now_s, spec.reallocation.cooldown_s)
         if decision.kind == "initial":
             applied = dict(decision.target)
             events.append(_reallocated("Reallocated", current, previous.get("costPerHour"), applied, problem))
             last_change = observed.now_s
         elif decision.moves:
-            move = Move(dict(current or {}), dict(decision.target), "scaling-up", observed.now_s, decision.reason)
+            move = Move(dict(current or {}), dict(decision.target), "scaling-up", observed.now_s, decision.reason,
+                        observed.now_s)
             events.append(Event("Normal", "MoveStarted", f"{describe_mix(move.source)} -> {describe_mix(move.target)}: "
                                                          f"{decision.reason}"))
     if move is not None:
@@ -244,6 +267,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
                                        problem))
             applied = dict(target.target)
             last_change = observed.now_s
+            failure = None
         elif move.step != before:
             events.append(Event("Normal", "MoveStep", f"{move.step}: {describe_mix(move.source)} -> "
                                                       f"{describe_mix(move.target)}"))
@@ -253,18 +277,63 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
             shape = stage(move)
             replicas = shape.replicas
             routed = move.source if shape.routing == "source" else move.target
-            table = _current_table(observed, owner) if shape.routing == "source" else None
+            table = _current_table(observed, owner, move.source) if shape.routing == "source" else None
         else:
             replicas, routed, table = applied, applied, None
         if table is None:
             table = _table(owner, problem, split_for(problem, routed, plain, spec.routing_mode))
         profiles = {o.name: p for o, p in zip(problem.options, problem.profiles)}
         desired = plan(owner, spec, replicas, profiles, table, images)
-    status = _status(observed, owner, spec, problem, report, applied, move, desired, live)
+    status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure)
     status["lastChange"] = None if last_change is None else iso(last_change)
+    status["lastMoveFailure"] = failure
     if decision is not None:
         status["lastDecision"] = {"kind": decision.kind, "reason": decision.reason, "time": observed.now}
-    return Outcome(status, desired, tuple(events), spec, report, decision)
+    wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain_s, timeout_s)
+    return Outcome(status, desired, tuple(events), spec, report, decision, wake)
+
+
+def _what_runs(move: Move, actual: Sequence[Mapping[str, Any]], offered: set[str]) -> dict[str, int]:
+    """What a move leaves serving when it stops early: before the switch, the ready replicas (at most the
+    move's peak); after it, the target, which is ready and routed already."""
+    if move.step != "scaling-up":
+        return {name: count for name, count in move.target.items() if name in offered and count > 0}
+    ready = ready_replicas(actual)
+    return {name: min(ready.get(name, 0), count) for name, count in peak(move).items()
+            if name in offered and min(ready.get(name, 0), count) > 0}
+
+
+def _timed_out(move: Move, observed: Observed, running: Mapping[str, int], timeout_s: float) -> dict[str, Any]:
+    """The record of a move whose pools did not all become ready by its deadline: which, and why."""
+    ready = ready_replicas(observed.actual)
+    pools = {name: f"{ready.get(name, 0)}/{count} ready" + (f": {observed.pod_problems[name]}"
+                                                           if name in observed.pod_problems else "")
+             for name, count in peak(move).items() if count > 0 and ready.get(name, 0) < count}
+    lines = "; ".join(f"{name} {why}" for name, why in pools.items())
+    message = (f"the move to {describe_mix(move.target)} did not become ready in {timeout_s / 60:g}m ({lines}); "
+               f"serving with what is ready, {describe_mix(running)}")
+    return {"to": dict(move.target), "time": observed.now, "pools": pools, "message": message}
+
+
+def _failure(status: Mapping[str, Any], edited: bool) -> dict[str, Any] | None:
+    """The last timed-out move, kept until a move completes or the user edits the spec."""
+    failure = status.get("lastMoveFailure")
+    return dict(failure) if isinstance(failure, Mapping) and not edited else None
+
+
+def _after_failure(decision: Decision, current: Mapping[str, int] | None, failure: Mapping[str, Any] | None,
+                   now_s: float, cooldown_s: float) -> Decision:
+    """A move to the mix that just timed out waits for the cooldown before it is tried again: the same
+    pools would most likely not become ready now either."""
+    if not decision.moves or failure is None or dict(decision.target) != {
+            k: int(v) for k, v in (failure.get("to") or {}).items()}:
+        return decision
+    since = now_s - (from_iso(failure.get("time")) or now_s)
+    if since >= cooldown_s:
+        return decision
+    return Decision("keep", dict(current or {}), f"kept: the move to {describe_mix(decision.target)} timed out "
+                                                   f"{since / 60:.0f}m ago; it is tried again after the cooldown "
+                                                   f"({cooldown_s / 60:g}m)")
 
 
 def _reallocated(reason: str, old: Mapping[str, int] | None, old_cost: Any, new: Mapping[str, int],
@@ -273,38 +342,62 @@ def _reallocated(reason: str, old: Mapping[str, int] | None, old_cost: Any, new:
     return Event("Normal", reason, f"{before} -> {describe_mix(new)} (${cost_of(problem, new):.2f}/h)")
 
 
+def _savings(best: tuple[str, float] | None, cost: float) -> float | None:
+    return None if best is None or best[1] <= 0 else round(100.0 * (best[1] - cost) / best[1], 2)
+
+
 def _status(observed: Observed, owner: Owner, spec: ServiceSpec, problem: Problem, report: SolveReport,
             applied: Mapping[str, int], move: Move | None, desired: list[dict[str, Any]] | None,
-            live: LiveInput | None) -> dict[str, Any]:
+            live: LiveInput | None, failure: Mapping[str, Any] | None) -> dict[str, Any]:
     cost = cost_of(problem, applied)
     best = report.best_single
     optimum = dict(report.allocation.replicas)
     other = report.other_mode
+    plain = solver_settings(spec)
+    # A saving is against the best single type for the same demand: a mix that cannot serve the demand
+    # (what runs before a scale-up completes) saves nothing, it falls short.
+    serves = any(applied.values()) and covers(problem, applied, plain, spec.routing_mode)
     status: dict[str, Any] = {
         "allocation": {o.name: int(applied.get(o.name, 0)) for o in problem.options},
         "costPerHour": round(cost, 4),
         "recommended": None if optimum == {o.name: applied.get(o.name, 0) for o in problem.options} else optimum,
         "recommendedCostPerHour": round(report.allocation.cost_per_hour, 4),
         "bestSingleType": None if best is None else {"name": best[0], "costPerHour": round(best[1], 4)},
-        "savingsPercent": None if best is None or best[1] <= 0 else round(100.0 * (best[1] - cost) / best[1], 2),
+        "savingsPercent": _savings(best, cost) if serves else None,
         "otherModeCostPerHour": round(other.cost_per_hour, 4) if other is not None and other.solved else None,
         "workload": {"rate": round(report.rate, 6), "source": spec.workload.source},
-        "move": None if move is None else move.to_status(),
+        "move": None,
         "observedGeneration": observed.generation,
         "routingConfigMap": routing_config_name(owner) if desired is not None else None,
     }
+    if move is not None:
+        target_cost = cost_of(problem, move.target)
+        status["move"] = {**move.to_status(),
+                          "fromCostPerHour": round(cost_of(problem, move.source), 4),
+                          "fromSavingsPercent": status["savingsPercent"],
+                          "toCostPerHour": round(target_cost, 4),
+                          "toSavingsPercent": _savings(best, target_cost)}
     if live is not None and live.window:
         status["workload"]["window"] = live.window
     notes = list(problem.workload.notes)
     if notes:
         status["workload"]["notes"] = notes[:5]
     gen, now, previous = observed.generation, observed.now, observed.status.get("conditions") or []
+    if move is not None:
+        progressing = condition("Progressing", True, "Moving", f"{move.step}: {describe_mix(move.source)} -> "
+                                                               f"{describe_mix(move.target)}", now, gen, previous)
+    elif failure is not None:
+        progressing = condition("Progressing", False, "MoveTimedOut", str(failure.get("message", "")), now, gen,
+                                previous)
+    else:
+        progressing = condition("Progressing", False, "Stable", f"serving {describe_mix(applied)}", now, gen,
+                                previous)
     updates = [condition("Solved", True, "Optimal" if report.allocation.status == "optimal" else "Feasible",
                          f"optimum {describe_mix(optimum)} at ${report.allocation.cost_per_hour:.2f}/h", now, gen,
                          previous),
                condition("Infeasible", False, "Feasible", "", now, gen, previous),
                condition("InvalidSpec", False, "Valid", "", now, gen, previous),
-               ready_condition(observed, desired)]
+               ready_condition(observed, desired), progressing]
     if spec.workload.source == "prometheus":
         updates.append(condition("MetricsAvailable", True, "MetricsRead", live.reason if live else "", now, gen,
                                  previous))

@@ -81,6 +81,8 @@ class ReallocationSpec:
     target_utilisation: float = DEFAULT_TARGET_UTILISATION
     min_savings_percent: float = 5.0
     cooldown_s: float = 600.0
+    # Above the vLLM pools' startup probe (10 s x 180 = 30 min to load a model), plus time to get a node.
+    move_timeout_s: float = 2700.0
 
 
 @dataclass(frozen=True)
@@ -293,7 +295,8 @@ def _workload(value: Any, where: str) -> WorkloadSpec:
 
 def _reallocation(value: Any, where: str) -> ReallocationSpec:
     data = require_mapping(value, where)
-    require_keys(data, where, [], ["interval", "targetUtilisation", "minSavingsPercent", "cooldown"])
+    require_keys(data, where, [], ["interval", "targetUtilisation", "minSavingsPercent", "cooldown",
+                                   "moveTimeout"])
     return ReallocationSpec(
         interval_s=parse_duration(str(data.get("interval", "60s")), f"{where}.interval"),
         target_utilisation=number(data.get("targetUtilisation", DEFAULT_TARGET_UTILISATION),
@@ -301,6 +304,7 @@ def _reallocation(value: Any, where: str) -> ReallocationSpec:
         min_savings_percent=number(data.get("minSavingsPercent", 5.0), f"{where}.minSavingsPercent", minimum=0,
                                    maximum=100),
         cooldown_s=parse_duration(str(data.get("cooldown", "10m")), f"{where}.cooldown"),
+        move_timeout_s=parse_duration(str(data.get("moveTimeout", "45m")), f"{where}.moveTimeout"),
     )
 
 

@@ -5,7 +5,7 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-CONDITION_TYPES = ("Ready", "Solved", "Infeasible", "InvalidSpec", "MetricsAvailable")
+CONDITION_TYPES = ("Ready", "Progressing", "Reconciled", "Solved", "Infeasible", "InvalidSpec", "MetricsAvailable")
 
 
 def condition(kind: str, true: bool, reason: str, message: str, now: str, generation: int | None,

@@ -1,7 +1,7 @@
 """The make-before-break state machine, step by step, with the ready replicas a cluster would report."""
 from __future__ import annotations
 
-from melange.operator.core.moves import Move, advance, peak, stage
+from melange.operator.core.moves import next_wake_s, Move, advance, peak, stage
 
 SOURCE = {"l4": 2, "a10g": 1, "a100": 0}
 TARGET = {"l4": 1, "a10g": 0, "a100": 1}
@@ -26,8 +26,20 @@ def test_the_steps_of_one_move():
 
 
 def test_status_round_trip_and_a_malformed_record():
-    move = Move(SOURCE, TARGET, "draining", 1_790_000_042.0, "why")
+    move = Move(SOURCE, TARGET, "draining", 1_790_000_042.0, "why", 1_790_000_000.0)
     assert Move.from_status(move.to_status()) == move
+    older = move.to_status()
+    del older["started"]  # written before moves had a start: began when its step did
+    assert Move.from_status(older).began_s == 1_790_000_042.0
     assert Move.from_status({"step": "teleporting"}) is None
     assert Move.from_status({"step": "draining", "from": {"l4": "x"}, "to": {}, "since": "2026-11-28T00:00:00Z"}) is None
     assert Move.from_status(None) is None
+
+
+def test_the_next_pass_a_move_needs_without_a_pool_change():
+    """The switch follows at once, the drain ends drain_s after the switch, a scale-up at its deadline
+    (counted from the move's start, not its step's)."""
+    up = Move(SOURCE, TARGET, "scaling-up", 100.0, "", 40.0)
+    assert next_wake_s(up, drain_s=90, timeout_s=600) == 640.0
+    assert next_wake_s(up.at("switching", 200.0), drain_s=90, timeout_s=600) == 200.0
+    assert next_wake_s(up.at("draining", 200.0), drain_s=90, timeout_s=600) == 290.0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import yaml
 
@@ -36,7 +37,8 @@ def test_the_papers_mix_for_the_arena_example():
     assert status["otherModeCostPerHour"] is not None
     assert status["workload"] == {"rate": 4.0, "source": "static"}
     assert status["observedGeneration"] == 1 and status["routingConfigMap"] == "llama2-arena-routing"
-    assert conditions(status) == {"Ready": "False", "Solved": "True", "Infeasible": "False", "InvalidSpec": "False"}
+    assert conditions(status) == {"Ready": "False", "Progressing": "False", "Solved": "True", "Infeasible": "False",
+                                  "InvalidSpec": "False"}
     names = sorted(o["metadata"]["name"] for o in outcome.desired)
     assert names == ["llama2-arena", "llama2-arena-a100-80gb", "llama2-arena-a100-80gb", "llama2-arena-l4",
                      "llama2-arena-l4", "llama2-arena-router", "llama2-arena-routing"]
@@ -98,16 +100,116 @@ def test_condition_times_move_only_when_the_status_flips():
 
 def test_dropping_an_option_in_use_moves_from_what_remains_and_never_waits_for_it():
     """The stored status still names the dropped option (a merge patch keeps keys it does not name):
-    its replicas are not part of the service any more, and a move that needs it is abandoned."""
+    its replicas are not part of the service any more, and a move that needs it is abandoned; the next
+    move starts from what runs (ready) without it."""
     first = reconcile(OWNER, observe(ARENA["spec"]), default_inputs())
+    running = copy.deepcopy(first.desired)
+    for obj in running:
+        if obj["kind"] == "Deployment":
+            obj["status"] = {"readyReplicas": obj["spec"]["replicas"]}
     assert first.status["allocation"]["a100-80gb"] == 1
     spec = copy.deepcopy(ARENA["spec"])
     spec["gpuOptions"] = [o for o in spec["gpuOptions"] if o["name"] != "a100-80gb"]
     stale = {**first.status, "move": {"from": {"l4": 1, "a100-80gb": 1}, "to": {"l4": 2, "a100-80gb": 1},
                                       "step": "scaling-up", "since": "2026-01-01T00:00:00Z", "reason": "r"}}
-    outcome = reconcile(OWNER, observe(spec, stale, generation=2), default_inputs())
+    outcome = reconcile(OWNER, observe(spec, stale, running, generation=2), default_inputs())
     move = outcome.status["move"]
     assert move is not None and {k: v for k, v in move["from"].items() if v} == {"l4": 1}
     assert "a100-80gb" not in move["from"] and "a100-80gb" not in move["to"]
     assert "a100-80gb" not in outcome.status["allocation"]
     assert all("a100-80gb" not in o["metadata"]["name"] for o in outcome.desired)
+
+
+PRICES = {"l4": 0.7, "a10g": 1.01, "a100-80gb": 3.67, "h100": 7.516}  # the example's pricePerHour
+
+
+def with_rate(rate: float) -> dict:
+    spec = copy.deepcopy(ARENA["spec"])
+    spec["workload"]["static"]["rate"] = rate
+    return spec
+
+
+def ready(objects: list, up: dict | None = None) -> list:
+    """The objects as the cluster holds them once their Deployments are ready (at most `up[option]`
+    replicas of each pool when given: the others are still loading)."""
+    held = copy.deepcopy(objects)
+    for obj in held:
+        if obj["kind"] == "Deployment":
+            option = obj["metadata"]["labels"].get("melange.ai/option")
+            wanted = obj["spec"]["replicas"]
+            obj["status"] = {"readyReplicas": wanted if up is None or option is None else min(wanted, up.get(option, 0))}
+    return held
+
+
+def mix(allocation: dict) -> dict:
+    return {name: count for name, count in allocation.items() if count}
+
+
+def scale_up_to_rate_8() -> tuple:
+    """Arena at 4 req/s, ready (1 x l4 + 1 x a100), then edited to 8 req/s: a move under way."""
+    first = reconcile(OWNER, observe(ARENA["spec"]), default_inputs())
+    running = ready(first.desired)
+    up = reconcile(OWNER, observe(with_rate(8.0), first.status, running, generation=2), default_inputs())
+    assert up.status["move"]["step"] == "scaling-up" and mix(up.status["move"]["from"]) == TABLE3
+    return first, up
+
+
+TABLE3 = {"l4": 1, "a100-80gb": 1}
+
+
+def test_during_a_scale_up_status_gives_each_mix_its_cost_and_no_saving_to_a_mix_that_falls_short():
+    _, up = scale_up_to_rate_8()
+    move, best = up.status["move"], up.status["bestSingleType"]["costPerHour"]
+    target_cost = sum(PRICES[name] * count for name, count in move["to"].items())
+    assert move["fromCostPerHour"] == round(0.7 + 3.67, 4) and move["toCostPerHour"] == round(target_cost, 4)
+    assert move["toSavingsPercent"] == round(100 * (best - target_cost) / best, 2)
+    # 1 x l4 + 1 x a100 serves 4 req/s, not 8: it saves nothing against a type that serves 8
+    assert up.status["savingsPercent"] is None and move["fromSavingsPercent"] is None
+    assert up.status["costPerHour"] == round(0.7 + 3.67, 4)
+    assert conditions(up.status)["Progressing"] == "True"
+    assert up.wake_s == NOW + 45 * 60  # the default moveTimeout: nothing else wakes a scale-up but its pools
+
+
+def test_an_edit_during_a_scale_up_replans_from_the_ready_replicas():
+    first, up = scale_up_to_rate_8()
+    new_pools = {name for name, count in up.status["move"]["to"].items() if count > TABLE3.get(name, 0)}
+    held = ready(up.desired, TABLE3)  # the old pools ready, the new ones still loading
+    edited = reconcile(OWNER, observe(with_rate(1.0), up.status, held, generation=3), default_inputs())
+    assert "MoveReplanned" in [e.reason for e in edited.events]
+    move = edited.status["move"]
+    if move is not None:  # a new move starts from what is ready, not from the old move's target
+        assert mix(move["from"]) == TABLE3
+    replicas = {o["metadata"]["labels"]["melange.ai/option"]: o["spec"]["replicas"] for o in edited.desired
+                if o["kind"] == "Deployment" and "melange.ai/option" in o["metadata"]["labels"]}
+    target = mix(move["to"]) if move else mix(edited.status["allocation"])
+    for name, count in replicas.items():  # what the abandoned move alone wanted is not kept
+        assert count <= max(TABLE3.get(name, 0), target.get(name, 0)), name
+    assert any(replicas.get(name, 0) < up.status["move"]["to"][name] for name in new_pools)
+    assert edited.status["observedGeneration"] == 3
+
+
+def test_a_move_past_its_deadline_serves_what_is_ready_says_why_and_waits_before_trying_again():
+    first, up = scale_up_to_rate_8()
+    held = ready(up.desired, TABLE3)
+    why = "0/6 nodes are available: 6 Insufficient nvidia.com/gpu"
+    waiting = [name for name, count in up.status["move"]["to"].items() if count > TABLE3.get(name, 0)]
+    late = NOW + 45 * 60
+    timed_out = reconcile(OWNER, Observed(with_rate(8.0), 2, up.status, held, late, {waiting[0]: why}),
+                          default_inputs())
+    assert [e.reason for e in timed_out.events if e.type == "Warning"] == ["MoveTimedOut"]
+    assert timed_out.status["move"] is None and mix(timed_out.status["allocation"]) == TABLE3
+    progressing = next(c for c in timed_out.status["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "False" and progressing["reason"] == "MoveTimedOut"
+    assert why in progressing["message"] and waiting[0] in progressing["message"]
+    routing = next(o for o in timed_out.desired if o["kind"] == "ConfigMap")
+    assert set(json.loads(routing["data"]["routing.json"])["pools"]) == set(TABLE3)
+    deployments = {o["metadata"]["labels"]["melange.ai/option"]: o["spec"]["replicas"] for o in timed_out.desired
+                   if o["kind"] == "Deployment" and "melange.ai/option" in o["metadata"]["labels"]}
+    assert mix(deployments) == TABLE3
+    # the same move is not started again at once: its pools would not come up now either
+    again = reconcile(OWNER, Observed(with_rate(8.0), 2, timed_out.status, ready(timed_out.desired), late + 60),
+                      default_inputs())
+    assert again.status["move"] is None and "timed out" in again.status["lastDecision"]["reason"]
+    after = reconcile(OWNER, Observed(with_rate(8.0), 2, again.status, ready(again.desired), late + 11 * 60),
+                      default_inputs())
+    assert after.status["move"] is not None and after.status["move"]["step"] == "scaling-up"
