@@ -1,10 +1,13 @@
 """The kopf handlers of LLMService: a thin shell that reads the cluster, calls the pure reconcile,
-applies the diff, and writes status and Events.
+applies what it wants, and writes status and Events.
 
-create, update (of the spec), resume (operator start) and a timer all run one reconcile; the timer
-ticks every few seconds and reconciles a service once its `reallocation.interval` has passed. A
-lock per service keeps two reconciles of one service from overlapping. Importing this module
-registers the handlers with kopf's default registry.
+A pass runs when something it depends on changed: the spec (create, update, resume at start), one of
+the service's Deployments (a watch: pods became ready or went away, someone scaled or edited it), a
+time a move waits for (the drain's end, the move's deadline), or the service's
+`reallocation.interval` (new traffic). A one-second timer runs the pass that is due; between them a
+service costs no API call. A failed pass sets `Reconciled=False` with the reason, posts one Warning
+(not one per retry), and is retried with a backoff. A lock per service keeps two passes of one
+service from overlapping. Importing this module registers the handlers with kopf's default registry.
 """
 from __future__ import annotations
 
@@ -12,26 +15,29 @@ import asyncio
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from melange.operator.core.diff import diff
 from melange.operator.core.moves import DEFAULT_DRAIN_S
-from melange.operator.core.planner import GROUP, VERSION, Images, Owner
+from melange.operator.core.planner import GROUP, MANAGED_BY, SERVICE_LABEL, VERSION, Images, Owner
 from melange.operator.core.problem import Inputs, config_refs, explicit_profiles, service_grid
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
 from melange.operator.core.spec import ServiceSpec, parse_spec
-from melange.operator.core.status import condition_status, status_merge_patch
-from melange.operator.kube import Cluster, load_config
+from melange.operator.core.status import condition, condition_status, iso, merge_conditions, status_merge_patch
+from melange.operator.kube import Cluster, describe_error, load_config
 from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
 from melange.operator.metrics import OperatorMetrics
 from melange.solver.errors import InputError
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 
 PLURAL = "llmservices"
-TICK_S = 5.0
+TICK_S = 1.0
 DEFAULT_INTERVAL_S = 60.0
+RETRY_S = 5.0  # the first retry of a failed pass; doubled each time, at most the interval
+API_TIMEOUT_S = 30.0  # kopf's own calls (watches, status patches, Events)
 FINALIZER = f"{GROUP}/node-pools"
 
 
@@ -47,6 +53,11 @@ class OperatorConfig:
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     cluster: Cluster | None = None
     clock_origin: tuple[float, float] | None = None  # (wall time, loop time) when the operator started
+    woken: set[tuple[str, str]] = field(default_factory=set)  # (namespace, name) of services a watch woke
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Ask for a pass of the service at the next tick."""
+        self.woken.add((namespace, name))
 
     def clock(self) -> float:
         """Seconds since the epoch, advancing with the event loop's clock (so tests can fast-forward it)."""
@@ -74,6 +85,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = 20  # INFO and above become Events only where we post them ourselves
+    settings.networking.request_timeout = API_TIMEOUT_S
     config = _config(memo)
     config.clock()
     if config.metrics_port is not None:
@@ -91,26 +103,99 @@ def _interval_s(spec: Any) -> float:
         return DEFAULT_INTERVAL_S
 
 
-async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any) -> Outcome:
-    """Observe, reconcile, apply, report: one pass for one service."""
+@dataclass
+class Passes:
+    """What the shell remembers of one service between passes (in its kopf memo)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_s: float | None = None  # loop time of the last pass
+    metrics_s: float | None = None  # loop time of the last Prometheus read
+    live: tuple[int | None, LiveInput | None] | None = None  # (generation, reading) of that read
+    wake_s: float | None = None  # wall time a move waits for
+    retry_s: float | None = None  # loop time to retry a failed pass
+    failures: int = 0
+    # (resourceVersion the last pass read, status it wrote): until the watch brings the written status,
+    # the body kopf hands over still holds the one before.
+    written: tuple[str | None, dict[str, Any]] | None = None
+
+
+def _passes(memo: kopf.Memo) -> Passes:
+    if "passes" not in memo:
+        memo["passes"] = Passes()
+    return memo["passes"]
+
+
+async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any,
+                            fresh_metrics: bool = True) -> Outcome | None:
+    """Observe, reconcile, apply, report: one pass for one service. A failure is reported in status and
+    once as an Event, and the pass is retried; None then."""
     config = _config(memo)
-    if "lock" not in memo:
-        memo["lock"] = asyncio.Lock()
-    async with memo["lock"]:
+    passes = _passes(memo)
+    async with passes.lock:
+        loop = asyncio.get_running_loop()
         started = time.perf_counter()
+        meta = body["metadata"]
+        previous = dict(body.get("status") or {})
+        if passes.written is not None and passes.written[0] == meta.get("resourceVersion"):
+            previous = dict(passes.written[1])
         try:
-            outcome = await _reconcile_once(body, patch, config, logger)
-        except Exception:
-            config.metrics.errors.labels("Exception").inc()
-            raise
+            outcome, error = await _reconcile_once(body, previous, passes, config, logger, fresh_metrics)
+        except Exception as failure:  # reading the cluster failed: nothing was decided
+            outcome, error = None, failure
         finally:
             config.metrics.reconcile_seconds.observe(time.perf_counter() - started)
-        memo["last_reconcile"] = asyncio.get_running_loop().time()
-        return outcome
+        status = dict(outcome.status) if outcome is not None else {}
+        status["conditions"] = merge_conditions(status.get("conditions") or previous.get("conditions") or [],
+                                                [_reconciled(previous, error, meta.get("generation"), config)])
+        _report_failure(body, previous, error, config, logger)
+        for key, value in status_merge_patch(previous, status).items():
+            patch.status[key] = value
+        passes.written = (meta.get("resourceVersion"), _merged(previous, status))
+        passes.last_s = loop.time()
+        passes.wake_s = outcome.wake_s if outcome is not None else None
+        passes.failures = passes.failures + 1 if error is not None else 0
+        passes.retry_s = None if error is None else \
+            loop.time() + min(RETRY_S * 2 ** (passes.failures - 1), _interval_s(body.get("spec")))
+        return outcome if error is None else None
 
 
-async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, config: OperatorConfig, logger: Any) -> Outcome:
-    """Read what the service references and owns, reconcile, apply the diff, write status and Events."""
+def _merged(previous: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored status once the pass's status is written (a key set to None is deleted)."""
+    merged = {**previous, **status}
+    return {key: value for key, value in merged.items() if value is not None}
+
+
+def _reconciled(previous: Mapping[str, Any], error: BaseException | None, generation: int | None,
+                config: OperatorConfig) -> dict[str, Any]:
+    conditions = previous.get("conditions") or []
+    now = iso(config.clock())
+    if error is None:
+        return condition("Reconciled", True, "Applied", "the cluster holds what the last pass decided", now,
+                         generation, conditions)
+    reason, message = describe_error(error)
+    return condition("Reconciled", False, reason, message, now, generation, conditions)
+
+
+def _report_failure(body: kopf.Body, previous: Mapping[str, Any], error: BaseException | None,
+                    config: OperatorConfig, logger: Any) -> None:
+    """One Warning per failure (not per retry), one Normal when passes succeed again."""
+    before = next((c for c in previous.get("conditions") or [] if c.get("type") == "Reconciled"), None)
+    failing_before = before is not None and before.get("status") == "False"
+    if error is None:
+        if failing_before:
+            kopf.event(body, type="Normal", reason="Reconciled", message="the pass succeeded again")
+        return
+    reason, message = describe_error(error)
+    config.metrics.errors.labels(reason).inc()
+    logger.warning(f"pass failed: {reason}: {message}")
+    if not (failing_before and before.get("reason") == reason):
+        kopf.event(body, type="Warning", reason="ReconcileFailed", message=f"{reason}: {message}")
+
+
+async def _reconcile_once(body: kopf.Body, previous: dict[str, Any], passes: Passes, config: OperatorConfig,
+                          logger: Any, fresh_metrics: bool) -> tuple[Outcome, BaseException | None]:
+    """Read what the service references and owns, reconcile, apply; the outcome, and the error of the
+    apply if it failed (reading errors raise)."""
     meta = body["metadata"]
     owner = Owner(meta["name"], meta["namespace"], meta["uid"])
     spec = dict(body.get("spec") or {})
@@ -124,24 +209,39 @@ async def _reconcile_once(body: kopf.Body, patch: kopf.Patch, config: OperatorCo
     inputs = Inputs(config_data, config.catalog)
     live = None
     if parsed is not None and parsed.workload.source == "prometheus":
-        live = await _read_live(parsed, inputs, config, owner.namespace)
+        live = await _live(parsed, inputs, config, owner.namespace, passes, meta.get("generation"), fresh_metrics)
     actual = await asyncio.to_thread(cluster.owned_objects, owner, _uses_node_pools(spec))
-    observed = Observed(spec, meta.get("generation"), dict(body.get("status") or {}), actual, config.clock())
+    problems = {}
+    if parsed is not None and parsed.mode == "apply" and condition_status(previous, "Ready") != "True":
+        problems = await asyncio.to_thread(cluster.pod_problems, owner)
+    observed = Observed(spec, meta.get("generation"), previous, actual, config.clock(), problems)
     # Solving takes tens of milliseconds: off the event loop, so watches and the health endpoint stay live.
     outcome = await asyncio.to_thread(reconcile, owner, observed, inputs, config.images, live, config.drain_s)
+    error = None
     if outcome.desired is not None:
-        actions = diff(outcome.desired, actual)
-        if not actions.empty:
-            await asyncio.to_thread(cluster.apply, actions, actual)
-    for key, value in status_merge_patch(body.get("status"), outcome.status).items():
-        patch.status[key] = value
+        try:
+            await asyncio.to_thread(cluster.apply, outcome.desired, diff(outcome.desired, actual))
+        except Exception as failure:
+            error = failure
     for event in outcome.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         logger.info(f"{event.reason}: {event.message}")
     _count(config.metrics, owner, outcome, [o.get("name") for o in spec.get("gpuOptions") or [] if isinstance(o, dict)])
     if outcome.decision is not None and not outcome.decision.moves:
         logger.info(f"decision: {outcome.decision.reason}")
-    return outcome
+    return outcome, error
+
+
+async def _live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, namespace: str, passes: Passes,
+                generation: int | None, fresh: bool) -> LiveInput | None:
+    """The live workload: read again when the pass is due for new traffic or the spec changed, else the
+    reading of the last pass (a pool becoming ready is no reason to query Prometheus)."""
+    if not fresh and passes.live is not None and passes.live[0] == generation:
+        return passes.live[1]
+    live = await _read_live(spec, inputs, config, namespace)
+    passes.live = (generation, live)
+    passes.metrics_s = asyncio.get_running_loop().time()
+    return live
 
 
 def _count(metrics: OperatorMetrics, owner: Owner, outcome: Outcome, options: list[str]) -> None:
@@ -190,15 +290,30 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=TICK_S)
 async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Reconcile again once the service's interval has passed (new traffic, drift), and at every tick
-    while its pools are not all ready or a move is under way, so each step follows within a tick."""
-    last = memo.get("last_reconcile")
-    status = body.get("status") or {}
-    waiting = (condition_status(status, "Ready") != "True" and condition_status(status, "Solved") == "True") \
-        or bool(status.get("move"))
-    if not waiting and last is not None and asyncio.get_running_loop().time() - last < _interval_s(body.get("spec")):
-        return
-    await reconcile_service(body, patch, memo, logger)
+    """Run the pass that is due: a watch woke the service, a move's timed step came, a failed pass's
+    retry, or the interval passed (then with a fresh reading of the traffic). Otherwise nothing."""
+    config = _config(memo)
+    passes = _passes(memo)
+    meta = body["metadata"]
+    now = asyncio.get_running_loop().time()
+    woken = (meta["namespace"], meta["name"]) in config.woken
+    config.woken.discard((meta["namespace"], meta["name"]))
+    interval = _interval_s(body.get("spec"))
+    new_traffic = passes.metrics_s is None or now - passes.metrics_s >= interval
+    due = (woken or new_traffic or (passes.wake_s is not None and config.clock() >= passes.wake_s)
+           or (passes.retry_s is not None and now >= passes.retry_s) or passes.last_s is None
+           or now - passes.last_s >= interval)
+    if due and not passes.lock.locked():
+        await reconcile_service(body, patch, memo, logger, fresh_metrics=new_traffic)
+
+
+@kopf.on.event("apps", "v1", "deployments",
+               labels={"app.kubernetes.io/managed-by": MANAGED_BY, SERVICE_LABEL: kopf.PRESENT})
+async def on_owned_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A pool or router Deployment changed (replicas became ready, someone scaled or edited it): its
+    service's next tick runs a pass."""
+    meta = body["metadata"]
+    _config(memo).wake(meta["namespace"], meta["labels"][SERVICE_LABEL])
 
 
 def _without_finalizer(timer: Any) -> None:

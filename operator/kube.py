@@ -1,26 +1,70 @@
 """The Kubernetes side of a reconcile, with the official `kubernetes` client: read what a service
-references and owns, apply the diff. Blocking calls; the kopf handlers run them in a thread."""
+references and owns, apply what it wants. Blocking calls; the kopf handlers run them in a thread.
+
+Writes are server-side apply under the field manager `melange-operator`, forced: each pass re-applies
+every desired object, so a change to a field the operator owns (`kubectl scale`, `kubectl edit`) is
+put back, fields others own (`kubectl rollout restart`'s annotation) stay, and an unchanged object is
+not written at all. Every call has a timeout; conflicts, throttling and server errors are retried.
+"""
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import kubernetes
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from melange.operator.core.diff import Actions, ObjectKey
-from melange.operator.core.planner import GROUP, MANAGED_BY, SERVICE_LABEL, Owner
+from melange.operator.core.planner import GROUP, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL, Owner
 from melange.operator.core.problem import ConfigData
 from melange.operator.core.spec import KeyRef
 
 log = logging.getLogger(__name__)
 NAMESPACE_LABEL = f"{GROUP}/namespace"
 NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL = "karpenter.sh", "v1", "nodepools"
+FIELD_MANAGER = MANAGED_BY
+APPLY = "application/apply-patch+yaml"
+REQUEST_TIMEOUT_S = (5.0, 30.0)  # connect, read: a hung call must not hold a service's pass
+RETRIED_STATUSES = {409, 429, 500, 502, 503, 504}
+ATTEMPTS = 4
+
+
+def call(method: Any, *args: Any, **kwargs: Any) -> Any:
+    """One API call with a timeout, retried (with backoff) on conflict, throttling, server errors and
+    dropped connections."""
+    for attempt in range(ATTEMPTS):
+        try:
+            return method(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+        except ApiException as error:
+            if error.status not in RETRIED_STATUSES or attempt == ATTEMPTS - 1:
+                raise
+        except HTTPError:
+            if attempt == ATTEMPTS - 1:
+                raise
+        time.sleep(0.2 * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def describe_error(error: BaseException) -> tuple[str, str]:
+    """(reason, message) of a failed call, for a condition and an Event."""
+    if isinstance(error, ApiException):
+        reason = {403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid"}.get(error.status, "APIError")
+        try:
+            message = json.loads(error.body or "{}").get("message") or error.reason
+        except ValueError:
+            message = error.reason
+        return reason, f"{error.status} {message}"
+    if isinstance(error, HTTPError):
+        return "APIUnreachable", str(error)
+    return type(error).__name__, str(error)
 
 
 def load_config() -> kubernetes.client.ApiClient:
@@ -53,7 +97,7 @@ class Cluster:
         data: dict[tuple[str, str], str] = {}
         for name in sorted({ref.name for ref in refs}):
             try:
-                config_map = self.core.read_namespaced_config_map(name, namespace)
+                config_map = call(self.core.read_namespaced_config_map, name, namespace)
             except ApiException as error:
                 if error.status == 404:
                     continue
@@ -65,7 +109,7 @@ class Cluster:
     def read_secret(self, namespace: str, ref: KeyRef) -> str | None:
         """One key of a Secret, decoded; None when the Secret or the key does not exist."""
         try:
-            secret = self.core.read_namespaced_secret(ref.name, namespace)
+            secret = call(self.core.read_namespaced_secret, ref.name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
@@ -87,13 +131,13 @@ class Cluster:
 
     def owned_objects(self, owner: Owner, node_pools: bool) -> list[dict[str, Any]]:
         """Deployments, Services and ConfigMaps the service owns (by label), and its NodePools."""
-        selector = f"{SERVICE_LABEL}={owner.name},app.kubernetes.io/managed-by={MANAGED_BY}"
+        selector = _owned_selector(owner)
         found = [self._plain(o, "apps/v1", "Deployment")
-                 for o in self.apps.list_namespaced_deployment(owner.namespace, label_selector=selector).items]
+                 for o in call(self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector).items]
         found += [self._plain(o, "v1", "Service")
-                  for o in self.core.list_namespaced_service(owner.namespace, label_selector=selector).items]
+                  for o in call(self.core.list_namespaced_service, owner.namespace, label_selector=selector).items]
         found += [self._plain(o, "v1", "ConfigMap")
-                  for o in self.core.list_namespaced_config_map(owner.namespace, label_selector=selector).items]
+                  for o in call(self.core.list_namespaced_config_map, owner.namespace, label_selector=selector).items]
         if node_pools:
             found += self.node_pools(owner)
         return found
@@ -101,23 +145,37 @@ class Cluster:
     def node_pools(self, owner: Owner) -> list[dict[str, Any]]:
         """The service's Karpenter NodePools (cluster-scoped, found by label)."""
         selector = f"{SERVICE_LABEL}={owner.name},{NAMESPACE_LABEL}={owner.namespace}"
-        answer = self.custom.list_cluster_custom_object(NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
-                                                        label_selector=selector)
+        answer = call(self.custom.list_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
+                      label_selector=selector)
         return list(answer.get("items", []))
 
-    def apply(self, actions: Actions, actual: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Carry out `actions` in order; returns one line per change, for the log."""
-        versions = {ObjectKey.of(o): (o.get("metadata") or {}).get("resourceVersion") for o in actual}
+    def pod_problems(self, owner: Owner) -> dict[str, str]:
+        """Why the pools' pods are not ready, one line per option: the scheduler's message for a pod
+        that is not placed ("0/6 nodes are available: 6 Insufficient nvidia.com/gpu"), else a waiting
+        or failing container's reason."""
+        pods = call(self.core.list_namespaced_pod, owner.namespace, label_selector=_owned_selector(owner)).items
+        problems: dict[str, str] = {}
+        for pod in sorted(pods, key=lambda p: p.metadata.name):
+            option = (pod.metadata.labels or {}).get(OPTION_LABEL)
+            why = pod_problem(self.api.sanitize_for_serialization(pod))
+            if option and why and option not in problems:
+                problems[option] = why
+        return problems
+
+    def apply(self, desired: Sequence[Mapping[str, Any]], actions: Actions) -> list[str]:
+        """Apply every desired object (server-side, so unchanged ones are not written), then scale to zero
+        and delete what the diff says; returns one line per change, for the log."""
+        created = {ObjectKey.of(o) for o in actions.create}
+        changed = {ObjectKey.of(o) for o in actions.replace}
         done = []
-        for obj in actions.create:
-            self._create(obj)
-            done.append(f"created {ObjectKey.of(obj).describe()}")
-        for obj in actions.replace:
-            body = {**obj, "metadata": {**obj["metadata"], "resourceVersion": versions.get(ObjectKey.of(obj))}}
-            self._replace(body)
-            done.append(f"updated {ObjectKey.of(obj).describe()}")
+        for obj in desired:
+            self._apply(obj)
+            key = ObjectKey.of(obj)
+            if key in created or key in changed:
+                done.append(f"{'created' if key in created else 'updated'} {key.describe()}")
         for key in actions.scale_to_zero:
-            self.apps.patch_namespaced_deployment(key.name, key.namespace, {"spec": {"replicas": 0}})
+            call(self.apps.patch_namespaced_deployment, key.name, key.namespace, {"spec": {"replicas": 0}},
+                 field_manager=FIELD_MANAGER)
             done.append(f"scaled {key.describe()} to 0")
         for key in actions.delete:
             self._delete(key)
@@ -131,47 +189,58 @@ class Cluster:
         for pool in self.node_pools(owner):
             self._delete(ObjectKey.of(pool))
 
-    def _create(self, obj: Mapping[str, Any]) -> None:
-        namespace = obj["metadata"].get("namespace")
-        kind = obj["kind"]
-        if kind == "Deployment":
-            self.apps.create_namespaced_deployment(namespace, obj)
-        elif kind == "Service":
-            self.core.create_namespaced_service(namespace, obj)
-        elif kind == "ConfigMap":
-            self.core.create_namespaced_config_map(namespace, obj)
-        elif kind == "NodePool":
-            self.custom.create_cluster_custom_object(NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL, obj)
-        else:
-            raise ValueError(f"cannot create {kind}")
-
-    def _replace(self, obj: Mapping[str, Any]) -> None:
+    def _apply(self, obj: Mapping[str, Any]) -> None:
         meta = obj["metadata"]
         kind = obj["kind"]
+        options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
         if kind == "Deployment":
-            self.apps.replace_namespaced_deployment(meta["name"], meta["namespace"], obj)
+            call(self.apps.patch_namespaced_deployment, meta["name"], meta["namespace"], obj, **options)
         elif kind == "Service":
-            self.core.replace_namespaced_service(meta["name"], meta["namespace"], obj)
+            call(self.core.patch_namespaced_service, meta["name"], meta["namespace"], obj, **options)
         elif kind == "ConfigMap":
-            self.core.replace_namespaced_config_map(meta["name"], meta["namespace"], obj)
+            call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], obj, **options)
         elif kind == "NodePool":
-            self.custom.replace_cluster_custom_object(NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
-                                                      meta["name"], obj)
+            call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
+                 meta["name"], obj, **options)
         else:
-            raise ValueError(f"cannot replace {kind}")
+            raise ValueError(f"cannot apply {kind}")
 
     def _delete(self, key: ObjectKey) -> None:
         try:
             if key.kind == "Deployment":
-                self.apps.delete_namespaced_deployment(key.name, key.namespace)
+                call(self.apps.delete_namespaced_deployment, key.name, key.namespace)
             elif key.kind == "Service":
-                self.core.delete_namespaced_service(key.name, key.namespace)
+                call(self.core.delete_namespaced_service, key.name, key.namespace)
             elif key.kind == "ConfigMap":
-                self.core.delete_namespaced_config_map(key.name, key.namespace)
+                call(self.core.delete_namespaced_config_map, key.name, key.namespace)
             elif key.kind == "NodePool":
-                self.custom.delete_cluster_custom_object(NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL, key.name)
+                call(self.custom.delete_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
+                     key.name)
             else:
                 raise ValueError(f"cannot delete {key.kind}")
         except ApiException as error:
             if error.status != 404:  # already gone is what we wanted
                 raise
+
+
+def _owned_selector(owner: Owner) -> str:
+    return f"{SERVICE_LABEL}={owner.name},app.kubernetes.io/managed-by={MANAGED_BY}"
+
+
+def pod_problem(pod: Mapping[str, Any]) -> str | None:
+    """Why one pod is not ready, in a line; None when it is ready or nothing says why yet."""
+    status = pod.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    if (conditions.get("Ready") or {}).get("status") == "True":
+        return None
+    scheduled = conditions.get("PodScheduled") or {}
+    if scheduled.get("status") == "False":
+        return scheduled.get("message") or scheduled.get("reason") or "not scheduled"
+    for container in status.get("containerStatuses") or []:
+        state = container.get("state") or {}
+        for phase in ("waiting", "terminated"):
+            detail = state.get(phase) or {}
+            if detail.get("reason") and detail.get("reason") not in ("ContainerCreating", "PodInitializing"):
+                text = f"container {container.get('name')}: {detail['reason']}"
+                return f"{text}: {detail['message']}" if detail.get("message") else text
+    return None

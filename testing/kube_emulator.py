@@ -9,6 +9,9 @@ What kmock 0.8 lacks and this subclass adds (each marked `# gap:` where it is cl
   410 Gone for a version no longer kept, and cannot lose an event between the snapshot and the stream;
 - JSON-patch (422 when a `test` op fails), JSON merge-patch, strategic merge-patch (as merge-patch:
   lists are replaced whole, not merged by key), PUT, the `status` and `scale` subresources;
+- server-side apply, approximated for one field manager: the object is created when missing, else the
+  applied configuration is merged into it (no managed fields: a field the configuration stops naming
+  stays, and no conflict is ever reported);
 - `/api/v1/namespaces` (kmock's path parser fails on it), `/version/`, `generateName`;
 - CustomResourceDefinitions: created ones appear in discovery with their subresources and serve
   their custom resources; deleting one deletes its objects;
@@ -20,7 +23,7 @@ What kmock 0.8 lacks and this subclass adds (each marked `# gap:` where it is cl
 - a record of the (verb, resource) pairs that clients call, in RBAC terms, for the chart's RBAC test.
 
 Not emulated: authentication and RBAC (every call is allowed), admission and schema validation
-(tests validate manifests with jsonschema / kubernetes-validate instead), server-side apply, real
+(tests validate manifests with jsonschema / kubernetes-validate instead), field ownership, real
 controllers (no Pods, ReplicaSets or Endpoints appear). The `kubernetes` client itself refuses numeric
 resource quantities and non-string ConfigMap values: write them as strings.
 """
@@ -50,6 +53,7 @@ from kmock._internal import parsing, rendering
 
 FIXTURE_AGENT = "melange-kube-fixture"  # requests with this User-Agent are not recorded as the operator's calls
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
+APPLY_PATCH = "application/apply-patch+yaml"
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
 CRUD_VERBS = {"create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"}
@@ -120,6 +124,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return json_response(self._get(request) if request.name else self._list(request))
         if method == "POST" and request.name is None:
             return json_response(self._create(request), status=201)
+        if method == "PATCH" and request.name and sub is None and _is_apply(request) \
+                and self.live(resource, request.namespace, request.name) is None:
+            return json_response(self._create(request), status=201)  # server-side apply creates
         if method in ("PUT", "PATCH") and request.name:
             return json_response(self._update(request))
         if method == "DELETE":
@@ -558,9 +565,13 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def _is_apply(request: rendering.Request) -> bool:
+    return request.headers.get("Content-Type", "").split(";")[0].strip() == APPLY_PATCH
+
+
 def apply_change(old: dict, method: str, content_type: str, body: Any) -> dict:
     """The object after a PUT (the body) or a PATCH of the given content type; 422 when a JSON-patch
-    `test` fails (gap: kmock answers 500), 415 for server-side apply."""
+    `test` fails (gap: kmock answers 500). Server-side apply is a merge of the applied configuration."""
     content_type = content_type.split(";")[0].strip()
     if method == "PUT":
         if not isinstance(body, dict):
@@ -571,13 +582,13 @@ def apply_change(old: dict, method: str, content_type: str, body: Any) -> dict:
             return jsonpatch.apply_patch(old, body, in_place=False)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             raise api_error(422, "Invalid", f"the JSON patch could not be applied: {exc}") from None
-    if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+    if content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json", APPLY_PATCH):
         # Strategic merge-patch is approximated by merge-patch: lists are replaced whole, not merged by key.
         if not isinstance(body, dict):
             raise api_error(400, "BadRequest", "a merge patch must be a JSON object")
         return merge_patch(old, body)
     raise api_error(415, "UnsupportedMediaType", f"patch type {content_type!r} is not supported by the emulator "
-                    "(JSON patch, merge patch and strategic merge patch are)")
+                    "(JSON patch, merge patch, strategic merge patch and apply are)")
 
 
 SELECTOR_SET = re.compile(r"^\s*([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)\s*$")

@@ -51,15 +51,20 @@ in each watched namespace.
 - apiGroups: [melange.ai]
   resources: [llmservices/finalizers]
   verbs: [update]
+{{- /* Owned objects are written by server-side apply (patch); Deployments are watched (a pass follows
+       their readiness) and pods listed to say why a pool is not ready. */}}
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [create, delete, list, patch, update]
+  verbs: [create, delete, list, watch, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, delete, list]
+  verbs: [create, delete, list, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [create, get, list, update]
+  verbs: [create, get, list, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
@@ -84,7 +89,7 @@ in each watched namespace.
 {{- if .Values.nodePools.karpenter.enabled }}
 - apiGroups: [karpenter.sh]
   resources: [nodepools]
-  verbs: [create, delete, list, update]
+  verbs: [create, delete, list, patch]
 {{- end }}
 {{- if and .Values.peering.enabled (include "melange-operator.clusterwide" .) }}
 - apiGroups: [kopf.dev]
