@@ -220,7 +220,7 @@ async def _reconcile_once(body: kopf.Body, previous: dict[str, Any], passes: Pas
     error = None
     if outcome.desired is not None:
         try:
-            await asyncio.to_thread(cluster.apply, outcome.desired, diff(outcome.desired, actual))
+            await asyncio.to_thread(cluster.apply, outcome.desired, actual, diff(outcome.desired, actual))
         except Exception as failure:
             error = failure
     for event in outcome.events:

@@ -1,10 +1,12 @@
 """The Kubernetes side of a reconcile, with the official `kubernetes` client: read what a service
 references and owns, apply what it wants. Blocking calls; the kopf handlers run them in a thread.
 
-Writes are server-side apply under the field manager `melange-operator`, forced: each pass re-applies
-every desired object, so a change to a field the operator owns (`kubectl scale`, `kubectl edit`) is
-put back, fields others own (`kubectl rollout restart`'s annotation) stay, and an unchanged object is
-not written at all. Every call has a timeout; conflicts, throttling and server errors are retried.
+Writes are server-side apply under the field manager `melange-operator`, forced: each pass applies
+every desired object that anyone changed since the operator last applied it (its resourceVersion
+moved) or whose desired content changed, so a change to a field the operator owns (`kubectl scale`,
+`kubectl edit`) is put back, fields others own (`kubectl rollout restart`'s annotation) stay, and an
+object nobody touched costs no call. Every call has a timeout; conflicts, throttling and server
+errors are retried.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from melange.operator.core.diff import Actions, ObjectKey
-from melange.operator.core.planner import GROUP, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL, Owner
+from melange.operator.core.planner import GROUP, HASH_ANNOTATION, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL, Owner
 from melange.operator.core.problem import ConfigData
 from melange.operator.core.spec import KeyRef
 
@@ -85,6 +87,8 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(api)
         self.apps = kubernetes.client.AppsV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
+        # object -> (desired content hash, resourceVersion the API server gave it after our apply)
+        self.applied: dict[ObjectKey, tuple[str | None, str | None]] = {}
 
     def _plain(self, obj: Any, api_version: str, kind: str) -> dict[str, Any]:
         data = self.api.sanitize_for_serialization(obj)
@@ -162,15 +166,21 @@ class Cluster:
                 problems[option] = why
         return problems
 
-    def apply(self, desired: Sequence[Mapping[str, Any]], actions: Actions) -> list[str]:
-        """Apply every desired object (server-side, so unchanged ones are not written), then scale to zero
-        and delete what the diff says; returns one line per change, for the log."""
+    def apply(self, desired: Sequence[Mapping[str, Any]], actual: Sequence[Mapping[str, Any]],
+              actions: Actions) -> list[str]:
+        """Apply each desired object that changed since our last apply of it, on either side, then scale
+        to zero and delete what the diff says; returns one line per change, for the log."""
+        versions = {ObjectKey.of(o): (o.get("metadata") or {}).get("resourceVersion") for o in actual}
         created = {ObjectKey.of(o) for o in actions.create}
         changed = {ObjectKey.of(o) for o in actions.replace}
         done = []
         for obj in desired:
-            self._apply(obj)
             key = ObjectKey.of(obj)
+            content = (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
+            if key in versions and self.applied.get(key) == (content, versions[key]):
+                continue  # nobody changed it since we applied this content
+            stored = self._apply(obj)
+            self.applied[key] = (content, (stored.get("metadata") or {}).get("resourceVersion"))
             if key in created or key in changed:
                 done.append(f"{'created' if key in created else 'updated'} {key.describe()}")
         for key in actions.scale_to_zero:
@@ -189,21 +199,23 @@ class Cluster:
         for pool in self.node_pools(owner):
             self._delete(ObjectKey.of(pool))
 
-    def _apply(self, obj: Mapping[str, Any]) -> None:
+    def _apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        """Server-side apply of one object; the object as stored."""
         meta = obj["metadata"]
         kind = obj["kind"]
         options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
         if kind == "Deployment":
-            call(self.apps.patch_namespaced_deployment, meta["name"], meta["namespace"], obj, **options)
+            stored = call(self.apps.patch_namespaced_deployment, meta["name"], meta["namespace"], obj, **options)
         elif kind == "Service":
-            call(self.core.patch_namespaced_service, meta["name"], meta["namespace"], obj, **options)
+            stored = call(self.core.patch_namespaced_service, meta["name"], meta["namespace"], obj, **options)
         elif kind == "ConfigMap":
-            call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], obj, **options)
+            stored = call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], obj, **options)
         elif kind == "NodePool":
-            call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
-                 meta["name"], obj, **options)
+            return call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
+                        meta["name"], obj, **options)
         else:
             raise ValueError(f"cannot apply {kind}")
+        return self.api.sanitize_for_serialization(stored)
 
     def _delete(self, key: ObjectKey) -> None:
         try:
