@@ -109,7 +109,7 @@ class Passes:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_s: float | None = None  # loop time of the last pass
-    metrics_s: float | None = None  # loop time of the last Prometheus read
+    fresh_s: float | None = None  # loop time of the last pass on fresh traffic (an interval's)
     live: tuple[int | None, LiveInput | None] | None = None  # (generation, reading) of that read
     wake_s: float | None = None  # wall time a move waits for
     retry_s: float | None = None  # loop time to retry a failed pass
@@ -152,6 +152,8 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
             patch.status[key] = value
         passes.written = (meta.get("resourceVersion"), _merged(previous, status))
         passes.last_s = loop.time()
+        if fresh_metrics:
+            passes.fresh_s = passes.last_s
         passes.wake_s = outcome.wake_s if outcome is not None else None
         passes.failures = passes.failures + 1 if error is not None else 0
         passes.retry_s = None if error is None else \
@@ -187,7 +189,7 @@ def _report_failure(body: kopf.Body, previous: Mapping[str, Any], error: BaseExc
         return
     reason, message = describe_error(error)
     config.metrics.errors.labels(reason).inc()
-    logger.warning(f"pass failed: {reason}: {message}")
+    logger.warning(f"pass failed: {reason}: {message}", exc_info=error)
     if not (failing_before and before.get("reason") == reason):
         kopf.event(body, type="Warning", reason="ReconcileFailed", message=f"{reason}: {message}")
 
@@ -240,7 +242,6 @@ async def _live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, names
         return passes.live[1]
     live = await _read_live(spec, inputs, config, namespace)
     passes.live = (generation, live)
-    passes.metrics_s = asyncio.get_running_loop().time()
     return live
 
 
@@ -288,23 +289,36 @@ async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger:
     await reconcile_service(body, patch, memo, logger)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=TICK_S)
+def _present(memo: kopf.Memo, **_: Any) -> bool:
+    return not memo.get("deleted")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=TICK_S, when=_present)
 async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Run the pass that is due: a watch woke the service, a move's timed step came, a failed pass's
-    retry, or the interval passed (then with a fresh reading of the traffic). Otherwise nothing."""
+    """Run the pass that is due: a watch woke the service, a move's timed step came, or the interval
+    passed (then with a fresh reading of the traffic); after a failure, only its retry. Otherwise
+    nothing."""
     config = _config(memo)
     passes = _passes(memo)
     meta = body["metadata"]
     now = asyncio.get_running_loop().time()
     woken = (meta["namespace"], meta["name"]) in config.woken
     config.woken.discard((meta["namespace"], meta["name"]))
-    interval = _interval_s(body.get("spec"))
-    new_traffic = passes.metrics_s is None or now - passes.metrics_s >= interval
-    due = (woken or new_traffic or (passes.wake_s is not None and config.clock() >= passes.wake_s)
-           or (passes.retry_s is not None and now >= passes.retry_s) or passes.last_s is None
-           or now - passes.last_s >= interval)
+    interval_due = passes.fresh_s is None or now - passes.fresh_s >= _interval_s(body.get("spec"))
+    if passes.retry_s is not None:
+        due = now >= passes.retry_s
+    else:
+        due = woken or interval_due or (passes.wake_s is not None and config.clock() >= passes.wake_s)
     if due and not passes.lock.locked():
-        await reconcile_service(body, patch, memo, logger, fresh_metrics=new_traffic)
+        await reconcile_service(body, patch, memo, logger, fresh_metrics=interval_due)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def on_service_event(type: str, memo: kopf.Memo, **_: Any) -> None:
+    """kopf stops an object's timer on deletion only through a finalizer; without one, the timer's filter
+    (`_present`) stops it once the watch says the service is gone."""
+    if type == "DELETED":
+        memo["deleted"] = True
 
 
 @kopf.on.event("apps", "v1", "deployments",

@@ -180,7 +180,8 @@ class Cluster:
             if key in versions and self.applied.get(key) == (content, versions[key]):
                 continue  # nobody changed it since we applied this content
             stored = self._apply(obj)
-            self.applied[key] = (content, (stored.get("metadata") or {}).get("resourceVersion"))
+            # (the client gives no body for a custom object created by apply: then it is applied again)
+            self.applied[key] = (content, ((stored or {}).get("metadata") or {}).get("resourceVersion"))
             if key in created or key in changed:
                 done.append(f"{'created' if key in created else 'updated'} {key.describe()}")
         for key in actions.scale_to_zero:
@@ -199,8 +200,8 @@ class Cluster:
         for pool in self.node_pools(owner):
             self._delete(ObjectKey.of(pool))
 
-    def _apply(self, obj: Mapping[str, Any]) -> dict[str, Any]:
-        """Server-side apply of one object; the object as stored."""
+    def _apply(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Server-side apply of one object; the object as stored, when the client returns it."""
         meta = obj["metadata"]
         kind = obj["kind"]
         options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}

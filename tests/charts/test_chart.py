@@ -87,6 +87,9 @@ def _pairs(rules: list[dict]) -> set[tuple[str, str]]:
             for verb in rule["verbs"]}
 
 
+APPLIED_RESOURCES = {"apps/deployments", "services", "configmaps", "karpenter.sh/nodepools"}
+
+
 def _expected(values: dict) -> tuple[set, set]:
     """(cluster-scoped grants, grants per watched namespace) from the recorded calls and kopf's docs."""
     calls = json.loads(CALLS_FILE.read_text())
@@ -98,6 +101,11 @@ def _expected(values: dict) -> tuple[set, set]:
     # Not a call: the API server lets only who may update an owner's finalizers set blockOwnerDeletion
     # on its dependents (OwnerReferencesPermissionEnforcement), which the operator's objects do.
     namespaced.add(("update", "melange.ai/llmservices/finalizers"))
+    # Not a call either: server-side apply is a patch, and the API server authorizes one that creates the
+    # object as `create` as well (the audit log records the patch only).
+    for grants in (cluster, namespaced):
+        grants |= {("create", resource) for verb, resource in set(grants)
+                   if verb == "patch" and resource in APPLIED_RESOURCES}
     if values.get("watchNamespaces"):
         namespaced |= {(verb, "kopf.dev/kopfpeerings") for verb in PEERING_VERBS if peering}
         return cluster, namespaced

@@ -51,17 +51,18 @@ in each watched namespace.
 - apiGroups: [melange.ai]
   resources: [llmservices/finalizers]
   verbs: [update]
-{{- /* Owned objects are written by server-side apply, which creates them too (patch); Deployments are
-       watched (a pass follows their readiness) and pods listed to say why a pool is not ready. */}}
+{{- /* Owned objects are written by server-side apply: a patch, which the API server also authorizes as
+       create when the object is new. Deployments are watched (a pass follows their readiness) and
+       pods listed to say why a pool is not ready. */}}
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [delete, list, watch, patch]
+  verbs: [create, delete, list, watch, patch]
 - apiGroups: [""]
   resources: [services]
-  verbs: [delete, list, patch]
+  verbs: [create, delete, list, patch]
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, list, patch]
+  verbs: [create, get, list, patch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
@@ -89,7 +90,7 @@ in each watched namespace.
 {{- if .Values.nodePools.karpenter.enabled }}
 - apiGroups: [karpenter.sh]
   resources: [nodepools]
-  verbs: [delete, list, patch]
+  verbs: [create, delete, list, patch]
 {{- end }}
 {{- if and .Values.peering.enabled (include "melange-operator.clusterwide" .) }}
 - apiGroups: [kopf.dev]
