@@ -44,9 +44,12 @@ def render(snapshot: Snapshot) -> Group:
         options.add_row(name, str(count), f"{ready}/{wanted}", str(recommended.get(name, "")))
     best = status.get("bestSingleType") or {}
     money = Table.grid(padding=(0, 2))
-    money.add_row("mix", _money(status.get("costPerHour")), f"best single type ({best.get('name', '-')})",
-                  _money(best.get("costPerHour")), "saves", f"{status.get('savingsPercent') or 0:.1f}%")
+    money.add_row("running", _money(status.get("costPerHour")), f"best single type ({best.get('name', '-')})",
+                  _money(best.get("costPerHour")), "saves", _saving(status.get("savingsPercent")))
     move = status.get("move") or {}
+    if move:  # what the move leads to, priced and compared for the same demand
+        money.add_row("moving to", _money(move.get("toCostPerHour")), "", "", "saves",
+                      _saving(move.get("toSavingsPercent")))
     decision = status.get("lastDecision") or {}
     lines = [f"move: {move.get('step')} ({move.get('reason', '')})" if move else "move: none",
              f"last decision: {decision.get('reason', '-')}"]
@@ -56,6 +59,11 @@ def render(snapshot: Snapshot) -> Group:
         lines.append(f"metrics: {metrics.get('message')}")
     events = Panel("\n".join(snapshot.events[-6:]) or "(none yet)", title="events")
     return Group(head, options, money, *lines, events)
+
+
+def _saving(percent: float | None) -> str:
+    """A saving in words: a mix that cannot serve the demand saves nothing, it falls short."""
+    return "-- (falls short of the demand)" if percent is None else f"{percent:.1f}%"
 
 
 class View:
