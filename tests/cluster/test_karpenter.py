@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from melange.testing.gpu_nodes import karpenter_instance_types
+from melange.testing.gpu_nodes import SHAPES, karpenter_instance_types
 
 from .conftest import arena, llmservice, settled, wait_until
 
@@ -37,35 +37,47 @@ def karpenter_service(namespace: str) -> dict:
     return manifest
 
 
-def node_pools(cluster, namespace: str) -> dict[str, dict]:
+def node_pools(cluster, namespace: str, name: str) -> dict[str, dict]:
+    """The service's NodePools by option (found by the labels the operator puts on them)."""
     pools = cluster.get("nodepools.karpenter.sh")["items"]
-    return {p["metadata"]["name"]: p for p in pools if p["metadata"]["name"].startswith(f"{namespace}-")}
+    return {labels["melange.ai/option"]: p for p in pools
+            if (labels := p["metadata"].get("labels") or {}).get("melange.ai/namespace") == namespace
+            and labels.get("melange.ai/service") == name}
 
 
-def karpenter_nodes(cluster, prefix: str = "") -> dict[str, dict]:
-    """Nodes Karpenter launched (for NodePools whose name starts with `prefix`), by name."""
+def karpenter_nodes(cluster, name: str, option: str | None = None) -> dict[str, dict]:
+    """Nodes Karpenter launched for the service's NodePools (for one option's when given), by name:
+    the NodePool template's labels (`melange.ai/service`, `melange.ai/option`) are on its nodes."""
     return {n["metadata"]["name"]: n for n in cluster.get("nodes")["items"]
             if "karpenter.sh/nodepool" in (labels := n["metadata"].get("labels") or {})
-            and labels["karpenter.sh/nodepool"].startswith(prefix)}
+            and labels.get("melange.ai/service") == name and option in (None, labels.get("melange.ai/option"))}
 
 
 def nodes_match(cluster, namespace: str, name: str, mix: dict[str, int]) -> bool:
-    """One NodePool per option in use, limited to its GPUs, and exactly that many Ready nodes of the
-    option's instance type; none for options at zero."""
-    pools = node_pools(cluster, namespace)
-    nodes = karpenter_nodes(cluster, f"{namespace}-")
+    """One NodePool per option in use, limited to whole instances of its type, and exactly as many Ready
+    nodes of the option's instance type as its replicas fill; none for options at zero."""
+    pools = node_pools(cluster, namespace, name)
     for option, count in mix.items():
-        pool = f"{namespace}-{name}-{option}"
-        mine = [n for n in nodes.values() if n["metadata"]["labels"]["karpenter.sh/nodepool"] == pool]
+        pool = pools.get(option)
+        mine = list(karpenter_nodes(cluster, name, option).values())
         if count == 0:
-            if pool in pools or mine:
+            if pool is not None or mine:
                 return False
             continue
-        if pool not in pools or pools[pool]["spec"]["limits"] != {"nvidia.com/gpu": str(count)} or len(mine) != count:
+        per_node = int(SHAPES[INSTANCE[option]].gpu_count)
+        nodes = -(-count // per_node)
+        if pool is None or pool["spec"]["limits"] != {"nvidia.com/gpu": str(nodes * per_node)} or len(mine) != nodes:
             return False
         if any(n["metadata"]["labels"]["node.kubernetes.io/instance-type"] != INSTANCE[option] for n in mine):
             return False
     return True
+
+
+def ready_condition(cluster, namespace: str, name: str) -> str:
+    """The service's Ready condition as one line (for failure messages)."""
+    service = llmservice(cluster, name, namespace) or {}
+    ready = next((c for c in (service.get("status") or {}).get("conditions") or [] if c["type"] == "Ready"), {})
+    return f"Ready={ready.get('status')} {ready.get('reason')}: {ready.get('message')}"
 
 
 def test_karpenter_provisions_node_pools_and_removes_the_emptied_ones(cluster, karpenter, operator, namespace):
@@ -75,14 +87,15 @@ def test_karpenter_provisions_node_pools_and_removes_the_emptied_ones(cluster, k
     table3 = {"l4": 1, "a10g": 1}
     wait_until(settled(cluster, name, namespace, table3), "the mix on Karpenter nodes", timeout_s=180)
     wait_until(lambda: nodes_match(cluster, namespace, name, table3), "a node per replica", timeout_s=60)
-    nodes = karpenter_nodes(cluster, f"{namespace}-")
+    pool_names = {o: p["metadata"]["name"] for o, p in node_pools(cluster, namespace, name).items()}
+    nodes = karpenter_nodes(cluster, name)
     pods = [p for p in cluster.get("pods", namespace=namespace)["items"]
             if p["metadata"]["labels"].get("melange.ai/option") in table3]
     assert len(pods) == 2
     for pod in pods:
         option = pod["metadata"]["labels"]["melange.ai/option"]
         labels = nodes[pod["spec"]["nodeName"]]["metadata"]["labels"]
-        assert labels["karpenter.sh/nodepool"] == f"{namespace}-{name}-{option}"
+        assert labels["karpenter.sh/nodepool"] == pool_names[option]
         assert labels["node.kubernetes.io/instance-type"] == INSTANCE[option]
         assert labels["karpenter.sh/capacity-type"] == "on-demand"
 
@@ -113,5 +126,35 @@ def test_karpenter_provisions_node_pools_and_removes_the_emptied_ones(cluster, k
                timeout_s=120)
 
     cluster.kubectl("delete", "llms", name, "-n", namespace, "--timeout=60s")
-    wait_until(lambda: node_pools(cluster, namespace) == {}, "the NodePools deleted with the service", timeout_s=60)
-    wait_until(lambda: karpenter_nodes(cluster, f"{namespace}-") == {}, "the service's nodes gone", timeout_s=120)
+    wait_until(lambda: node_pools(cluster, namespace, name) == {}, "the NodePools deleted with the service",
+               timeout_s=60)
+    wait_until(lambda: karpenter_nodes(cluster, name) == {}, "the service's nodes gone", timeout_s=120)
+
+
+def test_an_option_on_eight_gpu_instances_gets_a_whole_node(cluster, karpenter, operator, namespace):
+    """The Arena example at 4 req/s on L4 and A100-80GB: the paper's Table 3 mix, 1 x L4 + 1 x A100.
+    AWS sells the A100-80GB only 8 per node (p4de.24xlarge): the A100 pool's NodePool must admit a whole
+    instance, Karpenter's KWOK provider launches one p4de.24xlarge and the A100 pod becomes ready on it."""
+    manifest = arena(namespace, nodePools={"provider": "karpenter", "nodeClassRef": NODE_CLASS})
+    manifest["spec"]["gpuOptions"] = [o for o in manifest["spec"]["gpuOptions"] if o["name"] in ("l4", "a100-80gb")]
+    for option in manifest["spec"]["gpuOptions"]:
+        option["nodeSelector"] = {"node.kubernetes.io/instance-type": INSTANCE[option["name"]]}
+    name = manifest["metadata"]["name"]
+    cluster.apply(manifest)
+    table3 = {"l4": 1, "a100-80gb": 1}
+
+    def a100_node():
+        nodes = list(karpenter_nodes(cluster, name, "a100-80gb").values())
+        return nodes[0] if nodes else None
+    try:
+        node = wait_until(a100_node, "Karpenter to launch a p4de.24xlarge for the A100 pool", timeout_s=120)
+    except AssertionError as error:
+        limits = {o: p["spec"].get("limits") for o, p in node_pools(cluster, namespace, name).items()}
+        raise AssertionError(f"{error}\nNodePool limits: {limits}\n{ready_condition(cluster, namespace, name)}") \
+            from None
+    assert node["metadata"]["labels"]["node.kubernetes.io/instance-type"] == "p4de.24xlarge"
+    wait_until(settled(cluster, name, namespace, table3), "the mix ready on Karpenter nodes", timeout_s=180)
+    wait_until(lambda: nodes_match(cluster, namespace, name, table3), "one node per pool", timeout_s=60)
+    pods = [p for p in cluster.get("pods", namespace=namespace)["items"]
+            if p["metadata"]["labels"].get("melange.ai/option") == "a100-80gb"]
+    assert [p["spec"]["nodeName"] for p in pods] == [node["metadata"]["name"]]
