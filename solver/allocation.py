@@ -10,7 +10,8 @@ from melange.solver.profiles import Slo
 
 @dataclass(frozen=True)
 class OptionUse:
-    """One option in an allocation. `load` is in replica-equivalents; `utilisation` = load / replicas."""
+    """One option in an allocation. `load` is in replica-equivalents; `utilisation` = load / replicas;
+    `nodes` the nodes its replicas fill when the option's node size is known (else None)."""
 
     name: str
     replicas: int
@@ -19,6 +20,7 @@ class OptionUse:
     request_rate: float
     load: float
     utilisation: float | None
+    nodes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,9 @@ def _round(value: float | None) -> float | None:
 
 
 def _option_dict(use: OptionUse) -> dict[str, Any]:
-    return {"name": use.name, "replicas": use.replicas, "gpus": use.gpus, "cost_per_hour": _round(use.cost_per_hour),
-            "request_rate": _round(use.request_rate), "load": _round(use.load),
-            "utilisation": _round(use.utilisation)}
+    result = {"name": use.name, "replicas": use.replicas, "gpus": use.gpus,
+              "cost_per_hour": _round(use.cost_per_hour), "request_rate": _round(use.request_rate),
+              "load": _round(use.load), "utilisation": _round(use.utilisation)}
+    if use.nodes is not None:
+        result["nodes"] = use.nodes
+    return result

@@ -15,6 +15,15 @@ the same optimum; the counting form has |items| x |options| variables instead of
 
 `sec[k, g]` = 1 / max_rps[g, k] is the replica-seconds one request of item k costs on option g; a
 pair with no profile entry gets no variable at all (it is forbidden, never divided by zero).
+
+**Node pricing** (an extension, off unless an option has a node shape and price): an option sold in
+whole nodes of `r[g]` replicas at `node_price[g]` gets an integer node count m[g], and its term in
+the objective is the nodes' price instead of the replicas':
+
+    ... + node_price[g] * m[g] + TIE * n[g],    with  r[g] * m[g] >= n[g]
+
+TIE (REPLICA_TIE_BREAK, a millionth of a dollar per replica-hour, never reported) makes the fewest
+replicas win among answers with the same nodes: replicas inside a bought node are otherwise free.
 """
 from __future__ import annotations
 
@@ -39,6 +48,9 @@ _GAP_REL = 1e-9
 _GAP_ABS = 1e-7
 # Loads within this many replicas of an integer count as fitting it (solver feasibility tolerance).
 LOAD_TOLERANCE = 1e-6
+# $/h per replica of a node-priced option in the objective only: among answers buying the same nodes,
+# the one with the fewest replicas (spare GPUs stay idle rather than run replicas nobody asked for).
+REPLICA_TIE_BREAK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -56,13 +68,26 @@ class Item:
 
 @dataclass(frozen=True)
 class OptionSpec:
-    """What the ILP needs of a GPU option."""
+    """What the ILP needs of a GPU option. With `replicas_per_node` and `node_price` both set the
+    option is bought in whole nodes of that many replicas at that $/h each; otherwise by replica."""
 
     name: str
     replica_price: float
     max_replicas: int | None = None
     spot: bool = False
     min_replicas: int = 0
+    replicas_per_node: int | None = None
+    node_price: float | None = None
+
+    @property
+    def node_priced(self) -> bool:
+        return self.replicas_per_node is not None and self.node_price is not None
+
+    def cost(self, replicas: int) -> float:
+        """$/h of `replicas` replicas: the nodes they fill when node-priced, else the replicas."""
+        if self.node_priced:
+            return math.ceil(replicas / self.replicas_per_node) * self.node_price
+        return replicas * self.replica_price
 
 
 @dataclass(frozen=True)
@@ -222,14 +247,14 @@ def _solution(status: str, items: Sequence[Item], options: Sequence[OptionSpec],
     slices = tuple(tuple(row) for row in counts)
     loads = _loads(items, options, slices, settings.slice_factor)
     final = tuple(max(r, _needed(load, settings.target_utilisation)) for r, load in zip(replicas, loads))
-    cost = sum(o.replica_price * r for o, r in zip(options, final))
+    cost = sum(o.cost(r) for o, r in zip(options, final))
     return IlpSolution(status, final, slices, loads, cost, gap, settings.solver, time.perf_counter() - started)
 
 
 def _fit_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
                 replicas: Sequence[int]) -> list[list[int]] | None:
     """Whole slices that fit exactly `replicas`, found by a feasibility MIP, or None."""
-    fixed = [OptionSpec(o.name, o.replica_price, r, o.spot) for o, r in zip(options, replicas)]
+    fixed = [replace(o, max_replicas=r, min_replicas=0) for o, r in zip(options, replicas)]
     model, n, y = _build(items, fixed, replace(settings, min_total_replicas=0, move_cost=0.0), integer_slices=True)
     for var, count in zip(n, replicas):
         var.lowBound = count
@@ -314,7 +339,16 @@ def _build(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSe
     if settings.max_spot_share is not None and spot_terms:
         total = sum(items[k].rate for k in active)
         model += pulp.LpAffineExpression(spot_terms) <= settings.max_spot_share * total, "spot_share"
-    objective: dict[pulp.LpVariable, float] = {n[g]: o.replica_price for g, o in enumerate(options)}
+    objective: dict[pulp.LpVariable, float] = {}
+    for g, option in enumerate(options):
+        if option.node_priced:
+            top = None if option.max_replicas is None else math.ceil(option.max_replicas / option.replicas_per_node)
+            nodes = model.add_variable(f"m_{g}", lowBound=0, upBound=top, cat=pulp.LpInteger)
+            model += option.replicas_per_node * nodes - n[g] >= 0, f"nodes_{g}"
+            objective[nodes] = option.node_price
+            objective[n[g]] = REPLICA_TIE_BREAK
+        else:
+            objective[n[g]] = option.replica_price
     if settings.move_cost > 0:
         for g, option in enumerate(options):
             moved = model.add_variable(f"moved_{g}", lowBound=0)

@@ -55,8 +55,10 @@ def _indices(problem: Problem, mode: str) -> list[tuple[int, ...]]:
 
 
 def option_specs(problem: Problem) -> list[OptionSpec]:
-    """The ILP's view of the options."""
-    return [OptionSpec(o.name, o.replica_price, o.max_replicas, o.spot, o.min_replicas) for o in problem.options]
+    """The ILP's view of the options (node-priced ones with their node size and price)."""
+    return [OptionSpec(o.name, o.replica_price, o.max_replicas, o.spot, o.min_replicas,
+                       replicas_per_node=o.replicas_per_node if o.node_priced else None,
+                       node_price=o.node_price_per_hour if o.node_priced else None) for o in problem.options]
 
 
 def allocate(problem: Problem, settings: IlpSettings, mode: str = "paper") -> Allocation:
@@ -76,8 +78,8 @@ def _describe(problem: Problem, items: Sequence[Item], indices: Sequence[tuple[i
         replicas = solution.replicas[g]
         routed = sum(item.rate * counts[g] / s for item, counts in zip(items, solution.slices))
         uses.append(OptionUse(option.name, replicas, replicas * option.gpus_per_replica,
-                              replicas * option.replica_price, routed, solution.loads[g],
-                              solution.loads[g] / replicas if replicas else None))
+                              option.cost(replicas), routed, solution.loads[g],
+                              solution.loads[g] / replicas if replicas else None, option.nodes(replicas)))
     splits = tuple(BucketSplit(item.label, index, item.rate,
                                {o.name: counts[g] / s for g, o in enumerate(problem.options)})
                    for item, index, counts in zip(items, indices, solution.slices))
@@ -115,8 +117,7 @@ def solve(problem: Problem, settings: IlpSettings | None = None, mode: str = "pa
     if compare_modes:
         other = allocate(problem, settings, "routable" if mode == "paper" else "paper")
     replicas = single_type_replicas(problem, settings)
-    costs = {o.name: None if replicas[o.name] is None else replicas[o.name] * o.replica_price
-             for o in problem.options}
+    costs = {o.name: None if replicas[o.name] is None else o.cost(replicas[o.name]) for o in problem.options}
     sources = {o.name: p.source for o, p in zip(problem.options, problem.profiles)}
     models = {p.model for p in problem.profiles if p.model != "unknown"}
     slos = {p.slo for p in problem.profiles if p.slo is not None}

@@ -372,6 +372,11 @@ def render_table(report: SolveReport, problem: Problem, show_splits: bool = Fals
     lines.append("-" * len(header))
     lines.append(f"{'mix':<16} {sum(u.replicas for u in allocation.options):>8} "
                  f"{sum(u.gpus for u in allocation.options):>5} {_money(allocation.cost_per_hour):>9}")
+    nodes = [f"{use.name} {use.nodes} x {option.gpus_per_node} GPUs at ${option.node_price_per_hour:g}/h "
+             f"({use.nodes * option.gpus_per_node - use.gpus} GPUs idle)"
+             for option, use in zip(problem.options, allocation.options) if option.node_priced and use.nodes]
+    if nodes:
+        lines.append("bought as whole nodes: " + "; ".join(nodes))
     lines.append("")
     if report.move_cost > 0:
         moved = ", ".join(f"{name} {delta:+d}" for name, delta in report.moves.items()) or "none"

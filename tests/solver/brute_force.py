@@ -46,7 +46,7 @@ def _best_counts(needed: list[int], options: Sequence[OptionSpec], settings: Ilp
     for counts in itertools.product(*ranges):
         if sum(counts) < settings.min_total_replicas:
             continue
-        cost = sum(o.replica_price * n for o, n in zip(options, counts))
+        cost = sum(o.cost(n) for o, n in zip(options, counts))  # whole nodes for node-priced options
         cost += settings.move_cost * sum(abs(n - settings.current.get(o.name, 0)) for o, n in zip(options, counts))
         if best is None or cost < best:
             best = cost

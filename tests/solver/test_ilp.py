@@ -426,3 +426,91 @@ def test_a_relaxation_that_does_not_round_goes_to_the_exact_model(solver_runs, s
     relaxed, fit, exact = solver_runs
     assert relaxed[1:] == (60, True, False) and fit[1:] == (60, True, True)
     assert exact[3] and 0.01 <= exact[1] <= 60  # what is left of the limit (at least 10 ms)
+
+
+# Node pricing: an option bought in whole nodes (replicas_per_node replicas at node_price $/h each).
+A100_NODE = dict(replicas_per_node=8, node_price=40.966)  # p4de.24xlarge: 8 x A100-80GB
+L4_NODE = dict(replicas_per_node=1, node_price=0.8048)  # g6.xlarge: 1 x L4
+
+
+def test_node_pricing_can_turn_the_choice_around():
+    """2 req/s; an A100 replica serves 1 req/s, an L4 replica 0.15 req/s. Per GPU (the paper's model):
+    2 x A100 at $3.67 = $7.34 beats 14 x L4 at $0.70 = $9.80 (and every mix: 1 x A100 + 7 x L4 = $8.57).
+    In whole nodes the two A100 replicas cost a p4de.24xlarge, $40.966, while 14 g6.xlarge cost
+    14 x $0.8048 = $11.2672."""
+    items = [Item("b", 2.0, (1 / 1.0, 1 / 0.15))]
+    per_gpu = solve_ilp(items, [OptionSpec("a100", 3.67), OptionSpec("l4", 0.70)], IlpSettings())
+    assert per_gpu.replicas == (2, 0) and per_gpu.cost_per_hour == pytest.approx(7.34)
+    nodes = solve_ilp(items, [OptionSpec("a100", 3.67, **A100_NODE), OptionSpec("l4", 0.70, **L4_NODE)],
+                      IlpSettings())
+    assert nodes.status == "optimal"
+    assert nodes.replicas == (0, 14) and nodes.cost_per_hour == pytest.approx(14 * 0.8048)
+
+
+def test_a_bought_node_is_filled_before_another_is_bought():
+    """12 req/s; an A100 replica serves 1 req/s (8 per $40.966 node), an L4 replica 0.5 req/s (one per
+    $3.00 node). A100 alone: 12 replicas, 2 nodes, $81.932; L4 alone: 24 nodes, $72; one full A100 node
+    (8 req/s) and 8 L4 nodes for the other 4 req/s: $40.966 + $24 = $64.966, the optimum."""
+    a100 = OptionSpec("a100", 3.67, **A100_NODE)
+    alone = solve_ilp([Item("b", 12.0, (1.0,))], [a100], IlpSettings())
+    assert alone.replicas == (12,) and alone.cost_per_hour == pytest.approx(2 * 40.966)
+    mixed = solve_ilp([Item("b", 12.0, (1.0, 2.0))], [a100, OptionSpec("l4", 3.0, replicas_per_node=1, node_price=3.0)],
+                      IlpSettings(slice_factor=12))
+    assert mixed.status == "optimal"
+    assert mixed.replicas == (8, 8) and mixed.cost_per_hour == pytest.approx(40.966 + 8 * 3.0)
+
+
+def test_replicas_inside_a_bought_node_are_only_those_the_load_needs():
+    """2.5 req/s at 1 req/s per replica: one node either way, and 3 replicas (not the node's 8) run."""
+    solution = solve_ilp([Item("b", 2.5, (1.0,))], [OptionSpec("a100", 3.67, **A100_NODE)], IlpSettings())
+    assert solution.replicas == (3,) and solution.cost_per_hour == pytest.approx(40.966)
+
+
+def test_a_quota_on_replicas_caps_the_nodes():
+    """At most 3 replicas: 1 node; 4 req/s then does not fit."""
+    capped = [OptionSpec("a100", 3.67, max_replicas=3, **A100_NODE)]
+    assert solve_ilp([Item("b", 3.0, (1.0,))], capped, IlpSettings()).replicas == (3,)
+    assert solve_ilp([Item("b", 4.0, (1.0,))], capped, IlpSettings()).status == "infeasible"
+
+
+def test_with_a_move_cost_replicas_already_in_a_bought_node_stay():
+    """8 replicas run on one node and 3 would do: removing 5 saves no node, so with a move cost they stay;
+    without one the fewest replicas win."""
+    items = [Item("b", 3.0, (1.0,))]
+    options = [OptionSpec("a100", 3.67, **A100_NODE)]
+    assert solve_ilp(items, options, IlpSettings()).replicas == (3,)
+    assert solve_ilp(items, options, IlpSettings(current={"a100": 8}, move_cost=0.1)).replicas == (8,)
+
+
+@pytest.mark.parametrize("solver", SOLVER_NAMES)
+def test_node_pricing_matches_brute_force(solver):
+    """Random small instances with some options bought in nodes of 1, 2, 4 or 8 replicas at about the
+    per-replica price times the node's replicas (so whole nodes matter), with the other extensions."""
+    rng = random.Random(2026)
+    checked = 0
+    for case in range(120):
+        items, options, slice_factor = random_instance(rng)
+        priced = []
+        for option in options:
+            if rng.random() < 0.6:
+                per_node = rng.choice([1, 2, 4, 8])
+                node_price = round(option.replica_price * per_node * rng.uniform(0.7, 1.1), 2)
+                option = OptionSpec(option.name, option.replica_price, rng.choice([None, None, 4, 9]),
+                                    replicas_per_node=per_node, node_price=node_price)
+            priced.append(option)
+        settings = IlpSettings(slice_factor=slice_factor, solver=solver,
+                               target_utilisation=rng.choice([1.0, 0.8]),
+                               min_total_replicas=rng.choice([0, 0, 3]),
+                               current={o.name: rng.randint(0, 3) for o in priced},
+                               move_cost=rng.choice([0.0, 0.0, 0.5]))
+        expected = brute_force_cost(items, priced, settings)
+        solution = solve_ilp(items, priced, settings)
+        if expected is None:
+            assert solution.status == "infeasible", case
+            continue
+        checked += 1
+        assert solution.status == "optimal", case
+        assert objective(solution, priced, settings) == pytest.approx(expected, abs=1e-6), (case, items, priced)
+        assert_consistent(solution, items, priced, settings)
+        assert solution.cost_per_hour == pytest.approx(sum(o.cost(n) for o, n in zip(priced, solution.replicas)))
+    assert checked > 80
