@@ -88,6 +88,10 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> dict[str, argparse._
     catalog.add_argument("--ttft-ms", type=float, help="mean TTFT SLO in ms (default: none)")
     catalog.add_argument("--price", action="append", default=[], metavar="GPU=USD",
                          help="override a catalog price, $/h per GPU; repeatable (default: the catalog's)")
+    catalog.add_argument("--pricing", choices=("gpu", "node"),
+                         help="gpu: a replica costs its GPUs (the paper's model); node: options are bought in whole "
+                              "instances of the catalog's cheapest instance type carrying them, e.g. an A100 "
+                              "replica costs a p4de.24xlarge's 8 GPUs (default: gpu)")
     catalog.add_argument("--catalog", type=Path, action="append", default=[],
                          help="extra catalog file (GPUs and models); repeatable (default: the shipped catalog)")
     return {"inputs": inputs, "live": live, "catalog": catalog}
@@ -118,7 +122,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, single_solve: bool) 
 
 
 # Flags that only a given input source reads: given without it, they would be silently ignored.
-_CATALOG_FLAGS = {"tpot_ms": "--tpot-ms", "ttft_ms": "--ttft-ms", "price": "--price", "catalog": "--catalog"}
+_CATALOG_FLAGS = {"tpot_ms": "--tpot-ms", "ttft_ms": "--ttft-ms", "price": "--price", "catalog": "--catalog",
+                  "pricing": "--pricing"}
 _LIVE_FLAGS = {"window": "--window", "selector": "--selector", "model_name": "--model-name",
                "bearer_token_file": "--bearer-token-file", "bearer_token_env": "--bearer-token-env",
                "ca_bundle": "--ca-bundle", "min_requests": "--min-requests"}
@@ -215,7 +220,7 @@ def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:
         raise InputError("--model", "no workload", "--trace, --workload or --prometheus")
     options, profiles = catalog_options_and_profiles(catalog, model, parse_gpu_choices(args.gpus),
                                                      catalog_slo(args.tpot_ms, args.ttft_ms), workload.grid,
-                                                     parse_prices(args.price))
+                                                     parse_prices(args.price), node_pricing=args.pricing == "node")
     return assemble(workload, options, profiles)
 
 

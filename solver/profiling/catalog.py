@@ -20,8 +20,23 @@ BYTES_PER_PARAMETER = 2  # FP16/BF16 weights and KV cache, vLLM's default dtype 
 
 
 @dataclass(frozen=True)
+class NodeShape:
+    """An instance type that carries a GPU: how many, and its on-demand $/h (the whole instance)."""
+
+    instance_type: str
+    gpus: int
+    price_per_hour: float
+    source: str = ""
+
+    def replicas(self, gpus_per_replica: int) -> int:
+        """Replicas of `gpus_per_replica` GPUs one instance holds (a replica's GPUs are on one node)."""
+        return self.gpus // gpus_per_replica
+
+
+@dataclass(frozen=True)
 class GpuSpec:
-    """One GPU type: memory (GB), memory bandwidth (GB/s), dense FP16 TFLOPS, on-demand $/h per GPU."""
+    """One GPU type: memory (GB), memory bandwidth (GB/s), dense FP16 TFLOPS, on-demand $/h per GPU,
+    and the instance types that carry it (`node_shapes`), where the catalog knows them."""
 
     name: str
     memory_gb: float
@@ -31,6 +46,18 @@ class GpuSpec:
     price_source: str = ""
     price_date: str = ""
     aliases: tuple[str, ...] = ()
+    node_shapes: tuple[NodeShape, ...] = ()
+
+    def node_shape(self, gpus_per_replica: int = 1, instance_type: str | None = None) -> NodeShape | None:
+        """The instance type a replica of `gpus_per_replica` GPUs runs on: the one named (when the
+        catalog has it), else the cheapest per replica among those that hold one (ties: fewer GPUs);
+        None when the catalog knows none."""
+        fitting = [s for s in self.node_shapes if s.replicas(gpus_per_replica) >= 1]
+        if instance_type is not None:
+            return next((s for s in fitting if s.instance_type == instance_type), None)
+        if not fitting:
+            return None
+        return min(fitting, key=lambda s: (s.price_per_hour / s.replicas(gpus_per_replica), s.gpus))
 
 
 @dataclass(frozen=True)
@@ -93,7 +120,8 @@ class Catalog:
 
 
 _GPU_FIELDS = ["name", "memory_gb", "bandwidth_gb_s", "fp16_tflops", "price_per_hour"]
-_GPU_OPTIONAL = ["price_source", "price_date", "aliases"]
+_GPU_OPTIONAL = ["price_source", "price_date", "aliases", "node_shapes"]
+_SHAPE_FIELDS = ["instance_type", "gpus", "price_per_hour"]
 _MODEL_FIELDS = ["name", "layers", "hidden_size", "attention_heads", "kv_heads", "head_dim", "parameters_b",
                  "context_length"]
 _MODEL_OPTIONAL = ["active_parameters_b", "hf_id"]
@@ -107,8 +135,21 @@ def gpu_from_dict(data: Any, where: str) -> GpuSpec:
                 for key in ("memory_gb", "bandwidth_gb_s", "fp16_tflops", "price_per_hour")}
     aliases = tuple(text(a, f"{where}.aliases[{k}]").lower()
                     for k, a in enumerate(sequence(mapping.get("aliases") or [], f"{where}.aliases", nonempty=False)))
+    shapes = tuple(node_shape_from_dict(item, f"{where}.node_shapes[{k}]") for k, item in
+                   enumerate(sequence(mapping.get("node_shapes") or [], f"{where}.node_shapes", nonempty=False)))
     return GpuSpec(name=text(mapping["name"], f"{where}.name"), price_source=str(mapping.get("price_source", "")),
-                   price_date=str(mapping.get("price_date", "")), aliases=aliases, **positive)
+                   price_date=str(mapping.get("price_date", "")), aliases=aliases, node_shapes=shapes, **positive)
+
+
+def node_shape_from_dict(data: Any, where: str) -> NodeShape:
+    """Read one `node_shapes` entry: `{instance_type, gpus, price_per_hour, source?}`."""
+    mapping = require_mapping(data, where)
+    require_keys(mapping, where, _SHAPE_FIELDS, ["source"])
+    return NodeShape(instance_type=text(mapping["instance_type"], f"{where}.instance_type"),
+                     gpus=integer(mapping["gpus"], f"{where}.gpus", minimum=1),
+                     price_per_hour=number(mapping["price_per_hour"], f"{where}.price_per_hour", minimum=0,
+                                           strict_minimum=True),
+                     source=str(mapping.get("source", "")))
 
 
 def model_from_dict(data: Any, where: str) -> ModelSpec:

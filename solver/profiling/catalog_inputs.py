@@ -66,10 +66,11 @@ def catalog_profile(model: ModelSpec, gpu: GpuSpec, gpus: int, slo: Slo, grid: B
 
 
 def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Sequence[tuple[str, int]], slo: Slo,
-                                 grid: BucketGrid, prices: Mapping[str, float] | None = None
-                                 ) -> tuple[tuple[GpuOption, ...], list[Profile]]:
+                                 grid: BucketGrid, prices: Mapping[str, float] | None = None,
+                                 node_pricing: bool = False) -> tuple[tuple[GpuOption, ...], list[Profile]]:
     """One option per chosen GPU shape, priced from the catalog (or `prices`), each with a shipped
-    or freshly estimated profile for `model` at `slo` on `grid`."""
+    or freshly estimated profile for `model` at `slo` on `grid`. With `node_pricing` each option is
+    bought in whole instances of the catalog's cheapest instance type (per replica) that carries it."""
     prices = {k.lower(): v for k, v in (prices or {}).items()}
     options, profiles, chosen_names = [], [], set()
     for name, gpus in choices:
@@ -80,7 +81,14 @@ def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Se
         option_name = gpu.name.lower() + (f"-x{gpus}" if gpus > 1 else "")
         if any(o.name == option_name for o in options):
             raise InputError("--gpus", f"{name}:{gpus} is given twice", "each GPU shape once")
-        options.append(GpuOption(option_name, price, gpu=gpu.name, gpus_per_replica=gpus))
+        shape = gpu.node_shape(gpus) if node_pricing else None
+        if node_pricing and shape is None:
+            raise InputError("--pricing", f"node, but the catalog knows no instance type with {gpus} or more "
+                                          f"{gpu.name} GPUs", "--pricing gpu, or an options file with gpus_per_node "
+                                                               "and node_price_per_hour")
+        options.append(GpuOption(option_name, price, gpu=gpu.name, gpus_per_replica=gpus,
+                                 gpus_per_node=shape.gpus if shape else None,
+                                 node_price_per_hour=shape.price_per_hour if shape else None))
         profiles.append(catalog_profile(model, gpu, gpus, slo, grid))
     unknown = sorted(set(prices) - chosen_names)
     if unknown:

@@ -163,3 +163,42 @@ def test_floors_that_single_types_do_not_keep_are_given_as_the_reason(capsys, tm
     assert code == 0 and "saves -48.83%" in out
     assert "why the mix costs more: the mix keeps every option's floor (h100 x1); a single-type baseline keeps " \
            "only its own" in out
+
+
+def test_an_options_file_can_buy_whole_nodes(tmp_path, capsys):
+    """The Arena example at 4 req/s with each option bought in AWS instances (g6.xlarge 1 x L4 $0.8048,
+    g5.xlarge 1 x A10G $1.006, p4de.24xlarge 8 x A100 $40.966, p5.48xlarge 8 x H100 $98.32): the paper's
+    1 x L4 + 1 x A100 would cost $41.77/h in whole nodes; the answer is 1 x L4 + 4 x A10G,
+    $0.8048 + 4 x $1.006 = $4.8288/h, and A100 alone (2 replicas) costs its one node."""
+    options = yaml.safe_load((ARENA / "options.yaml").read_text())
+    shapes = {"l4": (1, 0.8048), "a10g": (1, 1.006), "a100-80gb": (8, 40.966), "h100": (8, 98.32)}
+    for option in options["options"]:
+        option["gpus_per_node"], option["node_price_per_hour"] = shapes[option["name"]]
+    (tmp_path / "options.yaml").write_text(yaml.safe_dump(options))
+    code, out, _ = run(capsys, "solve", "--workload", ARENA / "workload.yaml", "--options", tmp_path / "options.yaml",
+                       "--profiles", *sorted((ARENA / "profiles").glob("*.yaml")), "--output", "json")
+    document = json.loads(out)
+    assert code == 0 and document["status"] == "optimal"
+    assert document["replicas"] == {"l4": 1, "a10g": 4, "a100-80gb": 0, "h100": 0}
+    assert document["cost_per_hour"] == pytest.approx(4.8288)
+    assert document["single_type_replicas"]["a100-80gb"] == 2
+    assert document["single_type"]["a100-80gb"] == pytest.approx(40.966)
+    assert {o["name"]: o["nodes"] for o in document["options"]} == {"l4": 1, "a10g": 4, "a100-80gb": 0, "h100": 0}
+
+
+def test_catalog_gpus_can_be_priced_by_the_instance(capsys, tmp_path):
+    """--pricing node with catalog GPUs: an A100 replica costs a p4de.24xlarge; the table says so."""
+    workload = tmp_path / "workload.yaml"
+    workload.write_text(yaml.safe_dump({"rate": 0.5, "grid": {"input_edges": [1000], "output_edges": [500]},
+                                        "distribution": [[1.0]]}))
+    code, out, _ = run(capsys, "solve", "--model", "llama-3-8b", "--gpus", "a100", "--workload", workload,
+                       "--pricing", "node", "--output", "json")
+    document = json.loads(out)
+    assert code == 0 and document["replicas"] == {"a100-80gb": 1}
+    assert document["cost_per_hour"] == pytest.approx(40.966) and document["options"][0]["nodes"] == 1
+    code, out, _ = run(capsys, "solve", "--model", "llama-3-8b", "--gpus", "a100", "--workload", workload,
+                       "--pricing", "node")
+    assert "bought as whole nodes: a100-80gb 1 x 8 GPUs at $40.966/h (7 GPUs idle)" in out
+    code, _, err = run(capsys, "solve", "--model", "llama-3-8b", "--gpus", "h200", "--workload", workload,
+                       "--pricing", "node")
+    assert code == 2 and "--pricing" in err and "no instance type" in err

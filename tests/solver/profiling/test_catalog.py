@@ -54,6 +54,38 @@ def test_user_catalog_extends_and_overrides(tmp_path):
     assert "gpus[0].memory_gb" in str(error.value)
 
 
+def test_node_shapes_match_the_cluster_tests_instance_types():
+    """The catalog's AWS shapes are the ones the real-cluster tests give Karpenter (same GPUs, same prices)."""
+    from melange.testing.gpu_nodes import SHAPES
+    catalog = shipped_catalog()
+    products = {"NVIDIA-L4": "L4", "NVIDIA-A10G": "A10G", "NVIDIA-A100-SXM4-80GB": "A100-80GB",
+                "NVIDIA-H100-80GB-HBM3": "H100-SXM"}
+    for shape in SHAPES.values():
+        if shape.gpu_product:
+            found = catalog.gpu(products[shape.gpu_product]).node_shape(1, shape.instance_type)
+            assert (found.gpus, found.price_per_hour) == (shape.gpu_count, shape.price_per_hour), shape
+
+
+def test_a_replica_runs_on_the_cheapest_instance_per_replica_that_holds_it():
+    catalog = shipped_catalog()
+    l4, a100 = catalog.gpu("l4"), catalog.gpu("a100-80gb")
+    assert l4.node_shape(1).instance_type == "g6.xlarge"  # $0.8048 per GPU against g6.12xlarge's $1.1504
+    assert l4.node_shape(2).instance_type == "g6.12xlarge"  # a 2-GPU replica needs the 4-GPU instance
+    assert l4.node_shape(8) is None and catalog.gpu("h200").node_shape(1) is None
+    assert a100.node_shape(1).gpus == 8 and a100.node_shape(1).instance_type == "p4de.24xlarge"
+    assert l4.node_shape(1, "g6.12xlarge").gpus == 4 and l4.node_shape(1, "p4de.24xlarge") is None
+
+
+def test_a_bad_node_shape_is_named(tmp_path):
+    extra = tmp_path / "mine.yaml"
+    extra.write_text(yaml.safe_dump({"gpus": [{"name": "X", "memory_gb": 1, "bandwidth_gb_s": 1, "fp16_tflops": 1,
+                                               "price_per_hour": 1, "node_shapes": [
+                                                   {"instance_type": "x8", "gpus": 0, "price_per_hour": 8}]}]}))
+    with pytest.raises(InputError) as error:
+        load_catalog([extra])
+    assert "gpus[0].node_shapes[0].gpus" in str(error.value)
+
+
 LLAMA2_CONFIG = {"num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 32,
                  "intermediate_size": 11008, "vocab_size": 32000, "max_position_embeddings": 4096}
 
