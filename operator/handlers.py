@@ -92,8 +92,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         config.metrics.serve(config.metrics_port)
 
 
-def _uses_node_pools(spec: Any) -> bool:
-    return ((spec or {}).get("nodePools") or {}).get("provider") == "karpenter"
+def _uses_node_pools(spec: Any, status: Any = None) -> bool:
+    """Whether the service has NodePools: its provider is karpenter, or its status still names
+    NodePools it had (the provider changed away: they are listed, so that the pass deletes them)."""
+    return ((spec or {}).get("nodePools") or {}).get("provider") == "karpenter" \
+        or bool((status or {}).get("nodePools"))
 
 
 def _interval_s(spec: Any) -> float:
@@ -212,7 +215,7 @@ async def _reconcile_once(body: kopf.Body, previous: dict[str, Any], passes: Pas
     live = None
     if parsed is not None and parsed.workload.source == "prometheus":
         live = await _live(parsed, inputs, config, owner.namespace, passes, meta.get("generation"), fresh_metrics)
-    actual = await asyncio.to_thread(cluster.owned_objects, owner, _uses_node_pools(spec))
+    actual = await asyncio.to_thread(cluster.owned_objects, owner, _uses_node_pools(spec, previous))
     problems = {}
     if parsed is not None and parsed.mode == "apply" and condition_status(previous, "Ready") != "True":
         problems = await asyncio.to_thread(cluster.pod_problems, owner)
@@ -343,7 +346,7 @@ def _without_finalizer(timer: Any) -> None:
 _without_finalizer(on_tick)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, when=lambda spec, **_: _uses_node_pools(spec))
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=lambda spec, status, **_: _uses_node_pools(spec, status))
 async def on_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """NodePools are cluster-scoped, out of reach of owner references: delete them by label.
     Everything else goes with the LLMService through its owner references."""

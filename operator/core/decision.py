@@ -45,8 +45,8 @@ def move_cost(problem: Problem) -> float:
 
 
 def cost_of(problem: Problem, replicas: Mapping[str, int]) -> float:
-    """$/h of an allocation."""
-    return sum(o.replica_price * replicas.get(o.name, 0) for o in problem.options)
+    """$/h of an allocation (whole nodes for options priced by the node)."""
+    return sum(o.cost(replicas.get(o.name, 0)) for o in problem.options)
 
 
 def covers(problem: Problem, replicas: Mapping[str, int], settings: IlpSettings, mode: str) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,9 @@ ROUTER_PORT = 8080
 SERVICE_PORT = 8000
 GPU_RESOURCE = "nvidia.com/gpu"
 NODEPOOL_LABEL = "karpenter.sh/nodepool"
+NAMESPACE_LABEL = f"{GROUP}/namespace"
+NODEPOOL_NAME_MAX = 63  # a label value: Karpenter labels each node with its NodePool's name
+NODEPOOL_HASH_CHARS = 10
 AWS_GPU_NAME_LABEL = "karpenter.k8s.aws/instance-gpu-name"
 # vLLM serving settings a profile may record (provenance.serving or the estimator's constants),
 # passed to `vllm serve` so that what runs is what was planned.
@@ -71,8 +75,13 @@ def router_name(owner: Owner) -> str:
 
 
 def nodepool_name(owner: Owner, option: str) -> str:
-    """NodePools are cluster-scoped: the namespace is part of the name."""
-    return f"{owner.namespace}-{owner.name}-{option}"
+    """NodePools are cluster-scoped, so the namespace is part of the name: `<namespace>-<service>-<option>`
+    cut to 52 characters, then a hash of the three parts. Karpenter puts the name on its nodes as the
+    label value `karpenter.sh/nodepool`, at most 63 characters; the hash keeps names apart that the
+    dashes would join ("a-b" + "c" and "a" + "b-c") and that the cut would make equal."""
+    digest = hashlib.sha256(f"{owner.namespace}/{owner.name}/{option}".encode()).hexdigest()[:NODEPOOL_HASH_CHARS]
+    readable = f"{owner.namespace}-{owner.name}-{option}"[:NODEPOOL_NAME_MAX - NODEPOOL_HASH_CHARS - 1].rstrip("-")
+    return f"{readable}-{digest}"
 
 
 def pool_url(owner: Owner, option: str, port: int = SERVICE_PORT) -> str:
@@ -247,11 +256,26 @@ def router_service(owner: Owner) -> dict[str, Any]:
     }, owner)
 
 
-def nodepool(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: int, profile: Profile) -> dict[str, Any]:
-    """A Karpenter v1 NodePool for one option: GPU nodes for its pods, at most the GPUs it needs.
+def nodepool_gpu_limit(replicas: int, gpus_per_replica: int, gpus_per_node: int | None) -> int:
+    """The NodePool's `nvidia.com/gpu` limit: whole instances. Karpenter launches an instance type
+    only while the NodePool's GPUs plus the instance's stay within the limit (its scheduler filters
+    instance types by the remaining limit: sigs.k8s.io/karpenter pkg/controllers/provisioning/
+    scheduling/scheduler.go, filterByRemainingResources), so a limit of the pods' GPUs admits no
+    8-GPU p4de.24xlarge for one A100 replica. The replicas fill `gpus_per_node // gpus_per_replica`
+    per node; without a known node size the limit is the pods' GPUs."""
+    if not gpus_per_node:
+        return replicas * gpus_per_replica
+    return math.ceil(replicas / (gpus_per_node // gpus_per_replica)) * gpus_per_node
+
+
+def nodepool(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: int, profile: Profile,
+             gpus_per_node: int | None = None) -> dict[str, Any]:
+    """A Karpenter v1 NodePool for one option: GPU nodes for its pods, whole instances of them.
 
     Requirements: the option's nodeSelector, and on AWS (`karpenter.k8s.aws` node classes) the GPU
     name label (https://karpenter.sh/docs/reference/instance-types/: instance-gpu-name is lower case).
+    Limits: `nodepool_gpu_limit`. Disruption: `spec.nodePools.disruption` (expiry, how long a node
+    stays empty, budgets); consolidation only of empty nodes, as the operator decides the replicas.
     """
     requirements = [{"key": key, "operator": "In", "values": [value]}
                     for key, value in sorted(option.node_selector.items())]
@@ -261,34 +285,39 @@ def nodepool(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: i
                              "values": [profile.gpu.lower().split("-")[0]]})
     requirements.append({"key": "karpenter.sh/capacity-type", "operator": "In",
                          "values": ["spot"] if option.spot else ["on-demand"]})
+    disruption = spec.node_pool_disruption
     return _finish({
         "apiVersion": "karpenter.sh/v1", "kind": "NodePool",
         "metadata": {"name": nodepool_name(owner, option.name),
-                     "labels": {**labels(owner, "nodepool", option.name),
-                                f"{GROUP}/namespace": owner.namespace}},
+                     "labels": {**labels(owner, "nodepool", option.name), NAMESPACE_LABEL: owner.namespace}},
         "spec": {
             "template": {
-                "metadata": {"labels": {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name}},
+                "metadata": {"labels": {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name,
+                                        NAMESPACE_LABEL: owner.namespace}},
                 "spec": {"nodeClassRef": dict(spec.node_class_ref or {}), "requirements": requirements,
                          "taints": [{"key": GPU_RESOURCE, "effect": "NoSchedule"}],
-                         "expireAfter": "720h"},
+                         "expireAfter": disruption.expire_after},
             },
-            "limits": {GPU_RESOURCE: str(replicas * option.gpus_per_replica)},
-            "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m"},
+            "limits": {GPU_RESOURCE: str(nodepool_gpu_limit(replicas, option.gpus_per_replica, gpus_per_node))},
+            "disruption": {"consolidationPolicy": "WhenEmpty", "consolidateAfter": disruption.consolidate_after,
+                           "budgets": [dict(b) for b in disruption.budgets]},
         },
     }, owner, namespaced=False)
 
 
 def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles: Mapping[str, Profile],
-         routing_table: Mapping[str, Any], images: Images = Images()) -> list[dict[str, Any]]:
-    """Every object the allocation `replicas` (option name -> replicas) needs, in apply order."""
+         routing_table: Mapping[str, Any], images: Images = Images(),
+         gpus_per_node: Mapping[str, int | None] | None = None) -> list[dict[str, Any]]:
+    """Every object the allocation `replicas` (option name -> replicas) needs, in apply order.
+    `gpus_per_node`: each option's node size where known (NodePool limits in whole instances)."""
     objects: list[dict[str, Any]] = []
     for option in spec.options:
         count = replicas.get(option.name, 0)
         if count <= 0:
             continue
         if spec.node_pool_provider == "karpenter":
-            objects.append(nodepool(owner, spec, option, count, profiles[option.name]))
+            objects.append(nodepool(owner, spec, option, count, profiles[option.name],
+                                    (gpus_per_node or {}).get(option.name)))
         objects.append(vllm_deployment(owner, spec, option, count, profiles[option.name], images))
         objects.append(pool_service(owner, spec, option.name))
     objects += [routing_config_map(owner, routing_table), router_deployment(owner, spec, images),

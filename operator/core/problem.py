@@ -17,13 +17,15 @@ from melange.solver.ilp import IlpSettings
 from melange.solver.options import GpuOption
 from melange.solver.problem import Problem
 from melange.solver.profiles import Profile, profile_from_dict
-from melange.solver.profiling.catalog import Catalog, shipped_catalog
+from melange.solver.profiling.catalog import Catalog, GpuSpec, shipped_catalog
 from melange.solver.profiling.catalog_inputs import catalog_profile
 from melange.solver.workload import Workload, make_workload, parse_trace, workload_from_trace
 from melange.operator.core.spec import GpuOptionSpec, KeyRef, ServiceSpec
 
 # ConfigMap data by (name, key), as the shell read it from the service's namespace.
 ConfigData = Mapping[tuple[str, str], str]
+# The well-known label clouds set to the instance type; an option's nodeSelector on it names its shape.
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,39 @@ def static_workload(spec: ServiceSpec, inputs: Inputs, grid: BucketGrid) -> Work
     return workload_from_trace(requests, grid, static.rate, here)
 
 
+def node_shape(option: GpuOptionSpec, gpu: GpuSpec | None, gpu_price: float | None,
+               where: str) -> tuple[int | None, float | None]:
+    """GPUs per node of an option and, when it is priced by the node, the node's $/h.
+
+    The GPUs: the option's gpusPerNode; else the catalog's instance type that its nodeSelector names
+    (`node.kubernetes.io/instance-type`); else the catalog's cheapest instance type per replica
+    that carries the GPU; else unknown (None). The node price (pricing "node" only):
+    nodePricePerHour; else that instance type's price; else gpusPerNode x the per-GPU price.
+    InputError when the option asks for node pricing and no node size is known."""
+    gpus, price = option.gpus_per_node, option.node_price_per_hour
+    if gpus is None and gpu is not None:
+        shape = gpu.node_shape(option.gpus_per_replica, option.node_selector.get(INSTANCE_TYPE_LABEL))
+        if shape is not None:  # (nodePricePerHour comes only with gpusPerNode)
+            gpus, price = shape.gpus, shape.price_per_hour
+    if option.pricing != "node":
+        return gpus, None
+    if gpus is None:
+        raise InputError(f"{where}.pricing", f"node, but no node size is known for {option.gpus_per_replica} "
+                                             f"{option.gpu} GPU(s) per replica",
+                         "gpusPerNode and nodePricePerHour on the option, or a catalog GPU with node_shapes")
+    if price is None and gpu_price is not None:
+        price = gpus * gpu_price
+    return gpus, price
+
+
 def _option(spec: ServiceSpec, k: int, option: GpuOptionSpec, profile: Profile | None, inputs: Inputs,
             grid: BucketGrid) -> tuple[GpuOption, Profile]:
     where = f"spec.gpuOptions[{k}]"
     price = option.price_per_hour
+    try:
+        catalog_gpu: GpuSpec | None = inputs.catalog.gpu(option.gpu)
+    except InputError:
+        catalog_gpu = None  # a GPU the catalog does not know needs a price and a profile (checked below)
     if profile is None or price is None:
         try:
             gpu = inputs.catalog.gpu(option.gpu)
@@ -118,8 +149,10 @@ def _option(spec: ServiceSpec, k: int, option: GpuOptionSpec, profile: Profile |
         raise InputError(f"{where}.gpusPerReplica", f"{option.gpus_per_replica}, but the profile was made with "
                                                     f"{profile.gpus_per_replica} GPU(s) per replica",
                          "the profile's tensor-parallel degree")
+    gpus_per_node, node_price = node_shape(option, catalog_gpu, price, where)
     return GpuOption(option.name, price, gpu=profile.gpu, gpus_per_replica=option.gpus_per_replica,
-                     max_replicas=option.max_replicas, spot=option.spot, min_replicas=option.min_replicas), profile
+                     max_replicas=option.max_replicas, spot=option.spot, min_replicas=option.min_replicas,
+                     gpus_per_node=gpus_per_node, node_price_per_hour=node_price), profile
 
 
 def build_problem(spec: ServiceSpec, workload: Workload | None, inputs: Inputs) -> Problem:

@@ -158,7 +158,8 @@ def split_for(problem: Problem, replicas: Mapping[str, int], settings: IlpSettin
         if allocation.solved:
             return allocation
     uses = tuple(OptionUse(o.name, replicas.get(o.name, 0), replicas.get(o.name, 0) * o.gpus_per_replica,
-                           replicas.get(o.name, 0) * o.replica_price, 0.0, 0.0, None) for o in problem.options)
+                           o.cost(replicas.get(o.name, 0)), 0.0, 0.0, None, o.nodes(replicas.get(o.name, 0)))
+                 for o in problem.options)
     return Allocation(mode, "proportional", cost_of(problem, replicas), uses, (), None, "none", 0.0)
 
 
@@ -283,14 +284,24 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         if table is None:
             table = _table(owner, problem, split_for(problem, routed, plain, spec.routing_mode))
         profiles = {o.name: p for o, p in zip(problem.options, problem.profiles)}
-        desired = plan(owner, spec, replicas, profiles, table, images)
+        desired = plan(owner, spec, replicas, profiles, table, images,
+                       {o.name: o.gpus_per_node for o in problem.options})
     status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure)
+    pools = node_pool_names(observed.actual, desired)
+    if pools or observed.status.get("nodePools"):
+        status["nodePools"] = pools or None
     status["lastChange"] = None if last_change is None else iso(last_change)
     status["lastMoveFailure"] = failure
     if decision is not None:
         status["lastDecision"] = {"kind": decision.kind, "reason": decision.reason, "time": observed.now}
     wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain_s, timeout_s)
     return Outcome(status, desired, tuple(events), spec, report, decision, wake)
+
+
+def node_pool_names(actual: Sequence[Mapping[str, Any]], desired: Sequence[Mapping[str, Any]] | None) -> list[str]:
+    """The NodePools the service has or is given this pass, by name: status keeps them so that the shell
+    still lists (and so deletes) them after `nodePools.provider` changed away from karpenter."""
+    return sorted({o["metadata"]["name"] for o in [*actual, *(desired or [])] if o.get("kind") == "NodePool"})
 
 
 def _what_runs(move: Move, actual: Sequence[Mapping[str, Any]], offered: set[str]) -> dict[str, int]:

@@ -6,6 +6,7 @@ adds what a schema cannot know, so a bad spec is reported in status and changes 
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ from melange.solver.buckets import BucketGrid, grid_from_dict
 from melange.solver.checks import integer, number, require_keys, require_mapping, sequence, text
 from melange.solver.errors import InputError
 from melange.solver.metrics.prometheus_source import parse_duration
+from melange.solver.options import check_node_shape
 from melange.solver.profiles import Slo, slo_from_dict
 
 DNS_LABEL_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -21,6 +23,12 @@ MODES = ("apply", "recommend")
 ROUTING_MODES = ("routable", "paper")
 WORKLOAD_SOURCES = ("static", "prometheus")
 NODE_POOL_PROVIDERS = ("none", "karpenter")
+PRICINGS = ("gpu", "node")
+# Karpenter v1's NodePool schema (karpenter.sh_nodepools.yaml): durations, budget sizes and reasons.
+KARPENTER_DURATION = re.compile(r"^(([0-9]+(s|m|h))+|Never)$")
+KARPENTER_BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
+KARPENTER_BUDGET_DURATION = re.compile(r"^((([0-9]+(h|m))|([0-9]+h[0-9]+m))(0s)?)$")
+KARPENTER_REASONS = ("Underutilized", "Empty", "Drifted")
 DEFAULT_TARGET_UTILISATION = 0.85  # 15% headroom: estimated profiles err by 10-15% (README, calibration)
 
 
@@ -34,7 +42,12 @@ class KeyRef:
 
 @dataclass(frozen=True)
 class GpuOptionSpec:
-    """One `spec.gpuOptions[]` entry. `profile_inline`/`profile_ref` None: estimate from the catalog."""
+    """One `spec.gpuOptions[]` entry. `profile_inline`/`profile_ref` None: estimate from the catalog.
+
+    Node shape and pricing: `gpus_per_node` (the GPUs one node of this option carries) and
+    `node_price_per_hour` (its $/h), each None to take them from the catalog's instance shapes.
+    `pricing` "gpu" (the paper's model, a replica costs its GPUs) or "node" (whole nodes are bought);
+    a spec that gives nodePricePerHour defaults to "node"."""
 
     name: str
     gpu: str
@@ -47,6 +60,24 @@ class GpuOptionSpec:
     tolerations: tuple[Mapping[str, Any], ...] = ()
     profile_inline: Mapping[str, Any] | None = None
     profile_ref: KeyRef | None = None
+    pricing: str = "gpu"
+    gpus_per_node: int | None = None
+    node_price_per_hour: float | None = None
+
+
+@dataclass(frozen=True)
+class NodePoolDisruption:
+    """`spec.nodePools.disruption`: how Karpenter may take the service's GPU nodes away.
+
+    Defaults, chosen for nodes that serve: `expire_after` "Never", since Karpenter v1's expiry is
+    forceful (no budget, no replacement launched first) and would drain a serving GPU node at an
+    arbitrary hour (Karpenter's own default is 720h); `consolidate_after` 5m of a node being empty
+    (the policy is WhenEmpty: the operator decides replicas, Karpenter only removes empty nodes);
+    `budgets` one node of the pool disrupted at a time (empty or drifted)."""
+
+    expire_after: str = "Never"
+    consolidate_after: str = "5m"
+    budgets: tuple[Mapping[str, Any], ...] = ({"nodes": "1"},)
 
 
 @dataclass(frozen=True)
@@ -108,6 +139,7 @@ class ServiceSpec:
     routing_mode: str = "routable"
     node_pool_provider: str = "none"
     node_class_ref: Mapping[str, str] | None = None
+    node_pool_disruption: NodePoolDisruption = NodePoolDisruption()
     serving: ServingSpec = ServingSpec()
     router_image: str | None = None
     router_replicas: int = 2
@@ -119,7 +151,7 @@ class ServiceSpec:
 _SPEC_FIELDS = ["model", "catalogModel", "slo", "gpuOptions", "workload", "reallocation", "mode", "routingMode",
                 "nodePools", "serving", "router"]
 _OPTION_FIELDS = ["name", "gpu", "pricePerHour", "gpusPerReplica", "minReplicas", "maxReplicas", "spot",
-                  "nodeSelector", "tolerations", "profile"]
+                  "nodeSelector", "tolerations", "profile", "pricing", "gpusPerNode", "nodePricePerHour"]
 
 
 def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
@@ -141,7 +173,7 @@ def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
                              "a catalog model to estimate profiles from, or a profile on every option")
     realloc = _reallocation(data.get("reallocation", {}), f"{where}.reallocation")
     node_pools = require_mapping(data.get("nodePools", {}), f"{where}.nodePools")
-    require_keys(node_pools, f"{where}.nodePools", [], ["provider", "nodeClassRef"])
+    require_keys(node_pools, f"{where}.nodePools", [], ["provider", "nodeClassRef", "disruption"])
     provider = _choice(node_pools.get("provider", "none"), f"{where}.nodePools.provider", NODE_POOL_PROVIDERS)
     node_class = node_pools.get("nodeClassRef")
     if node_class is not None:
@@ -164,6 +196,7 @@ def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
         routing_mode=_choice(data.get("routingMode", "routable"), f"{where}.routingMode", ROUTING_MODES),
         node_pool_provider=provider,
         node_class_ref=node_class,
+        node_pool_disruption=_disruption(node_pools.get("disruption", {}), f"{where}.nodePools.disruption"),
         serving=_serving(data.get("serving", {}), f"{where}.serving"),
         router_image=_optional_text(router, "image", f"{where}.router"),
         router_replicas=integer(router.get("replicas", 2), f"{where}.router.replicas", minimum=1),
@@ -224,12 +257,20 @@ def _option(value: Any, where: str) -> GpuOptionSpec:
         else:
             ref = _key_ref(profile["configMapRef"], f"{where}.profile.configMapRef")
     price = data.get("pricePerHour")
+    gpus_per_replica = integer(data.get("gpusPerReplica", 1), f"{where}.gpusPerReplica", minimum=1)
+    gpus_per_node = None if data.get("gpusPerNode") is None else integer(data["gpusPerNode"],
+                                                                         f"{where}.gpusPerNode", minimum=1)
+    node_price = None if data.get("nodePricePerHour") is None else number(
+        data["nodePricePerHour"], f"{where}.nodePricePerHour", minimum=0, strict_minimum=True)
+    check_node_shape(gpus_per_replica, gpus_per_node, node_price, where,
+                     ("gpusPerNode", "nodePricePerHour", "gpusPerReplica"))
+    pricing = _choice(data.get("pricing", "gpu" if node_price is None else "node"), f"{where}.pricing", PRICINGS)
     return GpuOptionSpec(
         name=_dns_label(data["name"], f"{where}.name", 24),
         gpu=text(data["gpu"], f"{where}.gpu"),
         price_per_hour=None if price is None else number(price, f"{where}.pricePerHour", minimum=0,
                                                          strict_minimum=True),
-        gpus_per_replica=integer(data.get("gpusPerReplica", 1), f"{where}.gpusPerReplica", minimum=1),
+        gpus_per_replica=gpus_per_replica,
         min_replicas=min_replicas,
         max_replicas=max_replicas,
         spot=spot,
@@ -237,7 +278,53 @@ def _option(value: Any, where: str) -> GpuOptionSpec:
         tolerations=tolerations,
         profile_inline=inline,
         profile_ref=ref,
+        pricing=pricing,
+        gpus_per_node=gpus_per_node,
+        node_price_per_hour=node_price,
     )
+
+
+def _karpenter_text(value: Any, where: str, pattern: re.Pattern[str], allowed: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise InputError(where, f"{value!r} is not {allowed}", allowed)
+    return value
+
+
+def _disruption(value: Any, where: str) -> NodePoolDisruption:
+    """`nodePools.disruption {expireAfter, consolidateAfter, budgets}`, checked as Karpenter's schema does."""
+    data = require_mapping(value, where)
+    require_keys(data, where, [], ["expireAfter", "consolidateAfter", "budgets"])
+    default = NodePoolDisruption()
+    duration = "a Karpenter duration such as 720h, 30m or Never"
+    budgets = []
+    raw = default.budgets if data.get("budgets") is None else sequence(data["budgets"], f"{where}.budgets",
+                                                                      nonempty=False)
+    if len(raw) > 50:
+        raise InputError(f"{where}.budgets", f"{len(raw)} budgets", "at most 50")
+    for k, item in enumerate(raw):
+        here = f"{where}.budgets[{k}]"
+        budget = require_mapping(item, here)
+        require_keys(budget, here, ["nodes"], ["nodes", "reasons", "schedule", "duration"])
+        checked: dict[str, Any] = {"nodes": _karpenter_text(budget["nodes"], f"{here}.nodes", KARPENTER_BUDGET_NODES,
+                                                            "a node count or a percentage, as a string (\"1\", \"10%\")")}
+        if "reasons" in budget:
+            reasons = sequence(budget["reasons"], f"{here}.reasons", nonempty=False)
+            for j, reason in enumerate(reasons):
+                _choice(reason, f"{here}.reasons[{j}]", KARPENTER_REASONS)
+            checked["reasons"] = list(reasons)
+        if ("schedule" in budget) != ("duration" in budget):
+            raise InputError(here, "schedule and duration go together", "both (a cron schedule and a duration) or neither")
+        if "schedule" in budget:
+            checked["schedule"] = text(budget["schedule"], f"{here}.schedule")
+            checked["duration"] = _karpenter_text(budget["duration"], f"{here}.duration", KARPENTER_BUDGET_DURATION,
+                                                  "hours and/or minutes, e.g. 8h or 1h30m")
+        budgets.append(checked)
+    return NodePoolDisruption(
+        expire_after=_karpenter_text(data.get("expireAfter", default.expire_after), f"{where}.expireAfter",
+                                     KARPENTER_DURATION, duration),
+        consolidate_after=_karpenter_text(data.get("consolidateAfter", default.consolidate_after),
+                                          f"{where}.consolidateAfter", KARPENTER_DURATION, duration),
+        budgets=tuple(budgets))
 
 
 def _workload(value: Any, where: str) -> WorkloadSpec:

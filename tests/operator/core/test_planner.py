@@ -6,7 +6,8 @@ import json
 import kubernetes_validate
 import pytest
 
-from melange.operator.core.planner import HASH_ANNOTATION, Images, Owner, content_hash, plan, pool_url
+from melange.operator.core.planner import (HASH_ANNOTATION, Images, Owner, content_hash, nodepool_gpu_limit, nodepool_name,
+                                           plan, pool_url)
 from melange.operator.core.spec import parse_spec
 from melange.solver.profiles import Profile, Slo
 from melange.solver.buckets import BucketGrid
@@ -105,13 +106,25 @@ def test_the_router_mounts_the_table_and_reaches_pools_by_service_dns():
     assert planned[("Service", "chat-l4")]["spec"]["selector"] == {"melange.ai/service": "chat", "melange.ai/option": "l4"}
 
 
+KARPENTER = {"provider": "karpenter", "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"}}
+
+
+def node_pools(planned: dict) -> dict[str, dict]:
+    """The planned NodePools by option."""
+    return {o["metadata"]["labels"]["melange.ai/option"]: o for (kind, _), o in planned.items() if kind == "NodePool"}
+
+
 def test_karpenter_node_pools_follow_the_allocation():
-    planned = objects(nodePools={"provider": "karpenter",
-                                 "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"}})
-    pools = {name: o for (kind, name), o in planned.items() if kind == "NodePool"}
-    assert sorted(pools) == ["llm-chat-h100x2", "llm-chat-l4"]
-    l4, h100 = pools["llm-chat-l4"], pools["llm-chat-h100x2"]
+    planned = objects(nodePools=KARPENTER)
+    pools = node_pools(planned)
+    assert sorted(pools) == ["h100x2", "l4"]
+    l4, h100 = pools["l4"], pools["h100x2"]
+    assert l4["metadata"]["name"] == nodepool_name(OWNER, "l4")
     assert l4["apiVersion"] == "karpenter.sh/v1" and "namespace" not in l4["metadata"]
+    assert l4["metadata"]["labels"]["melange.ai/namespace"] == "llm"
+    assert l4["spec"]["template"]["metadata"]["labels"] == {"melange.ai/service": "chat", "melange.ai/option": "l4",
+                                                            "melange.ai/namespace": "llm"}
+    # No node size known to the planner: the pods' GPUs (3 x 1 and 1 x 2).
     assert l4["spec"]["limits"] == {"nvidia.com/gpu": "3"} and h100["spec"]["limits"] == {"nvidia.com/gpu": "2"}
     requirements = {r["key"]: r["values"] for r in h100["spec"]["template"]["spec"]["requirements"]}
     assert requirements["karpenter.k8s.aws/instance-gpu-name"] == ["h100"]
@@ -120,7 +133,58 @@ def test_karpenter_node_pools_follow_the_allocation():
     assert l4["spec"]["template"]["spec"]["nodeClassRef"] == {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass",
                                                               "name": "gpu"}
     pod = planned[("Deployment", "chat-l4")]["spec"]["template"]["spec"]
-    assert pod["nodeSelector"]["karpenter.sh/nodepool"] == "llm-chat-l4"
+    assert pod["nodeSelector"]["karpenter.sh/nodepool"] == nodepool_name(OWNER, "l4")
+
+
+def test_node_pool_limits_are_whole_instances():
+    """3 L4 replicas on 1-GPU g6.xlarge: 3 GPUs; one 2-GPU H100 replica on an 8-GPU p5.48xlarge: 8, so
+    that Karpenter may launch the instance at all."""
+    planned = plan(OWNER, spec(nodePools=KARPENTER), {"l4": 3, "h100x2": 1}, PROFILES, TABLE, Images(),
+                   {"l4": 1, "h100x2": 8, "a10g": None})
+    pools = node_pools({(o["kind"], o["metadata"]["name"]): o for o in planned})
+    assert pools["l4"]["spec"]["limits"] == {"nvidia.com/gpu": "3"}
+    assert pools["h100x2"]["spec"]["limits"] == {"nvidia.com/gpu": "8"}
+
+
+@pytest.mark.parametrize("replicas,gpus_per_replica,gpus_per_node,limit", [
+    (1, 1, 8, 8),      # one A100 replica: a whole p4de.24xlarge
+    (8, 1, 8, 8),
+    (9, 1, 8, 16),     # a second node
+    (4, 2, 8, 8),      # 4 replicas of 2 GPUs fill one node
+    (5, 3, 8, 24),     # 3-GPU replicas: 2 per node (2 GPUs idle each), 5 replicas on 3 nodes
+    (3, 1, 1, 3),      # one GPU per node: the pods' GPUs
+    (3, 2, None, 6),   # node size unknown: the pods' GPUs
+])
+def test_the_gpu_limit_rounds_up_to_whole_nodes(replicas, gpus_per_replica, gpus_per_node, limit):
+    assert nodepool_gpu_limit(replicas, gpus_per_replica, gpus_per_node) == limit
+
+
+def test_node_pool_names_are_short_labels_that_never_collide():
+    names = {nodepool_name(Owner(service, namespace, "u"), option)
+             for namespace, service, option in [("a-b", "c", "d"), ("a", "b-c", "d"), ("a", "b", "c-d")]}
+    assert len(names) == 3 and all(n.startswith(("a-b-c-d-")) for n in names)
+    long = Owner("s" * 30, "n" * 63, "u")
+    first, second = nodepool_name(long, "o" * 24), nodepool_name(long, "o" * 23 + "p")
+    assert first != second and len(first) == len(second) == 63
+    for name in (first, second, *names):
+        assert len(name) <= 63 and name[0].isalnum() and name[-1].isalnum()
+        assert set(name) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    assert nodepool_name(Owner("chat", "llm", "other-uid"), "l4") == nodepool_name(OWNER, "l4")  # stable
+
+
+def test_node_pool_disruption_has_safe_defaults_and_follows_the_spec():
+    """Defaults: nodes never expire (Karpenter v1's expiry drains a serving node without a replacement
+    first), empty nodes go after 5 minutes, one node of the pool at a time."""
+    pool = node_pools(objects(nodePools=KARPENTER))["l4"]
+    assert pool["spec"]["template"]["spec"]["expireAfter"] == "Never"
+    assert pool["spec"]["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "5m",
+                                          "budgets": [{"nodes": "1"}]}
+    budgets = [{"nodes": "0", "schedule": "0 9 * * mon-fri", "duration": "8h"}, {"nodes": "20%", "reasons": ["Empty"]}]
+    pool = node_pools(objects(nodePools={**KARPENTER, "disruption": {"expireAfter": "720h", "consolidateAfter": "30m",
+                                                                     "budgets": budgets}}))["l4"]
+    assert pool["spec"]["template"]["spec"]["expireAfter"] == "720h"
+    assert pool["spec"]["disruption"] == {"consolidationPolicy": "WhenEmpty", "consolidateAfter": "30m",
+                                          "budgets": budgets}
 
 
 def test_the_hash_changes_with_content_only():

@@ -84,3 +84,40 @@ def test_an_unknown_catalog_model_names_the_field():
     with pytest.raises(InputError) as caught:
         build_problem(spec, None, default_inputs())
     assert caught.value.where == "spec.catalogModel"
+
+
+def a100_spec(**option) -> dict:
+    """The Arena example on its A100 option alone, with `option` changes."""
+    a100 = next(o for o in ARENA["gpuOptions"] if o["name"] == "a100-80gb")
+    return dict(ARENA, gpuOptions=[{**a100, **option}])
+
+
+def test_node_size_and_price_come_from_the_spec_or_the_catalog():
+    """The A100-80GB comes 8 per p4de.24xlarge ($40.966/h in the catalog): per-GPU pricing keeps the
+    node size for the NodePool's limit; `pricing: node` prices the whole instance."""
+    [plain] = build_problem(parse_spec(a100_spec()), None, default_inputs()).options
+    assert (plain.gpus_per_node, plain.node_priced, plain.cost(1)) == (8, False, 3.67)
+    [node] = build_problem(parse_spec(a100_spec(pricing="node")), None, default_inputs()).options
+    assert (node.gpus_per_node, node.node_price_per_hour, node.cost(1), node.cost(9)) == (8, 40.966, 40.966, 81.932)
+    [given] = build_problem(parse_spec(a100_spec(gpusPerNode=4, nodePricePerHour=20.0)), None, default_inputs()).options
+    assert (given.gpus_per_node, given.node_price_per_hour, given.cost(5)) == (4, 20.0, 40.0)
+    [sized] = build_problem(parse_spec(a100_spec(gpusPerNode=4, pricing="node")), None, default_inputs()).options
+    assert sized.node_price_per_hour == 4 * 3.67  # no node price given: the node's GPUs at the per-GPU price
+
+
+def test_a_node_selector_on_the_instance_type_picks_the_catalog_shape():
+    l4 = {"name": "l4", "gpu": "L4", "pricePerHour": 0.7, "profile": next(
+        o for o in ARENA["gpuOptions"] if o["name"] == "l4")["profile"]}
+    [cheapest] = build_problem(parse_spec(dict(ARENA, gpuOptions=[l4])), None, default_inputs()).options
+    assert cheapest.gpus_per_node == 1  # g6.xlarge
+    pinned = dict(l4, nodeSelector={"node.kubernetes.io/instance-type": "g6.12xlarge"}, pricing="node")
+    [big] = build_problem(parse_spec(dict(ARENA, gpuOptions=[pinned])), None, default_inputs()).options
+    assert (big.gpus_per_node, big.node_price_per_hour) == (4, 4.6016)
+
+
+def test_node_pricing_without_a_known_node_size_is_named():
+    h200 = a100_spec(gpu="H200", pricing="node")
+    h200["gpuOptions"][0]["profile"]["inline"] = dict(h200["gpuOptions"][0]["profile"]["inline"], gpu="H200")
+    with pytest.raises(InputError) as caught:
+        build_problem(parse_spec(h200), None, default_inputs())
+    assert caught.value.where == "spec.gpuOptions[0].pricing" and "gpusPerNode" in str(caught.value)

@@ -6,6 +6,7 @@ import json
 
 import yaml
 
+from melange.operator.core.diff import diff
 from melange.operator.core.planner import Owner
 from melange.operator.core.problem import default_inputs
 from melange.operator.core.reconcile import Observed, reconcile
@@ -213,3 +214,38 @@ def test_a_move_past_its_deadline_serves_what_is_ready_says_why_and_waits_before
     after = reconcile(OWNER, Observed(with_rate(8.0), 2, again.status, ready(again.desired), late + 11 * 60),
                       default_inputs())
     assert after.status["move"] is not None and after.status["move"]["step"] == "scaling-up"
+
+
+KARPENTER = {"provider": "karpenter", "nodeClassRef": {"group": "karpenter.kwok.sh", "kind": "KWOKNodeClass",
+                                                       "name": "default"}}
+
+
+def test_node_pools_left_behind_by_a_provider_change_are_deleted():
+    """Status names the service's NodePools, so that after `provider: none` the shell still lists them
+    and the diff deletes them; once they are gone, status forgets them."""
+    first = reconcile(OWNER, observe(dict(ARENA["spec"], nodePools=KARPENTER)), default_inputs())
+    names = sorted(o["metadata"]["name"] for o in first.desired if o["kind"] == "NodePool")
+    assert len(names) == 2 and first.status["nodePools"] == names
+    actual = copy.deepcopy(first.desired)
+    second = reconcile(OWNER, observe(ARENA["spec"], first.status, actual, generation=2), default_inputs())
+    assert not [o for o in second.desired if o["kind"] == "NodePool"]
+    assert sorted(k.name for k in diff(second.desired, actual).delete if k.kind == "NodePool") == names
+    assert second.status["nodePools"] == names  # until they are gone
+    gone = [o for o in actual if o["kind"] != "NodePool"]
+    third = reconcile(OWNER, observe(ARENA["spec"], second.status, gone, generation=2), default_inputs())
+    assert third.status["nodePools"] is None  # deleted from the stored status
+    plain = reconcile(OWNER, observe(ARENA["spec"]), default_inputs())
+    assert "nodePools" not in plain.status  # services without NodePools never carry the field
+
+
+def test_node_priced_options_cost_their_nodes_in_status():
+    """The Arena example bought in AWS instances (the catalog's g6.xlarge, g5.xlarge, p4de.24xlarge,
+    p5.48xlarge): the paper's 1 x L4 + 1 x A100 would cost $0.8048 + $40.966; the mix is 1 x L4 +
+    4 x A10G, $4.8288/h; A10G alone needs 5, $5.03/h."""
+    spec = copy.deepcopy(ARENA["spec"])
+    for option in spec["gpuOptions"]:
+        option["pricing"] = "node"
+    status = reconcile(OWNER, observe(spec), default_inputs()).status
+    assert status["allocation"] == {"l4": 1, "a10g": 4, "a100-80gb": 0, "h100": 0}
+    assert status["costPerHour"] == 4.8288
+    assert status["bestSingleType"] == {"name": "a10g", "costPerHour": 5.03}

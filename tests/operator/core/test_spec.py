@@ -61,6 +61,20 @@ def test_defaults_of_a_minimal_spec():
     ({"serving": {"args": ["--max-num-seqs", 64]}}, "spec.serving.args[1]"),
     ({"serving": {"port": 0}}, "spec.serving.port"),
     ({"router": {"replicas": 0}}, "spec.router.replicas"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "pricing": "hourly"}]}, "spec.gpuOptions[0].pricing"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "nodePricePerHour": 4}]}, "spec.gpuOptions[0].nodePricePerHour"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "gpusPerReplica": 2, "gpusPerNode": 1}]},
+     "spec.gpuOptions[0].gpusPerNode"),
+    ({"gpuOptions": [{"name": "l4", "gpu": "l4", "gpusPerNode": 4, "nodePricePerHour": 0}]},
+     "spec.gpuOptions[0].nodePricePerHour"),
+    ({"nodePools": {"disruption": {"expireAfter": "30d"}}}, "spec.nodePools.disruption.expireAfter"),
+    ({"nodePools": {"disruption": {"consolidateAfter": 300}}}, "spec.nodePools.disruption.consolidateAfter"),
+    ({"nodePools": {"disruption": {"budgets": [{"nodes": 1}]}}}, "spec.nodePools.disruption.budgets[0].nodes"),
+    ({"nodePools": {"disruption": {"budgets": [{"nodes": "1", "reasons": ["Expired"]}]}}},
+     "spec.nodePools.disruption.budgets[0].reasons[0]"),
+    ({"nodePools": {"disruption": {"budgets": [{"nodes": "0", "schedule": "@daily"}]}}},
+     "spec.nodePools.disruption.budgets[0]"),
+    ({"nodePools": {"disruption": {"ttl": "1h"}}}, "spec.nodePools.disruption.ttl"),
 ])
 def test_errors_name_the_field(change, field):
     with pytest.raises(InputError) as caught:
@@ -71,3 +85,20 @@ def test_errors_name_the_field(change, field):
 def test_a_spec_that_is_not_a_mapping():
     with pytest.raises(InputError, match="spec: expected a mapping"):
         parse_spec(["model"])
+
+
+def test_node_pricing_fields_and_their_defaults():
+    plain = parse_spec(minimal()).options[0]
+    assert (plain.pricing, plain.gpus_per_node, plain.node_price_per_hour) == ("gpu", None, None)
+    priced = parse_spec(minimal(gpuOptions=[{"name": "a100", "gpu": "a100", "gpusPerNode": 8,
+                                             "nodePricePerHour": 27.45}])).options[0]
+    assert (priced.pricing, priced.gpus_per_node, priced.node_price_per_hour) == ("node", 8, 27.45)
+    sized = parse_spec(minimal(gpuOptions=[{"name": "a100", "gpu": "a100", "gpusPerNode": 8}])).options[0]
+    assert sized.pricing == "gpu"  # a node size alone sets limits, not prices
+    catalog = parse_spec(minimal(gpuOptions=[{"name": "a100", "gpu": "a100", "pricing": "node"}])).options[0]
+    assert (catalog.pricing, catalog.gpus_per_node) == ("node", None)
+
+
+def test_node_pool_disruption_defaults():
+    disruption = parse_spec(minimal()).node_pool_disruption
+    assert (disruption.expire_after, disruption.consolidate_after, disruption.budgets) == ("Never", "5m", ({"nodes": "1"},))
