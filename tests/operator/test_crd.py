@@ -67,6 +67,13 @@ BAD = [
     ("spec.nodePools", {"provider": "karpenter"}, "nodeClassRef"),
     ("spec.serving.port", 70000, "port"),
     ("metadata.name", "Llama3", "name"),
+    ("spec.gpuOptions.0.pricing", "hourly", "pricing"),
+    ("spec.gpuOptions.0.nodePricePerHour", 40.0, "nodePricePerHour needs gpusPerNode"),
+    ("spec.gpuOptions.0.gpusPerNode", 0, "gpusPerNode"),
+    ("spec.nodePools", {"provider": "none", "disruption": {"expireAfter": "30d"}}, "expireAfter"),
+    ("spec.nodePools", {"provider": "none", "disruption": {"budgets": [{"nodes": "1", "schedule": "@daily"}]}}, "schedule and duration"),
+    ("spec.nodePools", {"provider": "none", "disruption": {"budgets": [{"nodes": "1", "reasons": ["Expired"]}]}}, "reasons"),
+    ("spec.nodePools", {"provider": "none", "disruption": {"budgets": [{"nodes": 1}]}}, "nodes"),
 ]
 
 
@@ -85,3 +92,34 @@ def test_every_option_with_a_profile_needs_no_catalog_model():
     assert schema_errors(arena) == []
     del arena["spec"]["gpuOptions"][2]["profile"]
     assert any("catalogModel" in e for e in schema_errors(arena))
+
+
+def test_node_pricing_and_disruption_pass_the_schema():
+    good = example("llama-3-8b.yaml")
+    good["spec"]["gpuOptions"][2].update({"pricing": "node", "gpusPerNode": 8, "nodePricePerHour": 40.966})
+    good["spec"]["nodePools"] = {"provider": "karpenter", "nodeClassRef": {"group": "g", "kind": "k", "name": "n"},
+                                 "disruption": {"expireAfter": "720h", "consolidateAfter": "10m", "budgets": [
+                                     {"nodes": "0", "schedule": "0 9 * * mon-fri", "duration": "8h"},
+                                     {"nodes": "20%", "reasons": ["Empty", "Drifted"]}]}}
+    assert schema_errors(good) == []
+    good["spec"]["gpuOptions"][2].update({"gpusPerReplica": 4, "gpusPerNode": 2})
+    assert any("gpusPerNode must hold at least one replica" in e for e in schema_errors(good))
+
+
+def test_the_schema_and_the_reader_know_the_same_option_and_node_pool_fields():
+    """The spec is stated twice (this schema and operator/core/spec.py): the option fields and the
+    nodePools fields must be the same in both."""
+    from melange.operator.core import spec as reader
+    from .schema import open_api_schema
+    spec = open_api_schema()["properties"]["spec"]["properties"]
+    assert set(spec["gpuOptions"]["items"]["properties"]) == set(reader._OPTION_FIELDS)
+    node_pools = spec["nodePools"]["properties"]
+    assert set(node_pools) == {"provider", "nodeClassRef", "disruption"}
+    disruption = node_pools["disruption"]["properties"]
+    assert set(disruption) == {"expireAfter", "consolidateAfter", "budgets"}
+    assert set(disruption["budgets"]["items"]["properties"]) == {"nodes", "reasons", "schedule", "duration"}
+    defaults = reader.NodePoolDisruption()
+    assert (disruption["expireAfter"]["default"], disruption["consolidateAfter"]["default"]) == (
+        defaults.expire_after, defaults.consolidate_after)
+    assert reader.KARPENTER_DURATION.pattern == disruption["expireAfter"]["pattern"]
+    assert reader.KARPENTER_BUDGET_NODES.pattern == disruption["budgets"]["items"]["properties"]["nodes"]["pattern"]
