@@ -1,8 +1,9 @@
 """Karpenter on the real cluster: its KWOK provider with real GPU instance shapes and on-demand
 prices (melange.testing.gpu_nodes). A service with `nodePools.provider: karpenter` gets a NodePool
-per option in use, Karpenter launches nodes of the right instance type for them, the pods schedule
-there and become ready; after a move the dropped option's NodePool and its nodes go, and deleting
-the service (while the operator runs) takes the rest."""
+per option in use, limited to whole instances of the option's type, Karpenter launches nodes of that
+type for them (a p4de.24xlarge with 8 A100s for one A100 replica), the pods schedule there and become
+ready; after a move the dropped option's NodePool and its nodes go, switching the provider off
+removes the NodePools, and deleting the service (while the operator runs) takes the rest."""
 from __future__ import annotations
 
 import json
@@ -27,8 +28,7 @@ def karpenter(cluster):
 
 def karpenter_service(namespace: str) -> dict:
     """The Arena example on L4 and A10G at 1 req/s (the paper's Table 3: 1 x L4 + 1 x A10G), each
-    option on its one-GPU instance type. (8-GPU shapes need whole-instance NodePool limits; a NodePool
-    limited to the GPUs the pods need cannot launch a p4de.24xlarge, see the README.)"""
+    option on its one-GPU instance type."""
     manifest = arena(namespace, nodePools={"provider": "karpenter", "nodeClassRef": NODE_CLASS})
     manifest["spec"]["gpuOptions"] = [o for o in manifest["spec"]["gpuOptions"] if o["name"] in ("l4", "a10g")]
     manifest["spec"]["workload"]["static"]["rate"] = 1.0
@@ -158,3 +158,18 @@ def test_an_option_on_eight_gpu_instances_gets_a_whole_node(cluster, karpenter, 
     pods = [p for p in cluster.get("pods", namespace=namespace)["items"]
             if p["metadata"]["labels"].get("melange.ai/option") == "a100-80gb"]
     assert [p["spec"]["nodeName"] for p in pods] == [node["metadata"]["name"]]
+    pools = node_pools(cluster, namespace, name)
+    assert all(len(p["metadata"]["name"]) <= 63 for p in pools.values())
+    assert pools["a100-80gb"]["spec"]["template"]["spec"]["expireAfter"] == "Never"  # the safe default
+    assert pools["a100-80gb"]["spec"]["disruption"]["budgets"] == [{"nodes": "1"}]
+
+    # Off Karpenter: the NodePools it left behind go, with their nodes; the pools run on the cluster's
+    # own GPU nodes (KWOK nodes of the same instance types).
+    cluster.kubectl("patch", "llms", name, "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"nodePools": {"provider": "none"}}}))
+    wait_until(lambda: node_pools(cluster, namespace, name) == {}, "the NodePools deleted after the provider change",
+               timeout_s=60)
+    wait_until(lambda: karpenter_nodes(cluster, name) == {}, "their nodes gone", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, table3), "the mix on the cluster's own nodes", timeout_s=180)
+    service = llmservice(cluster, name, namespace) or {}
+    assert "nodePools" not in (service.get("status") or {})
