@@ -181,7 +181,9 @@ def render_sweep_table(sweeps: Sequence[tuple[Problem, Sequence[SolveReport]]]) 
     names = [option.name for option in problem.options]
     lines = [f"Mélange sweep, {first.allocation.mode} mode ({first.allocation.solver}): model "
              f"{first.model or 'not stated by the profiles'}; {grid_text(problem)}",
-             "options ($/h per replica): " + ", ".join(f"{o.name} {o.replica_price:.3f}" for o in problem.options)]
+             "options ($/h per replica): " + ", ".join(
+                 f"{o.name} {o.node_price_per_hour:.3f} per {o.replicas_per_node}-replica node" if o.node_priced
+                 else f"{o.name} {o.replica_price:.3f}" for o in problem.options)]
     for _, reports in sweeps:
         mixes = [mix_text(r) for r in reports]
         mix_width = max(len("mix"), *(len(m) for m in mixes))
