@@ -7,7 +7,7 @@ Two price sets, each solved twice with the same profiles, workload and settings:
 1. the example's own per-GPU prices (the Mélange paper's Table 1 for Arena, the catalog's for
    llama-3-8b), nodes of the AWS sizes priced at their GPUs x that per-GPU price: only the rounding
    to whole nodes differs;
-2. AWS instance prices (the catalog's node_shapes: us-east-1 on-demand list prices of 2024), per GPU
+2. AWS instance prices (the catalog's node_shapes: us-east-1 on-demand list prices before June 2025), per GPU
    as the instance's $/h divided by its GPUs, against whole instances.
 
 For each: the per-GPU optimum (the paper's model), what that mix costs when its GPUs come in whole

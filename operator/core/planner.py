@@ -1,7 +1,7 @@
 """From an allocation to the Kubernetes objects that run it, as plain dicts (no API calls).
 
 Per GPU option in use: a vLLM Deployment and a Service (`<service>-<option>`), and with Karpenter a
-`karpenter.sh/v1` NodePool whose GPU limit follows the replicas. In front: the routing ConfigMap,
+`karpenter.sh/v1` NodePool whose GPU limit is the whole instances the replicas fill. In front: the routing ConfigMap,
 the router Deployment and the Service clients call (`<service>`). Every object carries the owner
 reference (NodePools, cluster-scoped, cannot: they carry labels and are deleted explicitly), the
 `app.kubernetes.io/*` labels and a hash of its content, so an unchanged object is never written.
