@@ -283,7 +283,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         if table is None:
             table = _table(owner, problem, split_for(problem, routed, plain, spec.routing_mode))
         profiles = {o.name: p for o, p in zip(problem.options, problem.profiles)}
-        desired = plan(owner, spec, replicas, profiles, table, images)
+        desired = plan(owner, spec, replicas, profiles, table, images, inputs.catalog)
     status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure)
     status["lastChange"] = None if last_change is None else iso(last_change)
     status["lastMoveFailure"] = failure
