@@ -87,6 +87,7 @@ class Cluster:
         self.core = kubernetes.client.CoreV1Api(api)
         self.apps = kubernetes.client.AppsV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
+        self.policy = kubernetes.client.PolicyV1Api(api)
         # object -> (desired content hash, resourceVersion the API server gave it after our apply)
         self.applied: dict[ObjectKey, tuple[str | None, str | None]] = {}
 
@@ -134,7 +135,8 @@ class Cluster:
         return str(path)
 
     def owned_objects(self, owner: Owner, node_pools: bool) -> list[dict[str, Any]]:
-        """Deployments, Services and ConfigMaps the service owns (by label), and its NodePools."""
+        """Deployments, Services, ConfigMaps and PodDisruptionBudgets the service owns (by label), and its
+        NodePools."""
         selector = _owned_selector(owner)
         found = [self._plain(o, "apps/v1", "Deployment")
                  for o in call(self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector).items]
@@ -142,6 +144,8 @@ class Cluster:
                   for o in call(self.core.list_namespaced_service, owner.namespace, label_selector=selector).items]
         found += [self._plain(o, "v1", "ConfigMap")
                   for o in call(self.core.list_namespaced_config_map, owner.namespace, label_selector=selector).items]
+        found += [self._plain(o, "policy/v1", "PodDisruptionBudget") for o in call(
+            self.policy.list_namespaced_pod_disruption_budget, owner.namespace, label_selector=selector).items]
         if node_pools:
             found += self.node_pools(owner)
         return found
@@ -211,6 +215,9 @@ class Cluster:
             stored = call(self.core.patch_namespaced_service, meta["name"], meta["namespace"], obj, **options)
         elif kind == "ConfigMap":
             stored = call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], obj, **options)
+        elif kind == "PodDisruptionBudget":
+            stored = call(self.policy.patch_namespaced_pod_disruption_budget, meta["name"], meta["namespace"], obj,
+                          **options)
         elif kind == "NodePool":
             return call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                         meta["name"], obj, **options)
@@ -226,6 +233,8 @@ class Cluster:
                 call(self.core.delete_namespaced_service, key.name, key.namespace)
             elif key.kind == "ConfigMap":
                 call(self.core.delete_namespaced_config_map, key.name, key.namespace)
+            elif key.kind == "PodDisruptionBudget":
+                call(self.policy.delete_namespaced_pod_disruption_budget, key.name, key.namespace)
             elif key.kind == "NodePool":
                 call(self.custom.delete_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                      key.name)

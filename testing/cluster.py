@@ -216,20 +216,24 @@ class LocalCluster:
             f"--initial-cluster=e2e=http://127.0.0.1:{peer}", "--unsafe-no-fsync", "--log-level=warn",
             "--listen-metrics-urls=", "--auto-compaction-retention=1"])
 
-    def _wait_for_etcd(self, deadline: float) -> None:
-        # kube-apiserver gives up on etcd after 20 s; a loaded machine can take that long to start etcd
+    def _wait_healthy(self, name: str, url: str, deadline: float, **request: Any) -> None:
+        """Until `url` answers 200; ClusterError with the last answer and `name`'s log tail at `deadline`."""
         last = ""
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                answer = requests.get(f"{self.etcd_url}/health", timeout=2)
+                answer = requests.get(url, timeout=2, **request)
                 if answer.status_code == 200:
                     return
-                last = answer.text[-300:]
+                last = answer.text[-500:]
             except requests.RequestException as error:
                 last = str(error)
             time.sleep(0.1)
-        raise ClusterError(f"etcd not healthy: {last}\n{self.log_tail('etcd')}")
+        raise ClusterError(f"{name} not ready: {last}\n{self.log_tail(name)}")
+
+    def _wait_for_etcd(self, deadline: float) -> None:
+        # kube-apiserver gives up on etcd after 20 s; a loaded machine can take that long to start etcd
+        self._wait_healthy("etcd", f"{self.etcd_url}/health", deadline)
 
     def _start_apiserver(self) -> None:
         self.port = free_port()
@@ -256,19 +260,8 @@ class LocalCluster:
 
     def _wait_ready(self, deadline: float) -> None:
         # verify= per request: requests lets $REQUESTS_CA_BUNDLE override a session's verify
-        cert, ca = (str(self.certs.admin_crt), str(self.certs.admin_key)), str(self.certs.ca_crt)
-        last = ""
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                answer = requests.get(f"{self.server}/readyz", cert=cert, verify=ca, timeout=2)
-                if answer.status_code == 200:
-                    return
-                last = answer.text[-500:]
-            except requests.RequestException as error:
-                last = str(error)
-            time.sleep(0.1)
-        raise ClusterError(f"kube-apiserver not ready: {last}\n{self.log_tail('kube-apiserver')}")
+        self._wait_healthy("kube-apiserver", f"{self.server}/readyz", deadline,
+                           cert=(str(self.certs.admin_crt), str(self.certs.admin_key)), verify=str(self.certs.ca_crt))
 
     def _start_controllers(self) -> None:
         kubeconfig = str(self.kubeconfig)

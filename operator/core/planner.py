@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from melange.operator.core.pods import PRESTOP_S, PodShape, pod_shape
 from melange.operator.core.spec import GpuOptionSpec, ServiceSpec
 from melange.solver.profiles import Profile
+from melange.solver.profiling.catalog import Catalog
 
 GROUP, VERSION, KIND = "melange.ai", "v1alpha1", "LLMService"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -40,8 +42,9 @@ NODEPOOL_HASH_CHARS = 10
 AWS_GPU_NAME_LABEL = "karpenter.k8s.aws/instance-gpu-name"
 # vLLM serving settings a profile may record (provenance.serving or the estimator's constants),
 # passed to `vllm serve` so that what runs is what was planned.
-SERVING_FLAGS = {"max_num_seqs": "--max-num-seqs", "gpu_memory_utilization": "--gpu-memory-utilization",
-                 "max_model_len": "--max-model-len"}
+# (--max-model-len is not among them: every pool gets the one the grid needs, see core/pods.py.)
+SERVING_FLAGS = {"max_num_seqs": "--max-num-seqs", "gpu_memory_utilization": "--gpu-memory-utilization"}
+PROGRESS_DEADLINE_S = 2400  # above the startup probe's 30 min, plus time to get a node
 
 
 @dataclass(frozen=True)
@@ -131,21 +134,14 @@ def serving_args(profile: Profile) -> list[str]:
             for arg in (flag, str(settings[key]))]
 
 
-def _merge_resources(user: Mapping[str, Any], gpus: int) -> dict[str, Any]:
-    """The user's resources with the GPU count forced in; quantities as strings (the client needs them so)."""
-    resources = {kind: {k: str(v) for k, v in dict(user.get(kind) or {}).items()} for kind in ("requests", "limits")}
-    resources["limits"][GPU_RESOURCE] = str(gpus)
-    resources["requests"][GPU_RESOURCE] = str(gpus)
-    return resources
-
-
 def vllm_deployment(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: int, profile: Profile,
-                    images: Images) -> dict[str, Any]:
-    """The vLLM Deployment of one GPU option."""
+                    images: Images, shape: PodShape) -> dict[str, Any]:
+    """The vLLM Deployment of one GPU option; `shape` says what its pods need on a GPU node."""
     port = spec.serving.port
     selector = {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name}
     args = [spec.model, "--served-model-name", spec.model, "--host", "0.0.0.0", "--port", str(port),
-            "--tensor-parallel-size", str(option.gpus_per_replica), *serving_args(profile), *spec.serving.args]
+            "--tensor-parallel-size", str(option.gpus_per_replica), *serving_args(profile), *shape.args,
+            *spec.serving.args]
     probe = {"httpGet": {"path": "/health", "port": "http"}}
     container: dict[str, Any] = {
         "name": "vllm",
@@ -153,12 +149,15 @@ def vllm_deployment(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, repl
         "command": ["vllm", "serve"],
         "args": args,
         "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-        "env": [dict(e) for e in spec.serving.env],
-        "resources": _merge_resources(spec.serving.resources, option.gpus_per_replica),
+        "env": [dict(e) for e in shape.env],
+        "resources": {kind: dict(values) for kind, values in shape.resources.items()},
         # Loading weights can take many minutes: the startup probe allows 30 min before liveness starts.
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": 180},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 3, "timeoutSeconds": 5},
+        # Out of the endpoints and the router's reach before vLLM is told to stop.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_S}}},
+        "volumeMounts": [dict(m) for m in shape.mounts],
     }
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -166,21 +165,29 @@ def vllm_deployment(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, repl
         # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule; the pods tolerate that taint.
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"},
                         *[dict(t) for t in option.tolerations]],
-        "terminationGracePeriodSeconds": 60,
+        # The longest request the grid admits finishes at the SLO before the pod is killed.
+        "terminationGracePeriodSeconds": shape.grace_s,
+        # A Service named `vllm` in the namespace would inject VLLM_PORT=tcp://..., which vLLM reads.
+        "enableServiceLinks": False,
+        "volumes": [dict(v) for v in shape.volumes],
     }
+    if shape.affinity is not None:
+        pod_spec["affinity"] = dict(shape.affinity)
     if spec.node_pool_provider == "karpenter":
         pod_spec["nodeSelector"][NODEPOOL_LABEL] = nodepool_name(owner, option.name)
     if option.gpus_per_replica > 1:  # NCCL between tensor-parallel workers needs a large shared memory
-        pod_spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
-        container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+        pod_spec["volumes"].append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}})
+        container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     return _finish({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": pool_name(owner, option.name), "labels": labels(owner, "pool", option.name)},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
-            # A GPU is rarely free for a surge pod: replace one replica at a time instead.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            # A template change (image, args, env) never takes the pool below the replicas the routing
+            # sends load to: a new pod is ready before an old one goes.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "progressDeadlineSeconds": PROGRESS_DEADLINE_S,
             "template": {
                 "metadata": {"labels": labels(owner, "pool", option.name),
                              "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
@@ -188,6 +195,16 @@ def vllm_deployment(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, repl
                 "spec": pod_spec,
             },
         },
+    }, owner)
+
+
+def disruption_budget(owner: Owner, name: str, selector: Mapping[str, str], component: str,
+                      option: str | None = None) -> dict[str, Any]:
+    """A PodDisruptionBudget: a node drain evicts the pods of a pool (or the router) one at a time."""
+    return _finish({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "labels": labels(owner, component, option)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(selector)}},
     }, owner)
 
 
@@ -239,6 +256,7 @@ def router_deployment(owner: Owner, spec: ServiceSpec, images: Images) -> dict[s
                                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
                         "volumeMounts": [{"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True}],
                     }],
+                    "enableServiceLinks": False,
                     "volumes": [{"name": "routing", "configMap": {"name": routing_config_name(owner)}}],
                 },
             },
@@ -306,10 +324,11 @@ def nodepool(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: i
 
 
 def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles: Mapping[str, Profile],
-         routing_table: Mapping[str, Any], images: Images = Images(),
+         routing_table: Mapping[str, Any], images: Images = Images(), catalog: Catalog | None = None,
          gpus_per_node: Mapping[str, int | None] | None = None) -> list[dict[str, Any]]:
-    """Every object the allocation `replicas` (option name -> replicas) needs, in apply order.
-    `gpus_per_node`: each option's node size where known (NodePool limits in whole instances)."""
+    """Every object the allocation `replicas` (option name -> replicas) needs, in apply order. The
+    catalog places each pool on its GPU type and sizes its pods (see core/pods.py); `gpus_per_node`
+    is each option's node size where known (NodePool limits in whole instances)."""
     objects: list[dict[str, Any]] = []
     for option in spec.options:
         count = replicas.get(option.name, 0)
@@ -318,8 +337,13 @@ def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles:
         if spec.node_pool_provider == "karpenter":
             objects.append(nodepool(owner, spec, option, count, profiles[option.name],
                                     (gpus_per_node or {}).get(option.name)))
-        objects.append(vllm_deployment(owner, spec, option, count, profiles[option.name], images))
+        shape = pod_shape(spec, option, profiles, catalog)
+        objects.append(vllm_deployment(owner, spec, option, count, profiles[option.name], images, shape))
         objects.append(pool_service(owner, spec, option.name))
+        objects.append(disruption_budget(owner, pool_name(owner, option.name),
+                                         {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name}, "pool", option.name))
     objects += [routing_config_map(owner, routing_table), router_deployment(owner, spec, images),
-                router_service(owner)]
+                router_service(owner),
+                disruption_budget(owner, router_name(owner),
+                                  {SERVICE_LABEL: owner.name, "app.kubernetes.io/component": "router"}, "router")]
     return objects

@@ -63,6 +63,7 @@ class GpuOptionSpec:
     pricing: str = "gpu"
     gpus_per_node: int | None = None
     node_price_per_hour: float | None = None
+    affinity: Mapping[str, Any] | None = None  # the pods' `affinity`, in place of the GPU type's default
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,10 @@ class ServingSpec:
     env: tuple[Mapping[str, Any], ...] = ()
     resources: Mapping[str, Any] = field(default_factory=dict)
     port: int = 8000
+    # Where the weights are cached: {"emptyDir": {"sizeLimit": ...}} or {"persistentVolumeClaim":
+    # {"claimName": ...}}; None: an emptyDir sized from the model.
+    model_cache: Mapping[str, Any] | None = None
+    hf_token_ref: KeyRef | None = None  # a Secret key with a Hugging Face token (gated models)
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ class ServiceSpec:
 _SPEC_FIELDS = ["model", "catalogModel", "slo", "gpuOptions", "workload", "reallocation", "mode", "routingMode",
                 "nodePools", "serving", "router"]
 _OPTION_FIELDS = ["name", "gpu", "pricePerHour", "gpusPerReplica", "minReplicas", "maxReplicas", "spot",
-                  "nodeSelector", "tolerations", "profile", "pricing", "gpusPerNode", "nodePricePerHour"]
+                  "nodeSelector", "tolerations", "profile", "affinity", "pricing", "gpusPerNode", "nodePricePerHour"]
 
 
 def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
@@ -185,8 +190,11 @@ def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
                          "{group, kind, name} of the node class, e.g. karpenter.k8s.aws EC2NodeClass default")
     router = require_mapping(data.get("router", {}), f"{where}.router")
     require_keys(router, f"{where}.router", [], ["image", "replicas"])
+    model = text(data["model"], f"{where}.model")
+    serving = _serving(data.get("serving", {}), f"{where}.serving")
+    check_serving_args(serving.args, model, serving.port, f"{where}.serving.args")
     return ServiceSpec(
-        model=text(data["model"], f"{where}.model"),
+        model=model,
         catalog_model=catalog_model,
         slo=slo_from_dict(data["slo"], f"{where}.slo", ("tpotMs", "ttftMs", "percentile")),
         options=options,
@@ -197,7 +205,7 @@ def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
         node_pool_provider=provider,
         node_class_ref=node_class,
         node_pool_disruption=_disruption(node_pools.get("disruption", {}), f"{where}.nodePools.disruption"),
-        serving=_serving(data.get("serving", {}), f"{where}.serving"),
+        serving=serving,
         router_image=_optional_text(router, "image", f"{where}.router"),
         router_replicas=integer(router.get("replicas", 2), f"{where}.router.replicas", minimum=1),
     )
@@ -278,6 +286,8 @@ def _option(value: Any, where: str) -> GpuOptionSpec:
         tolerations=tolerations,
         profile_inline=inline,
         profile_ref=ref,
+        affinity=None if data.get("affinity") is None else dict(require_mapping(data["affinity"],
+                                                                                f"{where}.affinity")),
         pricing=pricing,
         gpus_per_node=gpus_per_node,
         node_price_per_hour=node_price,
@@ -397,7 +407,7 @@ def _reallocation(value: Any, where: str) -> ReallocationSpec:
 
 def _serving(value: Any, where: str) -> ServingSpec:
     data = require_mapping(value, where)
-    require_keys(data, where, [], ["image", "args", "env", "resources", "port"])
+    require_keys(data, where, [], ["image", "args", "env", "resources", "port", "modelCache", "hfTokenSecretRef"])
     args = tuple(text(a, f"{where}.args[{k}]") if isinstance(a, str) else _not_string(a, f"{where}.args[{k}]")
                  for k, a in enumerate(sequence(data.get("args", []), f"{where}.args", nonempty=False)))
     env = tuple(require_mapping(e, f"{where}.env[{k}]")
@@ -408,7 +418,45 @@ def _serving(value: Any, where: str) -> ServingSpec:
     if port > 65535:
         raise InputError(f"{where}.port", f"{port} is not a TCP port", "1-65535")
     return ServingSpec(image=_optional_text(data, "image", where), args=args, env=env,
-                       resources=dict(require_mapping(data.get("resources", {}), f"{where}.resources")), port=port)
+                       resources=dict(require_mapping(data.get("resources", {}), f"{where}.resources")), port=port,
+                       model_cache=_model_cache(data.get("modelCache"), f"{where}.modelCache"),
+                       hf_token_ref=None if data.get("hfTokenSecretRef") is None else _key_ref(
+                           data["hfTokenSecretRef"], f"{where}.hfTokenSecretRef"))
+
+
+def _model_cache(value: Any, where: str) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    data = require_mapping(value, where)
+    require_keys(data, where, [], ["emptyDir", "persistentVolumeClaim"])
+    if len(data) != 1:
+        raise InputError(where, "needs exactly one volume source", "emptyDir or persistentVolumeClaim")
+    if "persistentVolumeClaim" in data:
+        claim = require_mapping(data["persistentVolumeClaim"], f"{where}.persistentVolumeClaim")
+        text(claim.get("claimName"), f"{where}.persistentVolumeClaim.claimName")
+        return {"persistentVolumeClaim": dict(claim)}
+    return {"emptyDir": dict(require_mapping(data["emptyDir"] or {}, f"{where}.emptyDir"))}
+
+
+# `vllm serve` flags the operator sets itself or depends on: refused in serving.args when they would
+# contradict the spec (the router and Prometheus find pools by served model name and port, and the
+# live workload reads vLLM's metrics, which --disable-log-stats turns off).
+OWNED_FLAGS = {"--served-model-name": "spec.model", "--port": "spec.serving.port"}
+
+
+def check_serving_args(args: tuple[str, ...], model: str, port: int, where: str) -> None:
+    """Refuse serving args that break what the operator relies on."""
+    for k, arg in enumerate(args):
+        flag, _, inline = arg.partition("=")
+        if flag == "--disable-log-stats":
+            raise InputError(f"{where}[{k}]", "--disable-log-stats turns off the metrics the operator reads",
+                             "leave it out")
+        if flag in OWNED_FLAGS:
+            value = inline if inline else (args[k + 1] if k + 1 < len(args) else "")
+            wanted = model if flag == "--served-model-name" else str(port)
+            if value.split() != [wanted]:
+                raise InputError(f"{where}[{k}]", f"{flag} {value!r} contradicts {OWNED_FLAGS[flag]} ({wanted!r})",
+                                 f"leave {flag} out: the operator sets it from {OWNED_FLAGS[flag]}")
 
 
 def _not_string(value: Any, where: str) -> str:

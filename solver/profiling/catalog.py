@@ -46,6 +46,10 @@ class GpuSpec:
     price_source: str = ""
     price_date: str = ""
     aliases: tuple[str, ...] = ()
+    # Node labels that identify the GPU, for placing a pool's pods on it: GPU Feature Discovery's
+    # `nvidia.com/gpu.product` values, and the instance types that carry it (an alternative label).
+    gpu_products: tuple[str, ...] = ()
+    instance_types: tuple[str, ...] = ()
     node_shapes: tuple[NodeShape, ...] = ()
 
     def node_shape(self, gpus_per_replica: int = 1, instance_type: str | None = None) -> NodeShape | None:
@@ -120,7 +124,7 @@ class Catalog:
 
 
 _GPU_FIELDS = ["name", "memory_gb", "bandwidth_gb_s", "fp16_tflops", "price_per_hour"]
-_GPU_OPTIONAL = ["price_source", "price_date", "aliases", "node_shapes"]
+_GPU_OPTIONAL = ["price_source", "price_date", "aliases", "gpu_products", "instance_types", "node_shapes"]
 _SHAPE_FIELDS = ["instance_type", "gpus", "price_per_hour"]
 _MODEL_FIELDS = ["name", "layers", "hidden_size", "attention_heads", "kv_heads", "head_dim", "parameters_b",
                  "context_length"]
@@ -135,10 +139,13 @@ def gpu_from_dict(data: Any, where: str) -> GpuSpec:
                 for key in ("memory_gb", "bandwidth_gb_s", "fp16_tflops", "price_per_hour")}
     aliases = tuple(text(a, f"{where}.aliases[{k}]").lower()
                     for k, a in enumerate(sequence(mapping.get("aliases") or [], f"{where}.aliases", nonempty=False)))
+    labels = {key: tuple(text(value, f"{where}.{key}[{k}]") for k, value in enumerate(
+        sequence(mapping.get(key) or [], f"{where}.{key}", nonempty=False))) for key in ("gpu_products", "instance_types")}
     shapes = tuple(node_shape_from_dict(item, f"{where}.node_shapes[{k}]") for k, item in
                    enumerate(sequence(mapping.get("node_shapes") or [], f"{where}.node_shapes", nonempty=False)))
     return GpuSpec(name=text(mapping["name"], f"{where}.name"), price_source=str(mapping.get("price_source", "")),
-                   price_date=str(mapping.get("price_date", "")), aliases=aliases, node_shapes=shapes, **positive)
+                   price_date=str(mapping.get("price_date", "")), aliases=aliases, node_shapes=shapes, **labels,
+                   **positive)
 
 
 def node_shape_from_dict(data: Any, where: str) -> NodeShape:

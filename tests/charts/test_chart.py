@@ -87,7 +87,8 @@ def _pairs(rules: list[dict]) -> set[tuple[str, str]]:
             for verb in rule["verbs"]}
 
 
-APPLIED_RESOURCES = {"apps/deployments", "services", "configmaps", "karpenter.sh/nodepools"}
+APPLIED_RESOURCES = {"apps/deployments", "services", "configmaps", "karpenter.sh/nodepools",
+                     "policy/poddisruptionbudgets"}
 
 
 def _expected(values: dict) -> tuple[set, set]:

@@ -46,8 +46,9 @@ def objects(**overrides) -> dict[tuple[str, str], dict]:
 
 def test_one_pool_per_option_in_use_and_the_router_in_front():
     assert sorted(objects()) == [("ConfigMap", "chat-routing"), ("Deployment", "chat-h100x2"), ("Deployment", "chat-l4"),
-                                 ("Deployment", "chat-router"), ("Service", "chat"), ("Service", "chat-h100x2"),
-                                 ("Service", "chat-l4")]
+                                 ("Deployment", "chat-router"), ("PodDisruptionBudget", "chat-h100x2"),
+                                 ("PodDisruptionBudget", "chat-l4"), ("PodDisruptionBudget", "chat-router"),
+                                 ("Service", "chat"), ("Service", "chat-h100x2"), ("Service", "chat-l4")]
 
 
 @pytest.mark.parametrize("key", sorted(objects()), ids=lambda k: f"{k[0]}/{k[1]}")
@@ -75,9 +76,10 @@ def test_a_vllm_pool_is_what_one_would_write_by_hand():
     assert args[args.index("--tensor-parallel-size") + 1] == "1"
     assert args[args.index("--max-num-seqs") + 1] == "256"  # the estimate's serving settings are passed on
     assert args[args.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert args[args.index("--max-model-len") + 1] == "200"  # the grid's longest input + output
     assert args[-1] == "--enable-prefix-caching"
     assert container["resources"]["limits"] == {"memory": "64Gi", "nvidia.com/gpu": "1"}
-    assert container["env"] == [{"name": "HF_HOME", "value": "/cache"}]
+    assert container["env"] == [{"name": "HF_HOME", "value": "/cache"}]  # the user's entry replaces ours
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 1200  # a model load may take 20 min
@@ -86,12 +88,16 @@ def test_a_vllm_pool_is_what_one_would_write_by_hand():
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "8000"
     assert pod["spec"]["nodeSelector"] == {"gpu": "l4"}
     assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in pod["spec"]["tolerations"]
-    assert "volumes" not in pod["spec"]  # no /dev/shm without tensor parallelism
+    assert [v["name"] for v in pod["spec"]["volumes"]] == ["model-cache"]  # no /dev/shm without tensor parallelism
+    assert pod["spec"]["enableServiceLinks"] is False
+    assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert l4["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
     h100_container = h100["spec"]["template"]["spec"]["containers"][0]
     assert h100_container["args"][h100_container["args"].index("--tensor-parallel-size") + 1] == "2"
     assert h100_container["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert h100_container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
-    assert h100["spec"]["template"]["spec"]["volumes"][0]["emptyDir"]["medium"] == "Memory"
+    assert h100_container["volumeMounts"] == [{"name": "model-cache", "mountPath": "/models"},
+                                              {"name": "dshm", "mountPath": "/dev/shm"}]
+    assert h100["spec"]["template"]["spec"]["volumes"][1]["emptyDir"]["medium"] == "Memory"
 
 
 def test_the_router_mounts_the_table_and_reaches_pools_by_service_dns():
@@ -140,7 +146,7 @@ def test_node_pool_limits_are_whole_instances():
     """3 L4 replicas on 1-GPU g6.xlarge: 3 GPUs; one 2-GPU H100 replica on an 8-GPU p5.48xlarge: 8, so
     that Karpenter may launch the instance at all."""
     planned = plan(OWNER, spec(nodePools=KARPENTER), {"l4": 3, "h100x2": 1}, PROFILES, TABLE, Images(),
-                   {"l4": 1, "h100x2": 8, "a10g": None})
+                   gpus_per_node={"l4": 1, "h100x2": 8, "a10g": None})
     pools = node_pools({(o["kind"], o["metadata"]["name"]): o for o in planned})
     assert pools["l4"]["spec"]["limits"] == {"nvidia.com/gpu": "3"}
     assert pools["h100x2"]["spec"]["limits"] == {"nvidia.com/gpu": "8"}

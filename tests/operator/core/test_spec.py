@@ -29,7 +29,8 @@ def test_the_example_reads_with_its_values_and_the_defaults():
     assert spec.workload.static.rate == 6 and spec.workload.grid.input_edges == (250, 1000, 4000)
     assert (spec.mode, spec.routing_mode, spec.node_pool_provider) == ("apply", "routable", "none")
     assert spec.reallocation.interval_s == 60 and spec.reallocation.cooldown_s == 600
-    assert spec.serving.args == ("--max-model-len", "8192") and spec.router_replicas == 2
+    assert spec.serving.args == () and spec.router_replicas == 2
+    assert (spec.serving.hf_token_ref.name, spec.serving.hf_token_ref.key) == ("hf-token", "token")
 
 
 def test_defaults_of_a_minimal_spec():
@@ -102,3 +103,31 @@ def test_node_pricing_fields_and_their_defaults():
 def test_node_pool_disruption_defaults():
     disruption = parse_spec(minimal()).node_pool_disruption
     assert (disruption.expire_after, disruption.consolidate_after, disruption.budgets) == ("Never", "5m", ({"nodes": "1"},))
+
+
+@pytest.mark.parametrize("args, index, words", [
+    (["--disable-log-stats"], 0, "metrics the operator reads"),
+    (["--enable-prefix-caching", "--served-model-name", "other"], 1, "contradicts spec.model"),
+    (["--served-model-name=other"], 0, "contradicts spec.model"),
+    (["--port", "9000"], 0, "contradicts spec.serving.port"),
+])
+def test_serving_args_that_break_the_operator_are_refused(args, index, words):
+    with pytest.raises(InputError) as error:
+        parse_spec(minimal(serving={"args": args}))
+    assert error.value.where == f"spec.serving.args[{index}]" and words in str(error.value)
+
+
+def test_serving_args_that_agree_with_the_spec_pass():
+    model = minimal()["model"]
+    spec = parse_spec(minimal(serving={"args": ["--served-model-name", model, "--port=8000", "--max-model-len", "4096"]}))
+    assert spec.serving.args[-1] == "4096"
+
+
+def test_model_cache_and_token_are_read():
+    spec = parse_spec(minimal(serving={"modelCache": {"persistentVolumeClaim": {"claimName": "weights"}},
+                                       "hfTokenSecretRef": {"name": "hf", "key": "token"}}))
+    assert spec.serving.model_cache == {"persistentVolumeClaim": {"claimName": "weights"}}
+    assert (spec.serving.hf_token_ref.name, spec.serving.hf_token_ref.key) == ("hf", "token")
+    with pytest.raises(InputError) as error:
+        parse_spec(minimal(serving={"modelCache": {"emptyDir": {}, "persistentVolumeClaim": {"claimName": "w"}}}))
+    assert error.value.where == "spec.serving.modelCache"

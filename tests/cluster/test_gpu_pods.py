@@ -1,0 +1,86 @@
+"""vLLM pools on real GPU nodes: each option's pods on its own GPU type without a nodeSelector, sized
+(Burstable, not BestEffort), with a model cache, one context length, a graceful stop, a disruption
+budget, and rollouts that keep the ready replicas the routing counts on."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ..operator.test_make_before_break import ready_pods
+from .conftest import arena, settled, wait_until
+
+pytestmark = pytest.mark.cluster
+
+# The GFD product label of each Arena option's GPU (the KWOK shapes of melange.testing.gpu_nodes).
+PRODUCT = {"l4": "NVIDIA-L4", "a10g": "NVIDIA-A10G", "a100-80gb": "NVIDIA-A100-SXM4-80GB",
+           "h100": "NVIDIA-H100-80GB-HBM3"}
+EVERY_TYPE = {"l4": 1, "a10g": 1, "a100-80gb": 1, "h100": 1}
+
+
+def every_type_without_selectors(namespace: str) -> dict:
+    manifest = arena(namespace, reallocation={"targetUtilisation": 1.0})
+    for option in manifest["spec"]["gpuOptions"]:
+        option.pop("nodeSelector", None)
+        option["minReplicas"], option["maxReplicas"] = 1, 1
+    return manifest
+
+
+def pool_pods(cluster, namespace: str, name: str) -> list[dict]:
+    return [p for p in cluster.get("pods", namespace=namespace)["items"]
+            if p["metadata"]["labels"].get("melange.ai/option") and not p["metadata"].get("deletionTimestamp")
+            and p["metadata"]["labels"].get("melange.ai/service") == name]
+
+
+def test_each_option_runs_on_its_own_gpu_type_sized_cached_and_stopping_gracefully(cluster, operator, namespace):
+    manifest = every_type_without_selectors(namespace)
+    name = manifest["metadata"]["name"]
+    cluster.apply(manifest)
+    wait_until(settled(cluster, name, namespace, EVERY_TYPE), "a pool of every type", timeout_s=120)
+    nodes = {n["metadata"]["name"]: n["metadata"]["labels"] for n in cluster.get("nodes")["items"]}
+    pods = pool_pods(cluster, namespace, name)
+    assert sorted(p["metadata"]["labels"]["melange.ai/option"] for p in pods) == sorted(EVERY_TYPE)
+    for pod in pods:
+        option = pod["metadata"]["labels"]["melange.ai/option"]
+        node = nodes[pod["spec"]["nodeName"]]
+        assert node.get("nvidia.com/gpu.product") == PRODUCT[option], (option, pod["spec"]["nodeName"])
+        assert pod["status"]["qosClass"] == "Burstable"  # cpu and memory requested: not first to be evicted
+        container = pod["spec"]["containers"][0]
+        requests = container["resources"]["requests"]
+        assert {"cpu", "memory", "ephemeral-storage", "nvidia.com/gpu"} <= set(requests)
+        cache = next(v for v in pod["spec"]["volumes"] if v["name"] == "model-cache")
+        assert cache["emptyDir"]["sizeLimit"] == requests["ephemeral-storage"]
+        assert {"name": "HF_HOME", "value": "/models/huggingface"} in container["env"]
+        args = container["args"]
+        assert args[args.index("--max-model-len") + 1] == "4000"  # the Arena grid: 2000 in + 2000 out
+        assert pod["spec"]["enableServiceLinks"] is False
+        # 2000 output tokens at 120 ms each finish before the pod is killed
+        assert pod["spec"]["terminationGracePeriodSeconds"] >= 2000 * 0.120
+        assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    budgets = {b["metadata"]["name"]: b for b in cluster.get("poddisruptionbudgets", namespace=namespace)["items"]}
+    assert sorted(budgets) == sorted([f"{name}-{o}" for o in EVERY_TYPE] + [f"{name}-router"])
+    wait_until(lambda: all((cluster.get("poddisruptionbudget", b, namespace).get("status") or {})
+                           .get("currentHealthy") == 1 for b in budgets), "the budgets to count the pods")
+
+
+def test_a_template_change_rolls_a_pool_without_losing_a_ready_replica(cluster, operator, namespace):
+    manifest = arena(namespace, reallocation={"targetUtilisation": 1.0})
+    name = manifest["metadata"]["name"]
+    cluster.apply(manifest)
+    mix = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
+    wait_until(settled(cluster, name, namespace, mix), "the Table 3 mix", timeout_s=120)
+    manifest["spec"]["serving"] = {"args": ["--enable-prefix-caching"]}
+    cluster.apply(manifest)
+    lowest, rolled, started = {}, False, time.monotonic()
+    while time.monotonic() - started < 30 and not rolled:
+        deployments = {d["metadata"]["name"]: d for d in cluster.get("deployments", namespace=namespace)["items"]}
+        for option in ("l4", "a100-80gb"):
+            deployment = deployments[f"{name}-{option}"]
+            lowest[option] = min(lowest.get(option, 99), ready_pods(deployment))
+        rolled = all("--enable-prefix-caching" in deployments[f"{name}-{o}"]["spec"]["template"]["spec"]
+                     ["containers"][0]["args"] and (deployments[f"{name}-{o}"].get("status") or {})
+                     .get("updatedReplicas") == 1 and ready_pods(deployments[f"{name}-{o}"]) == 1
+                     and (deployments[f"{name}-{o}"].get("status") or {}).get("replicas") == 1
+                     for o in ("l4", "a100-80gb"))
+    assert rolled, "the pools rolled to the new args"
+    assert lowest == {"l4": 1, "a100-80gb": 1}, lowest  # a new pod was ready before the old one went
