@@ -100,6 +100,8 @@ def decide(current: Mapping[str, int] | None, candidate: SolveReport, problem: P
                                                    f"serves {bound}", saving)
         sure = 100.0 * (old_cost - ceiling.cost_per_hour) / old_cost if old_cost > 0 else 0.0
         bound = f" at {bound}"
+    if ceiling is not None and sure <= 0:
+        return Decision("keep", dict(current), f"kept: no saving{bound}", sure)
     if sure < min_savings_percent:
         return Decision("keep", dict(current), f"kept: saving {sure:.1f}%{bound} < {min_savings_percent:g}%", sure)
     if since_change_s is not None and since_change_s < cooldown_s:

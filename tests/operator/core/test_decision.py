@@ -85,7 +85,7 @@ def test_zero_traffic_falls_to_the_floors_after_the_cooldown():
     assert run({"small": 0, "big": 1}, rate=0.0, since=601.0).target == {"small": 0, "big": 0}
 
 
-def counted(current, rate, requests, since=10_000.0):
+def counted(current, rate, requests, since=10_000.0, min_savings=5.0):
     """As the reconcile decides a rate read as `requests` requests: sized at the upper bound, covered at
     the lower one, the saving checked at the rebalance bound."""
     p = problem(rate)
@@ -94,7 +94,7 @@ def counted(current, rate, requests, since=10_000.0):
     candidate = solve(replace(p, workload=demand.sized), settings, mode="routable")
     ok = covers(replace(p, workload=demand.low), current, IlpSettings(), "routable")
     ceiling = allocate(replace(p, workload=demand.high), settings, "routable")
-    return decide(current, candidate, p, ok, 5.0, 600.0, since, demand, ceiling)
+    return decide(current, candidate, p, ok, min_savings, 600.0, since, demand, ceiling)
 
 
 def test_window_noise_is_not_demand_growth():
@@ -117,7 +117,10 @@ def test_a_saving_must_hold_at_the_upper_bound():
     3.11 req/s, 1 x big still serves it: moved."""
     kept = counted({"small": 4, "big": 0}, 3.0, 300)
     assert kept.kind == "keep" and kept.saving_percent == 0.0
-    assert kept.reason == "kept: saving 0.0% at up to 4.23 req/s (99.9999999% upper bound of the 3 req/s measured) < 5%"
+    assert kept.reason == "kept: no saving at up to 4.23 req/s (99.9999999% upper bound of the 3 req/s measured)"
+    smaller = counted({"small": 5, "big": 0}, 3.0, 300, min_savings=50.0)  # $5 -> $4 at the bound
+    assert smaller.kind == "keep" and smaller.reason == (
+        "kept: saving 20.0% at up to 4.23 req/s (99.9999999% upper bound of the 3 req/s measured) < 50%")
     moved = counted({"small": 4, "big": 0}, 3.0, 30_000)
     assert moved.kind == "rebalance" and moved.target == {"small": 0, "big": 1}
     assert moved.reason == ("saving 25.0%, 25.0% at up to 3.11 req/s (99.9999999% upper bound of the 3 req/s "
