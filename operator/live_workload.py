@@ -47,12 +47,13 @@ def interpret(live: LiveWorkload, grid: BucketGrid, window: str) -> LiveInput:
     notes = "; ".join(live.notes)
     if live.status == "ok" and live.workload is not None:
         return LiveInput(live.workload, f"{live.requests_in_window:.0f} requests in {window} "
-                                        f"({live.rate:.3g} req/s, mix from {live.mix_source})", window)
+                                        f"({live.rate:.3g} req/s, mix from {live.mix_source})", window,
+                         live.requests_in_window)
     if live.status == "ok" and live.rate == 0 and live.requests_in_window == 0:
         rows, columns = grid.shape
         idle = make_workload(0.0, grid, [[1.0 / (rows * columns)] * columns for _ in range(rows)], "prometheus",
                              notes=("no requests in the window: the service is idle",))
-        return LiveInput(idle, f"no requests in {window} on current series (idle)", window)
+        return LiveInput(idle, f"no requests in {window} on current series (idle)", window, 0.0)
     return LiveInput(None, f"{live.status.replace('_', ' ')}: {notes}" if notes else live.status, window)
 
 

@@ -9,13 +9,18 @@ The rules, in order:
 4. It saves at least `minSavingsPercent` of the current $/h and the cooldown has passed since the
    last change: move ("rebalance"; a fall to the floors when traffic stopped is one of these).
 5. Otherwise keep, and say why ("kept: saving 2.1% < 5%", "kept: cooldown, 4m of 10m passed").
+
+With a live rate (a count of requests, operator/core/noise.py) "the optimum" is the one for the
+rate's upper bound (`Demand.sized`), rule 2 asks about its lower bound (`Demand.low`), and rule 4's
+saving is the one still there at a higher upper bound (`Demand.high`, the `ceiling` optimum).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from melange.solver.allocation import SolveReport
+from melange.operator.core.noise import Demand
+from melange.solver.allocation import Allocation, SolveReport
 from melange.solver.ilp import IlpSettings
 from melange.solver.problem import Problem
 from melange.solver.solve import allocate
@@ -66,24 +71,42 @@ def _duration(seconds: float) -> str:
 
 
 def decide(current: Mapping[str, int] | None, candidate: SolveReport, problem: Problem, current_covers: bool,
-           min_savings_percent: float, cooldown_s: float, since_change_s: float | None) -> Decision:
-    """What to do with `candidate` (the optimum for the observed workload) given what runs now.
-    `since_change_s` None means no change was ever made (no cooldown to respect)."""
+           min_savings_percent: float, cooldown_s: float, since_change_s: float | None,
+           demand: Demand | None = None, ceiling: Allocation | None = None) -> Decision:
+    """What to do with `candidate` (the optimum for the observed workload, or for `demand.sized`) given
+    what runs now. `current_covers`: whether what runs serves the workload (or `demand.low`).
+    `ceiling`: the optimum for `demand.high`; a rebalance must save `min_savings_percent` against it,
+    not only against the candidate (None: against the candidate). `since_change_s` None means no
+    change was ever made (no cooldown to respect)."""
     target = dict(candidate.allocation.replicas)
     new_cost = candidate.allocation.cost_per_hour
+    noisy = demand is not None and demand.noisy
     if not current or not any(current.values()):
         if not any(target.values()):
             return Decision("keep", dict(current or {}), "no traffic and no floors: nothing to run")
         return Decision("initial", target, f"first allocation at ${new_cost:.2f}/h")
     if not current_covers:
-        return Decision("scale-up", target, f"demand exceeds what runs: moving to ${new_cost:.2f}/h at once")
+        bound = f": {demand.at_least()}" if noisy else ""
+        return Decision("scale-up", target, f"demand exceeds what runs{bound}: moving to ${new_cost:.2f}/h at once")
     old_cost = cost_of(problem, current)
     if all(target.get(name, 0) == current.get(name, 0) for name in set(target) | set(current)):
         return Decision("keep", dict(current), f"kept: already optimal at ${old_cost:.2f}/h")
     saving = 100.0 * (old_cost - new_cost) / old_cost if old_cost > 0 else 0.0
-    if saving < min_savings_percent:
-        return Decision("keep", dict(current), f"kept: saving {saving:.1f}% < {min_savings_percent:g}%", saving)
+    sure, bound = saving, ""
+    if ceiling is not None:
+        bound = demand.at_most() if noisy else "the upper bound"
+        if not ceiling.solved:
+            return Decision("keep", dict(current), f"kept: saving {saving:.1f}% unsure: nothing within the quotas "
+                                                   f"serves {bound}", saving)
+        sure = 100.0 * (old_cost - ceiling.cost_per_hour) / old_cost if old_cost > 0 else 0.0
+        bound = f" at {bound}"
+    if ceiling is not None and sure <= 0:
+        return Decision("keep", dict(current), f"kept: no saving{bound}", sure)
+    if sure < min_savings_percent:
+        return Decision("keep", dict(current), f"kept: saving {sure:.1f}%{bound} < {min_savings_percent:g}%", sure)
     if since_change_s is not None and since_change_s < cooldown_s:
         return Decision("keep", dict(current), f"kept: saving {saving:.1f}% waits for the cooldown "
                                                f"({_duration(since_change_s)} of {_duration(cooldown_s)} passed)", saving)
-    return Decision("rebalance", target, f"saving {saving:.1f}%: ${old_cost:.2f}/h -> ${new_cost:.2f}/h", saving)
+    bound = f", {sure:.1f}%{bound}" if ceiling is not None else ""
+    return Decision("rebalance", target, f"saving {saving:.1f}%{bound}: ${old_cost:.2f}/h -> ${new_cost:.2f}/h",
+                    saving)

@@ -17,6 +17,7 @@ from typing import Any
 
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
 from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, next_wake_s, peak, stage
+from melange.operator.core.noise import bounds
 from melange.operator.core.planner import OPTION_LABEL, ROUTING_KEY, Images, Owner, plan, pool_url, routing_config_name
 from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
 from melange.operator.core.spec import ServiceSpec, parse_spec
@@ -50,11 +51,13 @@ class Observed:
 @dataclass(frozen=True)
 class LiveInput:
     """The live workload read for a service with `source: prometheus`: the workload when the metrics
-    can be trusted, else None and why."""
+    can be trusted, else None and why. `requests`: how many requests its rate was counted from (the
+    rate's noise, operator/core/noise.py); None: not a count."""
 
     workload: Workload | None
     reason: str
     window: str | None = None
+    requests: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,9 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         current, move, last_change = running or None, None, observed.now_s
     plain = solver_settings(spec)
     settings = solver_settings(spec, current or {}, move_cost(problem) if current else 0.0)
+    demand = bounds(problem.workload, live.requests if prometheus else None)
     try:
-        report = solve(problem, settings, mode=spec.routing_mode)
+        report = solve(replace(problem, workload=demand.sized), settings, mode=spec.routing_mode)
     except InfeasibleError as error:
         return _refused(observed, "Infeasible", error, "InvalidSpec")
     if not report.allocation.solved:
@@ -244,11 +248,14 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
             events.append(_reallocated("Recommended", current, previous.get("costPerHour"), applied, problem))
             last_change = observed.now_s
     elif move is None:
-        # A spec edit is the user's request: it skips the savings threshold and the cooldown.
-        decision = decide(current, report, problem, bool(current) and covers(problem, current, plain, spec.routing_mode),
+        # A spec edit is the user's request: it skips the savings threshold, the cooldown and the noise margins.
+        demand = demand.exact() if edited else demand
+        low, high = replace(problem, workload=demand.low), replace(problem, workload=demand.high)
+        decision = decide(current, report, problem, bool(current) and covers(low, current, plain, spec.routing_mode),
                           0.0 if edited else spec.reallocation.min_savings_percent,
                           0.0 if edited else spec.reallocation.cooldown_s,
-                          None if last_change is None else observed.now_s - last_change)
+                          None if last_change is None else observed.now_s - last_change, demand,
+                          allocate(high, settings, spec.routing_mode) if demand.noisy and current else None)
         decision = _after_failure(decision, current, failure, observed.now_s, spec.reallocation.cooldown_s)
         if decision.kind == "initial":
             applied = dict(decision.target)
@@ -376,7 +383,7 @@ def _status(observed: Observed, owner: Owner, spec: ServiceSpec, problem: Proble
         "bestSingleType": None if best is None else {"name": best[0], "costPerHour": round(best[1], 4)},
         "savingsPercent": _savings(best, cost) if serves else None,
         "otherModeCostPerHour": round(other.cost_per_hour, 4) if other is not None and other.solved else None,
-        "workload": {"rate": round(report.rate, 6), "source": spec.workload.source},
+        "workload": {"rate": round(problem.workload.rate, 6), "source": spec.workload.source},
         "move": None,
         "observedGeneration": observed.generation,
         "routingConfigMap": routing_config_name(owner) if desired is not None else None,

@@ -12,9 +12,13 @@ the measured mix is exact. Max req/s per replica at the SLO (targetUtilisation 1
       chat at 6 req/s:      one small (the warm one is there anyway)      -> 1 small + 1 warm  $1.5/h
       documents at 6 req/s: only big serves long, one carries 6 <= 10     -> 1 big + 1 warm    $4.5/h
       no traffic:           the floor                                     -> 1 warm            $0.5/h
-    service "steady": small $1.0/h  short 10             tiny $0.2/h  short 2
-      chat at 11 req/s:     one small + one tiny (12 >= 11; two smalls cost $2)  -> $1.2/h
-      chat at 9 req/s:      one small alone would do ($1.0/h): a 16.7% saving, under its 20% threshold
+      (the operator sizes for the 97.7% upper bound of each 10 s window's count: 60 requests give
+      7.8 req/s, still one replica either way)
+    service "steady": small $1.0/h  short 103
+      chat at 110 req/s:    sized at 117 req/s (1100 requests in the 10 s window, the 97.7% upper
+                            bound 1100 + 2 + 2 sqrt(1101) = 1168): two smalls  -> $2.0/h
+      chat at 90 req/s:     sized at 96 req/s, one small would do ($1.0/h); but at the rebalance bound
+                            (900 + 18 + 6 sqrt(909) = 1099 requests, 110 req/s) it would not: kept
 """
 from __future__ import annotations
 
@@ -53,11 +57,11 @@ def option(name: str, gpu: str, price: float, short: float, long: float | None, 
 
 FLOW_OPTIONS = [option("small", "L4", 1.0, 10.0, CANNOT), option("big", "A100", 4.0, 20.0, 10.0),
                 option("warm", "T4", 0.5, 0.01, CANNOT, minReplicas=1)]
-STEADY_OPTIONS = [option("small", "L4", 1.0, 10.0, CANNOT), option("tiny", "T4", 0.2, 2.0, CANNOT)]
+STEADY_OPTIONS = [option("small", "L4", 1.0, 103.0, CANNOT)]
 CHAT_MIX = {"small": 1, "big": 0, "warm": 1}
 DOCUMENTS_MIX = {"small": 0, "big": 1, "warm": 1}
 FLOOR = {"small": 0, "big": 0, "warm": 1}
-STEADY_MIX = {"small": 1, "tiny": 1}
+STEADY_MIX = {"small": 2}
 
 
 def live_service(name: str, options: list[dict], prometheus_url: str, min_savings: float) -> dict:
@@ -120,7 +124,7 @@ class Traffic:
         self.exporter_port = free_port()
         self.server, _ = start_http_server(self.exporter_port, addr="127.0.0.1", registry=self.registry)
         self.flow = Stream(self.metrics, "flow", 6.0, CHAT, seed=1, poisson=False)
-        self.steady = Stream(self.metrics, "steady", 11.0, CHAT, seed=2, poisson=False)
+        self.steady = Stream(self.metrics, "steady", 110.0, CHAT, seed=2, poisson=False)
         self.prometheus = PrometheusServer([f"127.0.0.1:{self.exporter_port}"])
 
     async def start(self) -> None:
@@ -193,7 +197,7 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
     async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=config)):
         url = traffic.prometheus.url
         await kube.create(live_service("flow", FLOW_OPTIONS, url, min_savings=5))
-        await kube.create(live_service("steady", STEADY_OPTIONS, url, min_savings=20))
+        await kube.create(live_service("steady", STEADY_OPTIONS, url, min_savings=5))
 
         # (a) chat traffic: the chat mix; the other service its own mix.
         await kube.wait_for(settled(kube, "flow", CHAT_MIX), timeout_s=60)
@@ -205,7 +209,7 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
 
         # (b) + (d) + (f): flow's traffic turns into documents while steady's rate dips 18%.
         traffic.flow.set_mix(DOCUMENTS)
-        traffic.steady.set_rate(9.0)
+        traffic.steady.set_rate(90.0)
         await kube.wait_for(lambda: status(kube, "flow").get("move"), timeout_s=30)
         await kube.wait_for(settled(kube, "flow", DOCUMENTS_MIX), timeout_s=90)
         lap("b: documents mix deployed")
@@ -223,9 +227,11 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
                                         if e["reason"] == "Reallocated"), timeout_s=10)
         flow_reasons = reasons(kube, "flow")
         assert flow_reasons.count("MoveStarted") == 1 and flow_reasons.count("MoveStep") == 3
-        # (d) the dip would save 16.7%, under steady's 20%: kept, nothing touched.
+        # (d) the dip would save 50% at its sized rate, nothing at its rebalance bound: kept, nothing touched.
         await kube.wait_for(lambda: status(kube, "steady").get("lastDecision", {}).get("reason", "").startswith(
-            "kept: saving 16.7% < 20%"), timeout_s=30)
+            "kept: no saving at up to 1"), timeout_s=30)
+        assert "upper bound of the " in status(kube, "steady")["lastDecision"]["reason"]
+        assert status(kube, "steady")["recommended"] == {"small": 1}
         lap("d: steady kept its mix")
         assert settled(kube, "steady", STEADY_MIX)()
         assert reasons(kube, "steady").count("MoveStarted") == steady_moves

@@ -37,11 +37,12 @@ def test_the_operators_default_prometheus_and_token():
 def test_a_trustworthy_answer_is_the_workload():
     live = interpret(LiveWorkload("ok", 3.0, 1800, 600, "router", WORKLOAD), GRID, "10m")
     assert live.workload is WORKLOAD and "1800 requests in 10m" in live.reason
+    assert live.requests == 1800  # the count the rate's noise is judged by
 
 
 def test_zero_requests_on_current_series_is_idle():
     live = interpret(LiveWorkload("ok", 0.0, 0.0, 600, None, None, ("every request lies beyond the grid",)), GRID, "10m")
-    assert live.workload is not None and live.workload.rate == 0 and "idle" in live.reason
+    assert live.workload is not None and live.workload.rate == 0 and "idle" in live.reason and live.requests == 0
 
 
 def test_unknown_is_never_idle():

@@ -5,13 +5,16 @@ the optimum is 1 x big ($3); 4 x small costs $4, 3 x small ($3) cannot serve 4 r
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from melange.operator.core.decision import MOVE_COST_SHARE, covers, decide, move_cost
+from melange.operator.core.noise import bounds
 from melange.solver.buckets import BucketGrid
 from melange.solver.ilp import IlpSettings
 from melange.solver.options import GpuOption
 from melange.solver.problem import Problem
 from melange.solver.profiles import Profile
-from melange.solver.solve import solve
+from melange.solver.solve import allocate, solve
 from melange.solver.workload import make_workload
 
 GRID = BucketGrid((100,), (100,))
@@ -80,3 +83,63 @@ def test_zero_traffic_falls_to_the_floors_after_the_cooldown():
     decision = run({"small": 1, "big": 1}, rate=0.0, since=601.0, floor=1)
     assert decision.kind == "rebalance" and decision.target == {"small": 1, "big": 0}
     assert run({"small": 0, "big": 1}, rate=0.0, since=601.0).target == {"small": 0, "big": 0}
+
+
+def counted(current, rate, requests, since=10_000.0, min_savings=5.0):
+    """As the reconcile decides a rate read as `requests` requests: sized at the upper bound, covered at
+    the lower one, the saving checked at the rebalance bound."""
+    p = problem(rate)
+    demand = bounds(p.workload, requests)
+    settings = IlpSettings(current=current, move_cost=move_cost(p))
+    candidate = solve(replace(p, workload=demand.sized), settings, mode="routable")
+    ok = covers(replace(p, workload=demand.low), current, IlpSettings(), "routable")
+    ceiling = allocate(replace(p, workload=demand.high), settings, "routable")
+    return decide(current, candidate, p, ok, min_savings, 600.0, since, demand, ceiling)
+
+
+def test_window_noise_is_not_demand_growth():
+    """4 x small serves 4 req/s. 4.4 req/s read from 220 requests is at least 220 + 2 - 2 sqrt(221) =
+    192.3 requests (3.85 req/s) at 97.7%: what runs may serve it, kept. From 22000 requests it is at
+    least 4.34 req/s: a real shortfall, moved at once, to the optimum for the upper bound (4.46 req/s:
+    1 x big + 1 x small)."""
+    assert run({"small": 4, "big": 0}, rate=4.4).kind == "scale-up"  # the rate taken as exact
+    assert counted({"small": 4, "big": 0}, 4.4, 220).kind == "keep"
+    decision = counted({"small": 4, "big": 0}, 4.4, 22_000)
+    assert decision.kind == "scale-up" and decision.target == {"small": 1, "big": 1}
+    assert decision.reason == ("demand exceeds what runs: at least 4.34 req/s (97.7% lower bound of the 4.4 req/s "
+                               "measured): moving to $4.00/h at once")
+
+
+def test_a_saving_must_hold_at_the_upper_bound():
+    """4 x small ($4) runs; 3 req/s read from 300 requests. Its upper bound (3.37 req/s) fits 1 x big,
+    a 25% saving; but at the rebalance bound, 300 + 18 + 6 sqrt(309) = 423.5 requests (4.23 req/s),
+    the optimum is 1 x big + 1 x small, $4: no saving, kept. From 30000 requests the rebalance bound is
+    3.11 req/s, 1 x big still serves it: moved."""
+    kept = counted({"small": 4, "big": 0}, 3.0, 300)
+    assert kept.kind == "keep" and kept.saving_percent == 0.0
+    assert kept.reason == "kept: no saving at up to 4.23 req/s (99.9999999% upper bound of the 3 req/s measured)"
+    smaller = counted({"small": 5, "big": 0}, 3.0, 300, min_savings=50.0)  # $5 -> $4 at the bound
+    assert smaller.kind == "keep" and smaller.reason == (
+        "kept: saving 20.0% at up to 4.23 req/s (99.9999999% upper bound of the 3 req/s measured) < 50%")
+    moved = counted({"small": 4, "big": 0}, 3.0, 30_000)
+    assert moved.kind == "rebalance" and moved.target == {"small": 0, "big": 1}
+    assert moved.reason == ("saving 25.0%, 25.0% at up to 3.11 req/s (99.9999999% upper bound of the 3 req/s "
+                            "measured): $4.00/h -> $3.00/h")
+
+
+def test_a_saving_nothing_can_check_is_kept():
+    """With at most 1 x big and 4 x small (8 req/s), 3 req/s from 30 requests is sized at 4.31 req/s
+    (1 x big + 1 x small, $4, 43% below what runs) but has its rebalance bound at 8.55 req/s: no
+    allocation to measure the saving against."""
+    p = problem(3.0)
+    p = replace(p, options=(replace(p.options[0], max_replicas=4), replace(p.options[1], max_replicas=1)))
+    current = {"small": 4, "big": 1}
+    demand = bounds(p.workload, 30)
+    settings = IlpSettings(current=current, move_cost=move_cost(p))
+    candidate = solve(replace(p, workload=demand.sized), settings, mode="routable")
+    ceiling = allocate(replace(p, workload=demand.high), settings, "routable")
+    assert candidate.allocation.replicas == {"small": 1, "big": 1} and not ceiling.solved
+    decision = decide(current, candidate, p, True, 5.0, 600.0, None, demand, ceiling)
+    assert decision.kind == "keep" and decision.reason == (
+        "kept: saving 42.9% unsure: nothing within the quotas serves up to 8.55 req/s (99.9999999% upper bound "
+        "of the 3 req/s measured)")

@@ -8,8 +8,11 @@ import yaml
 
 from melange.operator.core.diff import diff
 from melange.operator.core.planner import Owner
-from melange.operator.core.problem import default_inputs
-from melange.operator.core.reconcile import Observed, reconcile
+from melange.operator.core.problem import build_problem, default_inputs, solver_settings
+from melange.operator.core.reconcile import LiveInput, Observed, reconcile
+from melange.operator.core.spec import parse_spec
+from melange.solver.solve import solve
+from melange.solver.workload import make_workload
 
 from ..schema import ROOT
 
@@ -250,3 +253,18 @@ def test_node_priced_options_cost_their_nodes_in_status():
     assert status["allocation"] == {"l4": 1, "a10g": 4, "a100-80gb": 0, "h100": 0}
     assert status["costPerHour"] == 4.8288
     assert status["bestSingleType"] == {"name": "a10g", "costPerHour": 5.03}
+
+
+def test_a_counted_rate_is_reported_as_measured_and_sized_at_its_upper_bound():
+    """6 req/s read from 360 requests: status says 6 req/s; the allocation is the optimum for 400
+    requests' worth (360 + 2 + 2 sqrt(361), 6.67 req/s), what `melange solve` gives at that rate."""
+    spec = copy.deepcopy(ARENA["spec"])
+    static = spec["workload"]
+    spec["workload"] = {"source": "prometheus", "grid": static["grid"]}
+    grid = parse_spec(ARENA["spec"]).workload.grid
+    mix = make_workload(6.0, grid, static["static"]["distribution"], "w")
+    outcome = reconcile(OWNER, observe(spec), default_inputs(), live=LiveInput(mix, "360 requests in 1m", "1m", 360))
+    assert outcome.status["workload"] == {"rate": 6.0, "source": "prometheus", "window": "1m"}
+    sized = build_problem(parse_spec(spec), mix.with_rate(400 / 60), default_inputs())
+    assert outcome.status["allocation"] == solve(sized, solver_settings(parse_spec(spec)), mode="paper").allocation.replicas
+    assert outcome.status["recommendedCostPerHour"] == outcome.status["costPerHour"]
