@@ -84,3 +84,27 @@ def test_a_template_change_rolls_a_pool_without_losing_a_ready_replica(cluster, 
                      for o in ("l4", "a100-80gb"))
     assert rolled, "the pools rolled to the new args"
     assert lowest == {"l4": 1, "a100-80gb": 1}, lowest  # a new pod was ready before the old one went
+
+
+def test_serving_args_that_would_break_the_operator_are_refused_and_change_nothing(cluster, operator, namespace):
+    manifest = arena(namespace, reallocation={"targetUtilisation": 1.0})
+    name = manifest["metadata"]["name"]
+    cluster.apply(manifest)
+    mix = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
+    wait_until(settled(cluster, name, namespace, mix), "the Table 3 mix", timeout_s=120)
+    before = {d["metadata"]["name"]: d["metadata"]["generation"]
+              for d in cluster.get("deployments", namespace=namespace)["items"]}
+    manifest["spec"]["serving"] = {"args": ["--disable-log-stats"]}
+    cluster.apply(manifest)
+
+    def refused():
+        service = cluster.get("llmservice", name, namespace)
+        found = [c for c in (service.get("status") or {}).get("conditions") or []
+                 if c["type"] == "InvalidSpec" and c["status"] == "True"]
+        return found[0] if found else None
+    invalid = wait_until(refused, "InvalidSpec", timeout_s=60)
+    assert "spec.serving.args[0]" in invalid["message"] and "--disable-log-stats" in invalid["message"]
+    time.sleep(2)
+    after = {d["metadata"]["name"]: d["metadata"]["generation"]
+             for d in cluster.get("deployments", namespace=namespace)["items"]}
+    assert after == before  # nothing was rolled out with the metrics turned off
