@@ -5,7 +5,8 @@
 # Cache: ${MELANGE_E2E_CACHE:-~/.cache/melange/e2e}/<versions>/bin (outside the checkout).
 # Binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (one Kubernetes
 # release, through the wrapper module in e2e/kubernetes), kwok, helm, karpenter-kwok (Karpenter's
-# KWOK provider) and Karpenter's CRDs (crds/).
+# KWOK provider) and Karpenter's CRDs (crds/); the Prometheus Operator's PodMonitor CRD
+# (monitoring-crds-<version>/, generated from its API module by controller-gen).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -129,6 +130,23 @@ if [[ ! -f $root/crds/.complete ]]; then
   cp "$src"/kwok/charts/crds/*.yaml "$src"/kwok/apis/crds/*.yaml "$root/crds/"
   chmod u+w "$root"/crds/*.yaml
   touch "$root/crds/.complete"
+fi
+
+monitoring="$root/monitoring-crds-$PROMETHEUS_OPERATOR_VERSION"
+if [[ ! -f $monitoring/.complete ]]; then
+  run "PodMonitor CRD (prometheus-operator $PROMETHEUS_OPERATOR_VERSION, controller-gen $CONTROLLER_GEN_VERSION)" bash -c '
+    set -e
+    tmp=$(mktemp -d)
+    GOBIN="$tmp/bin" go install "sigs.k8s.io/controller-tools/cmd/controller-gen@$2"
+    src=$(go mod download -json "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring@$1" |
+          sed -n "s/.*\"Dir\": \"\(.*\)\",/\1/p")
+    cp -r "$src" "$tmp/apis" && chmod -R u+w "$tmp/apis"
+    (cd "$tmp/apis" && GOFLAGS=-mod=mod "$tmp/bin/controller-gen" crd paths=./v1/... output:crd:dir="$tmp/crds")
+    mkdir -p "$3"
+    cp "$tmp/crds/monitoring.coreos.com_podmonitors.yaml" "$3/"
+    chmod -R u+w "$tmp" && rm -rf "$tmp"
+    touch "$3/.complete"' _ "$PROMETHEUS_OPERATOR_VERSION" "$CONTROLLER_GEN_VERSION" "$monitoring"
+  built=1
 fi
 
 if ((built)); then

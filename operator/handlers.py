@@ -22,7 +22,7 @@ import kopf
 
 from melange.operator.core.diff import diff
 from melange.operator.core.moves import DEFAULT_DRAIN_S
-from melange.operator.core.planner import GROUP, MANAGED_BY, SERVICE_LABEL, VERSION, Images, Owner
+from melange.operator.core.planner import GROUP, MANAGED_BY, SERVICE_LABEL, VERSION, Images, Owner, PodMonitorSettings
 from melange.operator.core.problem import Inputs, config_refs, explicit_profiles, service_grid
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
 from melange.operator.core.spec import ServiceSpec, parse_spec
@@ -50,6 +50,8 @@ class OperatorConfig:
     prometheus: PrometheusDefaults = field(default_factory=PrometheusDefaults)
     drain_s: float = DEFAULT_DRAIN_S
     metrics_port: int | None = None  # serve the operator's /metrics here (None: do not serve)
+    pod_monitors: str = "auto"  # auto: where the PodMonitor CRD is installed; on: always; off: never
+    pod_monitor: PodMonitorSettings = field(default_factory=PodMonitorSettings)
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     cluster: Cluster | None = None
     clock_origin: tuple[float, float] | None = None  # (wall time, loop time) when the operator started
@@ -88,6 +90,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = API_TIMEOUT_S
     config = _config(memo)
     config.clock()
+    if config.pod_monitors == "on" and not await asyncio.to_thread(config.cluster.serves_pod_monitors):
+        raise kopf.PermanentError("--pod-monitors on, but the API server does not serve monitoring.coreos.com/v1 "
+                                  "podmonitors: install the Prometheus Operator's CRDs, or use --pod-monitors auto "
+                                  "(chart: podMonitor.enabled auto)")
     if config.metrics_port is not None:
         config.metrics.serve(config.metrics_port)
 
@@ -97,6 +103,15 @@ def _uses_node_pools(spec: Any, status: Any = None) -> bool:
     NodePools it had (the provider changed away: they are listed, so that the pass deletes them)."""
     return ((spec or {}).get("nodePools") or {}).get("provider") == "karpenter" \
         or bool((status or {}).get("nodePools"))
+
+
+def _monitoring(config: OperatorConfig) -> PodMonitorSettings | None:
+    """The PodMonitor each service gets this pass (blocking: asks the API server, at most once a minute)."""
+    if config.pod_monitors == "off":
+        return None
+    if config.pod_monitors == "on" or config.cluster.serves_pod_monitors():
+        return config.pod_monitor
+    return None
 
 
 def _interval_s(spec: Any) -> float:
@@ -211,11 +226,12 @@ async def _reconcile_once(body: kopf.Body, previous: dict[str, Any], passes: Pas
         parsed = None  # the reconcile reports the bad spec
     refs = config_refs(parsed) if parsed else []
     config_data = await asyncio.to_thread(cluster.read_config_data, owner.namespace, refs)
-    inputs = Inputs(config_data, config.catalog)
+    inputs = Inputs(config_data, config.catalog, await asyncio.to_thread(_monitoring, config))
     live = None
     if parsed is not None and parsed.workload.source == "prometheus":
         live = await _live(parsed, inputs, config, owner.namespace, passes, meta.get("generation"), fresh_metrics)
-    actual = await asyncio.to_thread(cluster.owned_objects, owner, _uses_node_pools(spec, previous))
+    actual = await asyncio.to_thread(cluster.owned_objects, owner, _uses_node_pools(spec, previous),
+                                     inputs.monitoring is not None)
     problems = {}
     if parsed is not None and parsed.mode == "apply" and condition_status(previous, "Ready") != "True":
         problems = await asyncio.to_thread(cluster.pod_problems, owner)

@@ -32,6 +32,8 @@ from melange.operator.core.spec import KeyRef
 log = logging.getLogger(__name__)
 NAMESPACE_LABEL = f"{GROUP}/namespace"
 NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL = "karpenter.sh", "v1", "nodepools"
+MONITORING_GROUP, MONITORING_VERSION, POD_MONITOR_PLURAL = "monitoring.coreos.com", "v1", "podmonitors"
+DISCOVERY_TTL_S = 60.0  # how long an answer "this API is (not) served" is reused
 FIELD_MANAGER = MANAGED_BY
 APPLY = "application/apply-patch+yaml"
 REQUEST_TIMEOUT_S = (5.0, 30.0)  # connect, read: a hung call must not hold a service's pass
@@ -90,6 +92,28 @@ class Cluster:
         self.policy = kubernetes.client.PolicyV1Api(api)
         # object -> (desired content hash, resourceVersion the API server gave it after our apply)
         self.applied: dict[ObjectKey, tuple[str | None, str | None]] = {}
+        self._served: dict[tuple[str, str, str], tuple[float, bool]] = {}
+
+    def serves(self, group: str, version: str, plural: str) -> bool:
+        """Whether the API server serves a resource (its CRD is installed); asked again after a minute,
+        so that installing the Prometheus Operator later is noticed."""
+        key = (group, version, plural)
+        known = self._served.get(key)
+        if known is not None and time.monotonic() - known[0] < DISCOVERY_TTL_S:
+            return known[1]
+        try:
+            resources = call(self.custom.get_api_resources, group, version)
+            answer = any(r.name == plural for r in (resources.resources or [])) if resources else False
+        except ApiException as error:
+            if error.status != 404:
+                raise
+            answer = False
+        self._served[key] = (time.monotonic(), answer)
+        return answer
+
+    def serves_pod_monitors(self) -> bool:
+        """Whether the Prometheus Operator's PodMonitor CRD is installed."""
+        return self.serves(MONITORING_GROUP, MONITORING_VERSION, POD_MONITOR_PLURAL)
 
     def _plain(self, obj: Any, api_version: str, kind: str) -> dict[str, Any]:
         data = self.api.sanitize_for_serialization(obj)
@@ -134,9 +158,9 @@ class Cluster:
         path.write_text(data)
         return str(path)
 
-    def owned_objects(self, owner: Owner, node_pools: bool) -> list[dict[str, Any]]:
-        """Deployments, Services, ConfigMaps and PodDisruptionBudgets the service owns (by label), and its
-        NodePools."""
+    def owned_objects(self, owner: Owner, node_pools: bool, pod_monitors: bool = False) -> list[dict[str, Any]]:
+        """Deployments, Services, ConfigMaps and PodDisruptionBudgets the service owns (by label), and where
+        asked its NodePools and PodMonitors."""
         selector = _owned_selector(owner)
         found = [self._plain(o, "apps/v1", "Deployment")
                  for o in call(self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector).items]
@@ -148,6 +172,9 @@ class Cluster:
             self.policy.list_namespaced_pod_disruption_budget, owner.namespace, label_selector=selector).items]
         if node_pools:
             found += self.node_pools(owner)
+        if pod_monitors:
+            found += call(self.custom.list_namespaced_custom_object, MONITORING_GROUP, MONITORING_VERSION,
+                          owner.namespace, POD_MONITOR_PLURAL, label_selector=selector).get("items", [])
         return found
 
     def node_pools(self, owner: Owner) -> list[dict[str, Any]]:
@@ -221,6 +248,9 @@ class Cluster:
         elif kind == "NodePool":
             return call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                         meta["name"], obj, **options)
+        elif kind == "PodMonitor":
+            return call(self.custom.patch_namespaced_custom_object, MONITORING_GROUP, MONITORING_VERSION,
+                        meta["namespace"], POD_MONITOR_PLURAL, meta["name"], obj, **options)
         else:
             raise ValueError(f"cannot apply {kind}")
         return self.api.sanitize_for_serialization(stored)
@@ -238,6 +268,9 @@ class Cluster:
             elif key.kind == "NodePool":
                 call(self.custom.delete_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                      key.name)
+            elif key.kind == "PodMonitor":
+                call(self.custom.delete_namespaced_custom_object, MONITORING_GROUP, MONITORING_VERSION, key.namespace,
+                     POD_MONITOR_PLURAL, key.name)
             else:
                 raise ValueError(f"cannot delete {key.kind}")
         except ApiException as error:

@@ -2,13 +2,15 @@
 
 Flags follow `kopf run`: `-n/--namespace NS` (repeatable) or `-A/--all-namespaces`, `--liveness
 URL`, `--verbose`, peering (`--peering NAME`, or `--standalone` for one replica without peering);
-and ours: the default Prometheus, the operator's metrics port, the drain period, default images.
+and ours: the default Prometheus, the operator's metrics port, the drain period, default images,
+the PodMonitors.
 The Kubernetes connection comes from the in-cluster service account, else KUBECONFIG.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Sequence
 
@@ -18,7 +20,7 @@ from melange.operator import handlers  # noqa: F401  (registers the handlers wit
 from melange.operator.handlers import OperatorConfig
 from melange.operator.live_workload import PrometheusDefaults
 from melange.operator.core.moves import DEFAULT_DRAIN_S
-from melange.operator.core.planner import Images
+from melange.operator.core.planner import Images, PodMonitorSettings
 from melange.solver.errors import InputError
 from melange.solver.metrics.prometheus_source import read_bearer_token
 
@@ -50,8 +52,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_S, metavar="SECONDS",
                         help=f"wait this long after switching the routing before scaling old pools down "
                              f"(default {DEFAULT_DRAIN_S:g} s: the kubelet syncs a mounted ConfigMap within about a minute)")
+    parser.add_argument("--pod-monitors", choices=("auto", "on", "off"), default="auto",
+                        help="a Prometheus Operator PodMonitor per service for its pools and router: auto (where "
+                             "the monitoring.coreos.com/v1 CRDs are installed), on (always; the operator stops if "
+                             "they are not), off (default auto)")
+    parser.add_argument("--pod-monitor-label", action="append", default=[], metavar="KEY=VALUE",
+                        help="a label on every PodMonitor, for the Prometheus that selects them (repeatable; "
+                             "kube-prometheus-stack selects release=<its release name>)")
+    parser.add_argument("--pod-monitor-interval", metavar="DURATION",
+                        help="scrape interval of the PodMonitors, e.g. 15s (default: the Prometheus's own)")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
+
+
+# Kubernetes label syntax (k8s.io/apimachinery validation: a qualified name, a value of at most 63
+# characters) and the Prometheus Operator's duration pattern (monitoring.coreos.com/v1 Duration).
+LABEL_NAME = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+                        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+PROMETHEUS_DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+                                 r"(([0-9]+)ms)?)$")
+
+
+def pod_monitor_settings(labels: Sequence[str], interval: str | None) -> PodMonitorSettings:
+    """The PodMonitor flags, checked: a bad label or duration is refused before anything runs."""
+    pairs = []
+    for item in labels:
+        key, equals, value = item.partition("=")
+        if not equals or not LABEL_NAME.match(key) or len(key.rpartition("/")[0]) > 253 \
+                or not LABEL_VALUE.match(value):
+            raise ValueError(f"--pod-monitor-label {item!r}: expected KEY=VALUE with a Kubernetes label name "
+                             f"([prefix/]name, name at most 63 characters of [A-Za-z0-9-_.]) and a value of at most "
+                             f"63 such characters")
+        pairs.append((key, value))
+    if interval is not None and (not interval or not PROMETHEUS_DURATION.match(interval)):
+        raise ValueError(f"--pod-monitor-interval {interval!r}: expected a Prometheus duration such as 15s, 1m or 1m30s")
+    return PodMonitorSettings(tuple(sorted(dict(pairs).items())), interval)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -67,9 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error(str(error))
     if args.metrics_port < 0 or args.metrics_port > 65535 or args.drain < 0:
         build_parser().error("--metrics-port must be 0-65535 and --drain >= 0")
+    try:
+        pod_monitor = pod_monitor_settings(args.pod_monitor_label, args.pod_monitor_interval)
+    except ValueError as error:
+        build_parser().error(str(error))
     config = OperatorConfig(images=Images(vllm=args.vllm_image, router=args.router_image),
                             prometheus=PrometheusDefaults(args.prometheus_url, token, args.prometheus_ca_file),
-                            drain_s=args.drain, metrics_port=args.metrics_port or None)
+                            drain_s=args.drain, metrics_port=args.metrics_port or None,
+                            pod_monitors=args.pod_monitors, pod_monitor=pod_monitor)
     memo = kopf.Memo(config=config)
     kopf.run(clusterwide=args.all_namespaces, namespaces=args.namespace, liveness_endpoint=args.liveness,
              standalone=args.standalone or None, peering_name=args.peering, priority=args.priority, memo=memo)

@@ -35,6 +35,7 @@ from melange.testing.ports import free_port, wait_for_http_ok
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPOSITORY / "e2e" / "build.sh"
+VERSIONS = REPOSITORY / "e2e" / "versions.env"
 SERVICE_CIDR = "10.96.0.0/16"
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
@@ -57,6 +58,13 @@ def build_binaries(timeout_s: float = 3600) -> Path:
     if result.returncode != 0:
         raise ClusterError(f"{BUILD_SCRIPT} failed (exit {result.returncode}); its output is above")
     return Path(result.stdout.strip().splitlines()[-1])
+
+
+def pinned_versions() -> dict[str, str]:
+    """The `NAME=value` lines of e2e/versions.env."""
+    pairs = (line.split("=", 1) for line in VERSIONS.read_text().splitlines()
+             if "=" in line and not line.lstrip().startswith("#"))
+    return {name.strip(): value.strip() for name, value in pairs}
 
 
 def die_with_parent() -> None:
@@ -293,13 +301,22 @@ class LocalCluster:
         raise ClusterError("the default ServiceAccount did not appear (kube-controller-manager):\n"
                            f"{self.log_tail('kube-controller-manager')}")
 
+    def install_crds(self, folder: Path) -> None:
+        """Apply the CRDs in a folder and wait until the API server serves them."""
+        self.kubectl("apply", "--server-side", "--field-manager=e2e-test", "-f", str(folder))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(folder))
+
+    def install_monitoring_crds(self) -> None:
+        """The Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1), as kube-prometheus-stack
+        installs it; no Prometheus Operator runs."""
+        version = pinned_versions()["PROMETHEUS_OPERATOR_VERSION"]
+        self.install_crds(self.bin.parent / f"monitoring-crds-{version}")
+
     def start_karpenter(self, instance_types: list[dict[str, Any]], timeout_s: float = 60.0) -> None:
         """Karpenter's KWOK provider beside the control plane (admin credentials, no leader election),
         with its CRDs and a KWOKNodeClass `default`; its nodes carry KWOK's annotation, so the KWOK
         controller makes them Ready."""
-        crds = self.bin.parent / "crds"
-        self.kubectl("apply", "--server-side", "--field-manager=e2e-test", "-f", str(crds))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(crds))
+        self.install_crds(self.bin.parent / "crds")
         types = self.folder / "instance-types.json"
         types.write_text(json.dumps(instance_types, indent=1))
         health = free_port()

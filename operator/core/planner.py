@@ -1,8 +1,9 @@
 """From an allocation to the Kubernetes objects that run it, as plain dicts (no API calls).
 
-Per GPU option in use: a vLLM Deployment and a Service (`<service>-<option>`), and with Karpenter a
-`karpenter.sh/v1` NodePool whose GPU limit is the whole instances the replicas fill. In front: the routing ConfigMap,
-the router Deployment and the Service clients call (`<service>`). Every object carries the owner
+Per GPU option in use: a vLLM Deployment, a Service and a PodDisruptionBudget (`<service>-<option>`),
+and with Karpenter a `karpenter.sh/v1` NodePool whose GPU limit is the whole instances the replicas fill.
+In front: the routing ConfigMap, the router Deployment, its PodDisruptionBudget and the Service clients
+call (`<service>`); where the Prometheus Operator runs, a PodMonitor for all of them. Every object carries the owner
 reference (NodePools, cluster-scoped, cannot: they carry labels and are deleted explicitly), the
 `app.kubernetes.io/*` labels and a hash of its content, so an unchanged object is never written.
 
@@ -54,6 +55,16 @@ class Owner:
     name: str
     namespace: str
     uid: str
+
+
+@dataclass(frozen=True)
+class PodMonitorSettings:
+    """A Prometheus Operator PodMonitor per service (kube-prometheus-stack ignores `prometheus.io/*`
+    annotations): extra labels its Prometheus selects PodMonitors by (kube-prometheus-stack's default:
+    `release: <its release name>`) and the scrape interval (None: the Prometheus's own)."""
+
+    labels: tuple[tuple[str, str], ...] = ()
+    interval: str | None = None
 
 
 @dataclass(frozen=True)
@@ -274,6 +285,23 @@ def router_service(owner: Owner) -> dict[str, Any]:
     }, owner)
 
 
+def pod_monitor(owner: Owner, settings: PodMonitorSettings) -> dict[str, Any]:
+    """A `monitoring.coreos.com/v1` PodMonitor (named as the service) that has the Prometheus Operator
+    scrape `/metrics` on the `http` port of every pod of the service: the vLLM pools (vLLM's request
+    counts and size histograms, which the live workload reads) and the router. Each target keeps the
+    pod's option and component labels (`melange_ai_option`, `app_kubernetes_io_component`)."""
+    endpoint: dict[str, Any] = {"port": "http", "path": "/metrics"}
+    if settings.interval is not None:
+        endpoint["interval"] = settings.interval
+    return _finish({
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": {"name": owner.name, "labels": {**dict(settings.labels), **labels(owner, "monitoring")}},
+        "spec": {"selector": {"matchLabels": {SERVICE_LABEL: owner.name, "app.kubernetes.io/managed-by": MANAGED_BY}},
+                 "podMetricsEndpoints": [endpoint],
+                 "podTargetLabels": [OPTION_LABEL, "app.kubernetes.io/component"]},
+    }, owner)
+
+
 def nodepool_gpu_limit(replicas: int, gpus_per_replica: int, gpus_per_node: int | None) -> int:
     """The NodePool's `nvidia.com/gpu` limit: whole instances. Karpenter launches an instance type
     only while the NodePool's GPUs plus the instance's stay within the limit (its scheduler filters
@@ -325,10 +353,12 @@ def nodepool(owner: Owner, spec: ServiceSpec, option: GpuOptionSpec, replicas: i
 
 def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles: Mapping[str, Profile],
          routing_table: Mapping[str, Any], images: Images = Images(), catalog: Catalog | None = None,
-         gpus_per_node: Mapping[str, int | None] | None = None) -> list[dict[str, Any]]:
+         gpus_per_node: Mapping[str, int | None] | None = None,
+         monitoring: PodMonitorSettings | None = None) -> list[dict[str, Any]]:
     """Every object the allocation `replicas` (option name -> replicas) needs, in apply order. The
     catalog places each pool on its GPU type and sizes its pods (see core/pods.py); `gpus_per_node`
-    is each option's node size where known (NodePool limits in whole instances)."""
+    is each option's node size where known (NodePool limits in whole instances); `monitoring`, when
+    given, adds the service's PodMonitor."""
     objects: list[dict[str, Any]] = []
     for option in spec.options:
         count = replicas.get(option.name, 0)
@@ -346,4 +376,6 @@ def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles:
                 router_service(owner),
                 disruption_budget(owner, router_name(owner),
                                   {SERVICE_LABEL: owner.name, "app.kubernetes.io/component": "router"}, "router")]
+    if monitoring is not None:
+        objects.append(pod_monitor(owner, monitoring))
     return objects

@@ -20,6 +20,7 @@ from melange.solver.profiles import Profile, profile_from_dict
 from melange.solver.profiling.catalog import Catalog, GpuSpec, shipped_catalog
 from melange.solver.profiling.catalog_inputs import catalog_profile
 from melange.solver.workload import Workload, make_workload, parse_trace, workload_from_trace
+from melange.operator.core.planner import PodMonitorSettings
 from melange.operator.core.spec import GpuOptionSpec, KeyRef, ServiceSpec
 
 # ConfigMap data by (name, key), as the shell read it from the service's namespace.
@@ -30,10 +31,12 @@ INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 
 @dataclass(frozen=True)
 class Inputs:
-    """What one solve of a service needs besides the spec: referenced ConfigMap data and the catalog."""
+    """What one pass of a service needs besides the spec: referenced ConfigMap data, the catalog, and the
+    PodMonitor to write (None: the cluster has no Prometheus Operator, or the operator was told not to)."""
 
     config: ConfigData
     catalog: Catalog
+    monitoring: PodMonitorSettings | None = None
 
 
 def default_inputs(config: ConfigData | None = None) -> Inputs:

@@ -292,7 +292,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
             table = _table(owner, problem, split_for(problem, routed, plain, spec.routing_mode))
         profiles = {o.name: p for o, p in zip(problem.options, problem.profiles)}
         desired = plan(owner, spec, replicas, profiles, table, images, inputs.catalog,
-                       {o.name: o.gpus_per_node for o in problem.options})
+                       {o.name: o.gpus_per_node for o in problem.options}, inputs.monitoring)
     status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure)
     pools = node_pool_names(observed.actual, desired)
     if pools or observed.status.get("nodePools"):

@@ -16,7 +16,7 @@ import yaml
 from yamllint import linter
 from yamllint.config import YamlLintConfig
 
-from melange.operator.main import build_parser
+from melange.operator.main import build_parser, pod_monitor_settings
 from melange.operator.core.spec import parse_spec
 
 from ..operator.schema import CRD_PATH, schema_errors
@@ -34,9 +34,11 @@ VALUE_SETS = {
                               "replicaCount": 2, "logLevel": "debug",
                               "prometheus": {"url": "http://prometheus.monitoring.svc:9090"},
                               "metrics": {"port": 9100, "serviceMonitor": {"enabled": True,
-                                                                           "labels": {"release": "kps"}}}},
+                                                                           "labels": {"release": "kps"}}},
+                              "podMonitors": {"enabled": True, "interval": "15s",
+                                              "labels": {"release": "kps", "example.com/team": "llm"}}},
     "namespaced-prometheus-token": {"watchNamespaces": ["team-a", "team-b"], "prometheus": PROMETHEUS,
-                                    "image": {"tag": "0.1.0-rc1"}},
+                                    "image": {"tag": "0.1.0-rc1"}, "podMonitors": {"enabled": False}},
     "namespaced-karpenter-peering": {"watchNamespaces": ["llm"], "nodePools": {"karpenter": {"enabled": True}},
                                      "peering": {"enabled": True}},
 }
@@ -88,7 +90,7 @@ def _pairs(rules: list[dict]) -> set[tuple[str, str]]:
 
 
 APPLIED_RESOURCES = {"apps/deployments", "services", "configmaps", "karpenter.sh/nodepools",
-                     "policy/poddisruptionbudgets"}
+                     "policy/poddisruptionbudgets", "monitoring.coreos.com/podmonitors"}
 
 
 def _expected(values: dict) -> tuple[set, set]:
@@ -96,9 +98,11 @@ def _expected(values: dict) -> tuple[set, set]:
     calls = json.loads(CALLS_FILE.read_text())
     karpenter = values.get("nodePools", {}).get("karpenter", {}).get("enabled", False)
     peering = values.get("peering", {}).get("enabled", False)
+    pod_monitors = values.get("podMonitors", {}).get("enabled", "auto") is not False
     cluster = {(c["verb"], c["resource"]) for c in calls if c["clusterwide"]
                and (karpenter or not c["resource"].startswith("karpenter.sh/"))}
-    namespaced = {(c["verb"], c["resource"]) for c in calls if not c["clusterwide"]}
+    namespaced = {(c["verb"], c["resource"]) for c in calls if not c["clusterwide"]
+                  and (pod_monitors or not c["resource"].startswith("monitoring.coreos.com/"))}
     # Not a call: the API server lets only who may update an owner's finalizers set blockOwnerDeletion
     # on its dependents (OwnerReferencesPermissionEnforcement), which the operator's objects do.
     namespaced.add(("update", "melange.ai/llmservices/finalizers"))
@@ -194,6 +198,11 @@ def test_the_operator_accepts_the_flags_the_chart_passes(values):
     assert args.vllm_image == "vllm/vllm-openai:v0.11.0"
     assert args.metrics_port == values.get("metrics", {}).get("port", 9090)
     assert args.prometheus_url == (values.get("prometheus", {}).get("url") or None)
+    pod_monitors = values.get("podMonitors", {})
+    assert args.pod_monitors == {"auto": "auto", True: "on", False: "off"}[pod_monitors.get("enabled", "auto")]
+    settings = pod_monitor_settings(args.pod_monitor_label, args.pod_monitor_interval)
+    assert dict(settings.labels) == pod_monitors.get("labels", {})
+    assert settings.interval == (pod_monitors.get("interval") or None)
 
 
 def test_the_prometheus_token_and_ca_are_mounted_where_the_flags_point():
@@ -240,6 +249,9 @@ BAD_VALUES = {
     "no memory limit": ({"resources": {"limits": {"memory": None}}}, "memory"),
     "an unknown pull policy": ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
     "a secret name with capitals": ({"prometheus": {"bearerTokenSecret": {"name": "Token"}}}, "name"),
+    "pod monitors enabled: yes": ({"podMonitors": {"enabled": "yes"}}, "enabled"),
+    "a pod monitor label with a space": ({"podMonitors": {"labels": {"release": "kube prometheus"}}}, "labels"),
+    "a pod monitor interval without unit": ({"podMonitors": {"interval": "15"}}, "interval"),
 }
 
 

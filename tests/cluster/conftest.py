@@ -38,7 +38,9 @@ NODES = {"m5.xlarge": 2, "g6.xlarge": 3, "g6.12xlarge": 1, "g5.xlarge": 3, "g5.1
 # The paper's Table 3 at 4 req/s for the Arena example: 1 x L4 + 1 x A100.
 TABLE3_RATE_4 = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
 CHART_VALUES = ["--set", "image.repository=registry.invalid/melange-operator",
-                "--set", "defaults.drainSeconds=2", "--set", "nodePools.karpenter.enabled=true"]
+                "--set", "defaults.drainSeconds=2", "--set", "nodePools.karpenter.enabled=true",
+                "--set", "podMonitors.labels.release=kube-prometheus-stack"]
+POD_MONITOR_LABELS = {"release": "kube-prometheus-stack"}
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -80,11 +82,13 @@ def cluster_binaries(request: pytest.FixtureRequest) -> Path:
 
 @pytest.fixture(scope="session")
 def cluster(cluster_binaries: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    """The control plane with the GPU nodes, for the whole run; stopped (nothing left running) after it."""
+    """The control plane with the GPU nodes and the Prometheus Operator's PodMonitor CRD (as where
+    kube-prometheus-stack runs), for the whole run; stopped (nothing left running) after it."""
     local = LocalCluster(cluster_binaries, tmp_path_factory.mktemp("cluster"))
     local.start()
     try:
         local.add_nodes(NODES)
+        local.install_monitoring_crds()
         yield local
     finally:
         local.stop(keep_folder=True)

@@ -1,14 +1,19 @@
 """vLLM pools on real GPU nodes: each option's pods on its own GPU type without a nodeSelector, sized
 (Burstable, not BestEffort), with a model cache, one context length, a graceful stop, a disruption
-budget, and rollouts that keep the ready replicas the routing counts on."""
+budget, rollouts that keep the ready replicas the routing counts on, and a PodMonitor where the
+Prometheus Operator's CRDs are installed."""
 from __future__ import annotations
 
+import json
 import time
 
+import kubernetes
 import pytest
 
+from melange.operator.kube import Cluster
+
 from ..operator.test_make_before_break import ready_pods
-from .conftest import arena, settled, wait_until
+from .conftest import POD_MONITOR_LABELS, TABLE3_RATE_4, arena, settled, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -108,3 +113,50 @@ def test_serving_args_that_would_break_the_operator_are_refused_and_change_nothi
     after = {d["metadata"]["name"]: d["metadata"]["generation"]
              for d in cluster.get("deployments", namespace=namespace)["items"]}
     assert after == before  # nothing was rolled out with the metrics turned off
+
+
+def selected_pods(cluster, namespace: str, selector: dict) -> dict[str, dict]:
+    """The pods of a namespace a matchLabels selector picks, as the API server selects them."""
+    labels = ",".join(f"{key}={value}" for key, value in selector["matchLabels"].items())
+    found = cluster.kubectl("get", "pods", "-n", namespace, "-l", labels, "-o", "json").stdout
+    return {p["metadata"]["name"]: p for p in json.loads(found)["items"] if not p["metadata"].get("deletionTimestamp")}
+
+
+def test_a_pod_monitor_has_the_prometheus_operator_scrape_every_pool_and_the_router(cluster, operator, namespace):
+    manifest = arena(namespace)
+    other = arena(namespace)
+    other["metadata"]["name"] = "other"
+    name = manifest["metadata"]["name"]
+    cluster.apply([manifest, other])
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the Table 3 mix", timeout_s=120)
+    wait_until(settled(cluster, "other", namespace, TABLE3_RATE_4), "the other service's mix", timeout_s=120)
+    monitor = wait_until(lambda: next((m for m in cluster.get("podmonitors", namespace=namespace)["items"]
+                                       if m["metadata"]["name"] == name), None), "the service's PodMonitor")
+    assert monitor["metadata"]["labels"].items() >= POD_MONITOR_LABELS.items()  # what kube-prometheus-stack selects
+    uid = cluster.get("llmservice", name, namespace)["metadata"]["uid"]
+    assert [(r["kind"], r["uid"]) for r in monitor["metadata"]["ownerReferences"]] == [("LLMService", uid)]
+    # Every pod of this service, pools and router, and none of the other service's: 1 L4, 1 A100, the router.
+    pods = selected_pods(cluster, namespace, monitor["spec"]["selector"])
+    components = sorted(p["metadata"]["labels"].get("melange.ai/option") or p["metadata"]["labels"]
+                        ["app.kubernetes.io/component"] for p in pods.values())
+    assert components == ["a100-80gb", "l4", "router"]
+    assert all(p["metadata"]["labels"]["melange.ai/service"] == name for p in pods.values())
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    for pod in pods.values():
+        ports = {p.get("name"): p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
+        annotations = pod["metadata"]["annotations"]
+        assert endpoint["port"] in ports  # the named port the Prometheus Operator scrapes
+        # the same port as the annotations, which stay for annotation-driven Prometheus setups
+        assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"],
+                annotations["prometheus.io/path"]) == ("true", str(ports[endpoint["port"]]), "/metrics")
+    cluster.kubectl("delete", "llmservice", name, "-n", namespace, "--wait=false")
+    wait_until(lambda: [m["metadata"]["name"] for m in cluster.get("podmonitors", namespace=namespace)["items"]]
+               == ["other"], "the garbage collector to delete the PodMonitor with its service")
+
+
+def test_the_operator_asks_the_api_server_whether_the_pod_monitor_crd_is_installed(cluster):
+    shell = Cluster(kubernetes.config.new_client_from_config(config_file=str(cluster.kubeconfig)))
+    assert shell.serves_pod_monitors()
+    assert not shell.serves("monitoring.coreos.com", "v1", "probes")  # the group is served, not this kind
+    assert not shell.serves("nothing.example.com", "v1", "things")  # no such group: a 404

@@ -250,3 +250,27 @@ async def test_two_services_are_independent(kube, operator_runner):
         await kube.patch(LLMSERVICES, "chat-b", {"spec": {"mode": "recommend"}}, namespace="default")
         await status_of(kube, "chat-b", lambda s: (s.get("status") or {}).get("observedGeneration") == 2)
         assert replicas(kube, "chat-a") == {"chat-a-l4": 1, "chat-a-a100-80gb": 1}
+
+
+class _Served:
+    """The one answer `_monitoring` asks the cluster for, counted."""
+
+    def __init__(self, served: bool) -> None:
+        self.served, self.asked = served, 0
+
+    def serves_pod_monitors(self) -> bool:
+        self.asked += 1
+        return self.served
+
+
+@pytest.mark.parametrize("mode, served, wanted, asks", [
+    ("auto", True, True, 1), ("auto", False, False, 1),
+    ("on", False, True, 0),  # on: always (the start refused a cluster without the CRD)
+    ("off", True, False, 0),
+])
+async def test_each_pass_writes_a_pod_monitor_as_the_mode_and_the_cluster_say(mode, served, wanted, asks):
+    settings = handlers.PodMonitorSettings((("release", "kps"),), "15s")
+    cluster = _Served(served)
+    config = OperatorConfig(pod_monitors=mode, pod_monitor=settings, cluster=cluster)
+    assert handlers._monitoring(config) == (settings if wanted else None)
+    assert cluster.asked == asks

@@ -69,6 +69,11 @@ in each watched namespace.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete, list, patch]
+{{- if ne (include "melange-operator.podMonitors" .) "off" }}
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors]
+  verbs: [create, list, patch]
+{{- end }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
@@ -105,3 +110,9 @@ in each watched namespace.
 {{/* Where the Prometheus bearer token and CA bundle are mounted. */}}
 {{- define "melange-operator.prometheusTokenDir" -}}/var/run/secrets/melange/prometheus{{- end -}}
 {{- define "melange-operator.prometheusCADir" -}}/etc/melange/prometheus-ca{{- end -}}
+
+{{/* The operator's --pod-monitors from podMonitors.enabled: auto, on (true) or off (false). */}}
+{{- define "melange-operator.podMonitors" -}}
+{{- $enabled := toString .Values.podMonitors.enabled -}}
+{{- if eq $enabled "auto" }}auto{{ else if eq $enabled "true" }}on{{ else }}off{{ end -}}
+{{- end -}}

@@ -6,7 +6,8 @@ import json
 import kubernetes_validate
 import pytest
 
-from melange.operator.core.planner import (HASH_ANNOTATION, Images, Owner, content_hash, nodepool_gpu_limit, nodepool_name,
+from melange.operator.core.planner import (HASH_ANNOTATION, Images, Owner, PodMonitorSettings, content_hash,
+                                           nodepool_gpu_limit, nodepool_name,
                                            plan, pool_url)
 from melange.operator.core.spec import parse_spec
 from melange.solver.profiles import Profile, Slo
@@ -201,3 +202,27 @@ def test_the_hash_changes_with_content_only():
     hashes = {o["metadata"]["name"] + o["kind"]: o["metadata"]["annotations"][HASH_ANNOTATION] for o in changed}
     assert hashes["chat-l4Deployment"] != first[("Deployment", "chat-l4")]["metadata"]["annotations"][HASH_ANNOTATION]
     assert hashes["chat-h100x2Deployment"] == first[("Deployment", "chat-h100x2")]["metadata"]["annotations"][HASH_ANNOTATION]
+
+
+def test_a_pod_monitor_is_planned_only_where_asked_and_selects_the_services_pods():
+    without = plan(OWNER, spec(), {"l4": 1, "a10g": 2}, PROFILES, TABLE)
+    assert "PodMonitor" not in {o["kind"] for o in without}
+    settings = PodMonitorSettings((("release", "kps"), ("app.kubernetes.io/managed-by", "someone-else")), "15s")
+    objects = plan(OWNER, spec(), {"l4": 1, "a10g": 2}, PROFILES, TABLE, monitoring=settings)
+    [monitor] = [o for o in objects if o["kind"] == "PodMonitor"]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert (monitor["metadata"]["name"], monitor["metadata"]["namespace"]) == ("chat", "llm")
+    assert monitor["metadata"]["ownerReferences"][0]["uid"] == "1234-abcd"
+    labels = monitor["metadata"]["labels"]
+    # the Prometheus's label, and ours win over a clash (the operator finds what it owns by them)
+    assert labels["release"] == "kps" and labels["app.kubernetes.io/managed-by"] == "melange-operator"
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "http", "path": "/metrics", "interval": "15s"}]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    pods = {o["metadata"]["name"]: o["spec"]["template"] for o in objects if o["kind"] == "Deployment"}
+    assert sorted(pods) == ["chat-a10g", "chat-l4", "chat-router"]
+    for name, template in pods.items():
+        assert selector.items() <= template["metadata"]["labels"].items(), name
+        assert "http" in {p["name"] for p in template["spec"]["containers"][0]["ports"]}, name
+    plain = plan(OWNER, spec(), {"l4": 1}, PROFILES, TABLE, monitoring=PodMonitorSettings())
+    [endpoint] = next(o for o in plain if o["kind"] == "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert "interval" not in endpoint  # the Prometheus's own
