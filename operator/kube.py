@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 NAMESPACE_LABEL = f"{GROUP}/namespace"
 NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL = "karpenter.sh", "v1", "nodepools"
 MONITORING_GROUP, MONITORING_VERSION, POD_MONITOR_PLURAL = "monitoring.coreos.com", "v1", "podmonitors"
+RBAC_VERSION = "rbac.authorization.k8s.io/v1"
 DISCOVERY_TTL_S = 60.0  # how long an answer "this API is (not) served" is reused
 FIELD_MANAGER = MANAGED_BY
 APPLY = "application/apply-patch+yaml"
@@ -90,6 +91,7 @@ class Cluster:
         self.apps = kubernetes.client.AppsV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.policy = kubernetes.client.PolicyV1Api(api)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api)
         # object -> (desired content hash, resourceVersion the API server gave it after our apply)
         self.applied: dict[ObjectKey, tuple[str | None, str | None]] = {}
         self._served: dict[tuple[str, str, str], tuple[float, bool]] = {}
@@ -159,8 +161,8 @@ class Cluster:
         return str(path)
 
     def owned_objects(self, owner: Owner, node_pools: bool, pod_monitors: bool = False) -> list[dict[str, Any]]:
-        """Deployments, Services, ConfigMaps and PodDisruptionBudgets the service owns (by label), and where
-        asked its NodePools and PodMonitors."""
+        """Deployments, Services, ConfigMaps, PodDisruptionBudgets and the router's ServiceAccount, Role and
+        RoleBinding the service owns (by label), and where asked its NodePools and PodMonitors."""
         selector = _owned_selector(owner)
         found = [self._plain(o, "apps/v1", "Deployment")
                  for o in call(self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector).items]
@@ -170,6 +172,12 @@ class Cluster:
                   for o in call(self.core.list_namespaced_config_map, owner.namespace, label_selector=selector).items]
         found += [self._plain(o, "policy/v1", "PodDisruptionBudget") for o in call(
             self.policy.list_namespaced_pod_disruption_budget, owner.namespace, label_selector=selector).items]
+        found += [self._plain(o, "v1", "ServiceAccount") for o in call(
+            self.core.list_namespaced_service_account, owner.namespace, label_selector=selector).items]
+        found += [self._plain(o, RBAC_VERSION, "Role") for o in call(
+            self.rbac.list_namespaced_role, owner.namespace, label_selector=selector).items]
+        found += [self._plain(o, RBAC_VERSION, "RoleBinding") for o in call(
+            self.rbac.list_namespaced_role_binding, owner.namespace, label_selector=selector).items]
         if node_pools:
             found += self.node_pools(owner)
         if pod_monitors:
@@ -245,6 +253,12 @@ class Cluster:
         elif kind == "PodDisruptionBudget":
             stored = call(self.policy.patch_namespaced_pod_disruption_budget, meta["name"], meta["namespace"], obj,
                           **options)
+        elif kind == "ServiceAccount":
+            stored = call(self.core.patch_namespaced_service_account, meta["name"], meta["namespace"], obj, **options)
+        elif kind == "Role":
+            stored = call(self.rbac.patch_namespaced_role, meta["name"], meta["namespace"], obj, **options)
+        elif kind == "RoleBinding":
+            stored = call(self.rbac.patch_namespaced_role_binding, meta["name"], meta["namespace"], obj, **options)
         elif kind == "NodePool":
             return call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                         meta["name"], obj, **options)
@@ -265,6 +279,12 @@ class Cluster:
                 call(self.core.delete_namespaced_config_map, key.name, key.namespace)
             elif key.kind == "PodDisruptionBudget":
                 call(self.policy.delete_namespaced_pod_disruption_budget, key.name, key.namespace)
+            elif key.kind == "ServiceAccount":
+                call(self.core.delete_namespaced_service_account, key.name, key.namespace)
+            elif key.kind == "Role":
+                call(self.rbac.delete_namespaced_role, key.name, key.namespace)
+            elif key.kind == "RoleBinding":
+                call(self.rbac.delete_namespaced_role_binding, key.name, key.namespace)
             elif key.kind == "NodePool":
                 call(self.custom.delete_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                      key.name)

@@ -18,7 +18,8 @@ from typing import Any
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
 from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, next_wake_s, peak, stage
 from melange.operator.core.noise import bounds
-from melange.operator.core.planner import OPTION_LABEL, ROUTING_KEY, Images, Owner, plan, pool_url, routing_config_name
+from melange.operator.core.planner import (OPTION_LABEL, ROUTING_KEY, Images, Owner, plan, pool_url,
+                                           routing_config_name, table_version)
 from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
 from melange.operator.core.spec import ServiceSpec, parse_spec
 from melange.operator.core.status import condition, condition_status, describe_mix, from_iso, iso, merge_conditions
@@ -168,7 +169,8 @@ def split_for(problem: Problem, replicas: Mapping[str, int], settings: IlpSettin
 
 def _table(owner: Owner, problem: Problem, allocation: Allocation) -> dict[str, Any]:
     urls = {use.name: pool_url(owner, use.name) for use in allocation.options if use.replicas > 0}
-    return routing_table(allocation, problem.workload.grid, urls)
+    table = routing_table(allocation, problem.workload.grid, urls)
+    return {**table, "version": table_version(table)}
 
 
 def _current_table(observed: Observed, owner: Owner, source: Mapping[str, int]) -> dict[str, Any] | None:

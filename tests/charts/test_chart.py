@@ -90,7 +90,12 @@ def _pairs(rules: list[dict]) -> set[tuple[str, str]]:
 
 
 APPLIED_RESOURCES = {"apps/deployments", "services", "configmaps", "karpenter.sh/nodepools",
-                     "policy/poddisruptionbudgets", "monitoring.coreos.com/podmonitors"}
+                     "policy/poddisruptionbudgets", "monitoring.coreos.com/podmonitors", "serviceaccounts",
+                     "rbac.authorization.k8s.io/roles", "rbac.authorization.k8s.io/rolebindings"}
+# What the operator grants each router (planner.router_access): the API server lets it grant only what it
+# holds (RBAC escalation prevention), so it holds these without calling them.
+ROUTER_GRANTS = {("list", "configmaps"), ("watch", "configmaps"), ("list", "discovery.k8s.io/endpointslices"),
+                 ("watch", "discovery.k8s.io/endpointslices")}
 
 
 def _expected(values: dict) -> tuple[set, set]:
@@ -106,6 +111,7 @@ def _expected(values: dict) -> tuple[set, set]:
     # Not a call: the API server lets only who may update an owner's finalizers set blockOwnerDeletion
     # on its dependents (OwnerReferencesPermissionEnforcement), which the operator's objects do.
     namespaced.add(("update", "melange.ai/llmservices/finalizers"))
+    namespaced |= ROUTER_GRANTS
     # Not a call either: server-side apply is a patch, and the API server authorizes one that creates the
     # object as `create` as well (the audit log records the patch only).
     for grants in (cluster, namespaced):

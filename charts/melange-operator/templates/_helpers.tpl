@@ -69,6 +69,21 @@ in each watched namespace.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete, list, patch]
+{{- /* Each router runs as its own ServiceAccount with a Role to watch its routing ConfigMap and its pools'
+       EndpointSlices; the API server lets the operator grant only what it holds itself (RBAC escalation
+       prevention), hence watch on configmaps and list, watch on endpointslices, which it does not call. */}}
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, delete, list, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, delete, list, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 {{- if ne (include "melange-operator.podMonitors" .) "off" }}
 - apiGroups: [monitoring.coreos.com]
   resources: [podmonitors]

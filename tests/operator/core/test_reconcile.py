@@ -46,7 +46,8 @@ def test_the_papers_mix_for_the_arena_example():
     names = sorted(o["metadata"]["name"] for o in outcome.desired)
     assert names == ["llama2-arena", "llama2-arena-a100-80gb", "llama2-arena-a100-80gb", "llama2-arena-a100-80gb",
                      "llama2-arena-l4", "llama2-arena-l4", "llama2-arena-l4", "llama2-arena-router",
-                     "llama2-arena-router", "llama2-arena-routing"]  # Deployment, Service, PDB per pool
+                     "llama2-arena-router", "llama2-arena-router", "llama2-arena-router", "llama2-arena-router",
+                     "llama2-arena-routing"]  # Deployment, Service, PDB per pool; the router's and its access
     [event] = outcome.events
     assert event.reason == "Reallocated" and "nothing -> 1 x l4 + 1 x a100-80gb ($4.37/h)" in event.message
 
