@@ -25,7 +25,8 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from melange.operator.core.diff import Actions, ObjectKey
-from melange.operator.core.planner import GROUP, HASH_ANNOTATION, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL, Owner
+from melange.operator.core.planner import (GROUP, HASH_ANNOTATION, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL,
+                                           WRITTEN_BY_OTHERS, Owner)
 from melange.operator.core.problem import ConfigData
 from melange.operator.core.spec import KeyRef
 
@@ -192,6 +193,13 @@ class Cluster:
                       label_selector=selector)
         return list(answer.get("items", []))
 
+    def ready_routers(self, owner: Owner) -> list[str]:
+        """The names of the service's ready router pods (not being deleted)."""
+        selector = f"{SERVICE_LABEL}={owner.name},app.kubernetes.io/component=router"
+        pods = call(self.core.list_namespaced_pod, owner.namespace, label_selector=selector).items
+        return sorted(p.metadata.name for p in pods if p.metadata.deletion_timestamp is None
+                      and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])))
+
     def pod_problems(self, owner: Owner) -> dict[str, str]:
         """Why the pools' pods are not ready, one line per option: the scheduler's message for a pod
         that is not placed ("0/6 nodes are available: 6 Insufficient nvidia.com/gpu"), else a waiting
@@ -218,6 +226,9 @@ class Cluster:
             content = (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
             if key in versions and self.applied.get(key) == (content, versions[key]):
                 continue  # nobody changed it since we applied this content
+            shared = (obj["metadata"].get("annotations") or {}).get(WRITTEN_BY_OTHERS)
+            if shared and key in versions and key not in created and key not in changed:
+                continue  # others write into it (each write moves its version): unchanged content is enough
             stored = self._apply(obj)
             # (the client gives no body for a custom object created by apply: then it is applied again)
             self.applied[key] = (content, ((stored or {}).get("metadata") or {}).get("resourceVersion"))

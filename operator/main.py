@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve the operator's own metrics on this port at /metrics; 0: off (default 9090)")
     parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_S, metavar="SECONDS",
                         help=f"wait this long after switching the routing before scaling old pools down "
-                             f"(default {DEFAULT_DRAIN_S:g} s: the kubelet syncs a mounted ConfigMap within about a minute)")
+                             f"(default {DEFAULT_DRAIN_S:g} s, counted from every router serving the new table: requests in flight on the old split finish)")
     parser.add_argument("--pod-monitors", choices=("auto", "on", "off"), default="auto",
                         help="a Prometheus Operator PodMonitor per service for its pools and router: auto (where "
                              "the monitoring.coreos.com/v1 CRDs are installed), on (always; the operator stops if "

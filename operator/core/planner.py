@@ -32,6 +32,8 @@ MANAGED_BY = "melange-operator"
 SERVICE_LABEL = f"{GROUP}/service"
 OPTION_LABEL = f"{GROUP}/option"
 HASH_ANNOTATION = f"{GROUP}/spec-hash"
+# On an object others write into (the named field): applied again only when its desired content changes.
+WRITTEN_BY_OTHERS = f"{GROUP}/written-by-others"
 ROUTING_KEY = TABLE_KEY
 ROUTER_PORT = 8080
 SERVICE_PORT = 8000
@@ -238,9 +240,22 @@ def routing_config_map(owner: Owner, table: Mapping[str, Any]) -> dict[str, Any]
     }, owner)
 
 
+def router_acks_name(owner: Owner) -> str:
+    return f"{owner.name}-router-acks"
+
+
+def router_acks(owner: Owner) -> dict[str, Any]:
+    """The ConfigMap where each router pod writes the table version it serves (key: the pod's name). The
+    operator creates it empty and owns no key of it; routers own theirs."""
+    return _finish({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": router_acks_name(owner), "labels": labels(owner, "router"),
+                                 "annotations": {WRITTEN_BY_OTHERS: "data"}}}, owner)
+
+
 def router_access(owner: Owner) -> list[dict[str, Any]]:
     """The router's ServiceAccount, and a Role bound to it that lets it watch its routing ConfigMap (that
-    one only: RBAC names it, and the router lists it by name) and its pools' EndpointSlices."""
+    one only: RBAC names it, and the router lists it by name), write its acknowledgements into the
+    acknowledgement ConfigMap (that one only), and watch its pools' EndpointSlices."""
     name = router_name(owner)
     account = _finish({"apiVersion": "v1", "kind": "ServiceAccount",
                        "metadata": {"name": name, "labels": labels(owner, "router")}}, owner)
@@ -249,6 +264,8 @@ def router_access(owner: Owner) -> list[dict[str, Any]]:
         "metadata": {"name": name, "labels": labels(owner, "router")},
         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"],
                    "resourceNames": [routing_config_name(owner)]},
+                  {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch"],
+                   "resourceNames": [router_acks_name(owner)]},
                   {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}],
     }, owner)
     binding = _finish({
@@ -285,6 +302,7 @@ def router_deployment(owner: Owner, spec: ServiceSpec, images: Images) -> dict[s
                         "image": spec.router_image or images.router,
                         "command": ["melange-router"],
                         "args": ["--table-configmap", routing_config_name(owner), "--discover-service", owner.name,
+                                 "--acknowledge-configmap", router_acks_name(owner),
                                  "--port", str(ROUTER_PORT), "--model-name", spec.model],
                         "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
@@ -401,7 +419,8 @@ def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles:
         objects.append(pool_service(owner, spec, option.name))
         objects.append(disruption_budget(owner, pool_name(owner, option.name),
                                          {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name}, "pool", option.name))
-    objects += [routing_config_map(owner, routing_table), *router_access(owner), router_deployment(owner, spec, images),
+    objects += [routing_config_map(owner, routing_table), router_acks(owner), *router_access(owner),
+                router_deployment(owner, spec, images),
                 router_service(owner),
                 disruption_budget(owner, router_name(owner),
                                   {SERVICE_LABEL: owner.name, "app.kubernetes.io/component": "router"}, "router")]

@@ -172,6 +172,49 @@ def config_map_watch(api: kubernetes.client.ApiClient, namespace: str, name: str
                  field_selector=f"metadata.name={name}")
 
 
+class Acknowledger(threading.Thread):
+    """Writes the table version this router pod serves into the acknowledgement ConfigMap (its own key,
+    the pod's name), so the operator knows when every router serves a new table; the latest version
+    wins, failed writes are retried."""
+
+    def __init__(self, api: kubernetes.client.ApiClient, namespace: str, config_map: str, pod: str) -> None:
+        super().__init__(name="acknowledge", daemon=True)
+        self.core = kubernetes.client.CoreV1Api(api)
+        self.namespace, self.config_map, self.pod = namespace, config_map, pod
+        self.wanted: str | None = None
+        self.written: str | None = None
+        self.changed = threading.Condition()
+        self.stopped = False
+
+    def acknowledge(self, version: str) -> None:
+        with self.changed:
+            self.wanted = version
+            self.changed.notify()
+
+    def stop(self) -> None:
+        with self.changed:
+            self.stopped = True
+            self.changed.notify()
+
+    def run(self) -> None:
+        failures = 0
+        while True:
+            with self.changed:
+                while not self.stopped and self.wanted == self.written:
+                    self.changed.wait()
+                if self.stopped:
+                    return
+                version = self.wanted
+            try:
+                self.core.patch_namespaced_config_map(self.config_map, self.namespace,
+                                                      {"data": {self.pod: version}}, _request_timeout=(5, 30))
+                self.written, failures = version, 0
+            except Exception as error:  # the ConfigMap not there yet, a dropped connection: try again
+                log.warning("acknowledging routing table %s: %s", version, error)
+                failures += 1
+                time.sleep(RETRY_S[min(failures, len(RETRY_S)) - 1])
+
+
 def wait_synced(watches: Sequence[Watch], timeout_s: float) -> bool:
     """Whether every watch listed its objects within the time."""
     deadline = time.monotonic() + timeout_s

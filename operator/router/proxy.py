@@ -27,7 +27,7 @@ from aiohttp import web
 from yarl import URL
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from melange.operator.router.discovery import (api_client, config_map_watch, endpoint_slices_watch, own_namespace,
+from melange.operator.router.discovery import (Acknowledger, api_client, config_map_watch, endpoint_slices_watch, own_namespace,
                                                read_endpoint_map, ready_endpoints)
 from melange.operator.router.request_size import estimate_input_tokens, requested_output_tokens, tokenize_request
 from melange.operator.router.routing_config import TABLE_KEY, RoutingTable, load_table, table_from_dict
@@ -113,11 +113,14 @@ class PoolState:
 @dataclass(frozen=True)
 class ClusterSource:
     """Where a router in a cluster reads its table and endpoints: its namespace, the routing
-    ConfigMap, and the service whose pools' EndpointSlices it follows (None: the table's URLs)."""
+    ConfigMap, the service whose pools' EndpointSlices it follows (None: the table's URLs), and the
+    ConfigMap and key (its pod's name) where it acknowledges the table version it serves."""
 
     namespace: str
     config_map: str
     service: str | None = None
+    ack_config_map: str | None = None
+    pod: str | None = None
 
 
 class Router:
@@ -141,6 +144,7 @@ class Router:
         self.endpoints: dict[str, tuple[str, ...]] | None = None if cluster is None or cluster.service is None else {}
         self._slices: list[dict[str, Any]] = []
         self._endpoint_map: dict[str, str] | None = read_endpoint_map()
+        self.acknowledger: Acknowledger | None = None
         self.pools: dict[str, PoolState] = {}
         self._rng = random.Random(seed)
         self._timeout = aiohttp.ClientTimeout(total=upstream_timeout_s, sock_connect=connect_timeout_s)
@@ -170,6 +174,8 @@ class Router:
             self._use_table(table)
             self.metrics.reloads.labels("ok").inc()
             log.info("routing table %s from ConfigMap %s", table.version or "(unversioned)", self.cluster.config_map)
+        if self.acknowledger is not None and table.version:
+            self.acknowledger.acknowledge(table.version)
 
     def on_endpoint_slices(self, slices: list[dict[str, Any]]) -> None:
         """A new state of the pools' EndpointSlices."""
@@ -487,7 +493,11 @@ def start_watches(router: Router, loop: asyncio.AbstractEventLoop) -> list:
     def on_loop(handler):
         return lambda objects: loop.call_soon_threadsafe(handler, objects)
 
-    watches = [config_map_watch(api, source.namespace, source.config_map, on_loop(router.on_config_maps))]
+    watches: list = []
+    if source.ack_config_map and source.pod:
+        router.acknowledger = Acknowledger(api, source.namespace, source.ack_config_map, source.pod)
+        watches.append(router.acknowledger)
+    watches.append(config_map_watch(api, source.namespace, source.config_map, on_loop(router.on_config_maps)))
     if source.service is not None:
         watches.append(endpoint_slices_watch(api, source.namespace, source.service, on_loop(router.on_endpoint_slices)))
     for watch in watches:
@@ -546,6 +556,9 @@ def main() -> None:
     parser.add_argument("--discover-service", metavar="SERVICE",
                         help="balance over the ready endpoints of SERVICE's pools (their EndpointSlices), not the "
                              "table's URLs; needs --table-configmap")
+    parser.add_argument("--acknowledge-configmap", metavar="NAME",
+                        help="write the table version served under this pod's name (POD_NAME) into this ConfigMap, "
+                             "for the operator's switch to a new table; needs --table-configmap")
     parser.add_argument("--namespace", help="the namespace of the ConfigMap and the pools (default: POD_NAMESPACE, "
                                             "else the ServiceAccount's)")
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
@@ -555,14 +568,18 @@ def main() -> None:
                         help="count input tokens exactly through the upstream's /tokenize (vLLM) instead of estimating")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.discover_service and not args.table_configmap:
-        parser.error("--discover-service needs --table-configmap")
+    if (args.discover_service or args.acknowledge_configmap) and not args.table_configmap:
+        parser.error("--discover-service and --acknowledge-configmap need --table-configmap")
     cluster = None
     if args.table_configmap:
         namespace = args.namespace or own_namespace()
         if not namespace:
             parser.error("--namespace not given, POD_NAMESPACE not set and no ServiceAccount namespace file")
-        cluster = ClusterSource(namespace, args.table_configmap, args.discover_service)
+        pod = os.environ.get("POD_NAME")
+        if args.acknowledge_configmap and not pod:
+            parser.error("--acknowledge-configmap needs POD_NAME (the downward API's metadata.name)")
+        cluster = ClusterSource(namespace, args.table_configmap, args.discover_service, args.acknowledge_configmap,
+                                pod)
     raise SystemExit(run_reporting_errors(
         parser.prog, lambda: serve(Router(args.table, args.model_name, tokenize=args.tokenize, cluster=cluster),
                                    args.host, args.port)))

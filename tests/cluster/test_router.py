@@ -56,6 +56,7 @@ class RouterProcess:
         args = list(pod["containers"][0]["args"])
         self.port = free_port()
         args[args.index("--port") + 1] = str(self.port)
+        args += ["--host", "127.0.0.1"]
         kubeconfig = cluster.service_account_kubeconfig(namespace, pod["serviceAccountName"],
                                                         folder / f"{service}-router.kubeconfig")
         self.endpoint_map = folder / f"{service}-endpoints.json"
@@ -67,11 +68,25 @@ class RouterProcess:
             self.process = subprocess.Popen([sys.executable, "-m", "melange.operator.router", *args], env=env,
                                             stdout=log, stderr=subprocess.STDOUT)
         self.url = f"http://127.0.0.1:{self.port}"
+        wait_until(self._answers, "the router to listen", timeout_s=30)
+
+    def _answers(self) -> bool:
+        """Whether this router (not another server that took the port first) answers."""
+        self.alive()
+        try:
+            return "version" in requests.get(f"{self.url}/routing", timeout=2).json()
+        except (requests.RequestException, ValueError):
+            return False
 
     def map_endpoints(self, mapping: dict[str, str]) -> None:
+        """Resolve pod addresses to local upstreams; returns once the router re-read the map (it does each
+        second) and follows exactly these endpoints."""
         temporary = self.endpoint_map.with_suffix(".tmp")
         temporary.write_text(json.dumps(mapping))
         temporary.replace(self.endpoint_map)
+        wanted = sorted(mapping.values())
+        wait_until(lambda: sorted(url for urls in self.routing()["pools"].values() for url in urls) == wanted,
+                   f"the router to follow {wanted}", timeout_s=30)
 
     def routing(self) -> dict:
         return requests.get(f"{self.url}/routing", timeout=5).json()
@@ -144,8 +159,6 @@ def test_a_pool_scaled_from_one_to_three_serves_each_pod_a_third(cluster, operat
         pods = ready_pool_pods(cluster, namespace, name, "l4")
         router.map_endpoints({address: (upstreams.start(pod) if pod not in first else
                                         router_mapping(router)[address]) for pod, address in pods.items()})
-        wait_until(lambda: len(router.routing()["pools"]["l4"]) == 3, "the router to follow three endpoints",
-                   timeout_s=10)
         answers = served_by(router.url, 300)
         assert sorted(answers) == sorted(pods)
         assert all(90 <= n <= 110 for n in answers.values()), answers  # least outstanding: within 10% of 100

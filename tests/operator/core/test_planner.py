@@ -46,7 +46,7 @@ def objects(**overrides) -> dict[tuple[str, str], dict]:
 
 
 def test_one_pool_per_option_in_use_and_the_router_in_front():
-    assert sorted(objects()) == [("ConfigMap", "chat-routing"), ("Deployment", "chat-h100x2"), ("Deployment", "chat-l4"),
+    assert sorted(objects()) == [("ConfigMap", "chat-router-acks"), ("ConfigMap", "chat-routing"), ("Deployment", "chat-h100x2"), ("Deployment", "chat-l4"),
                                  ("Deployment", "chat-router"), ("PodDisruptionBudget", "chat-h100x2"),
                                  ("PodDisruptionBudget", "chat-l4"), ("PodDisruptionBudget", "chat-router"),
                                  ("Role", "chat-router"), ("RoleBinding", "chat-router"),
@@ -110,12 +110,15 @@ def test_the_router_watches_its_table_and_pools_as_its_own_service_account():
     args = router["containers"][0]["args"]
     assert args[args.index("--table-configmap") + 1] == "chat-routing"
     assert args[args.index("--discover-service") + 1] == "chat"
+    assert args[args.index("--acknowledge-configmap") + 1] == "chat-router-acks"
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in router["containers"][0]["env"]}
     assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
-    # the Role grants reading the routing ConfigMap by name and the EndpointSlices, nothing else
+    # the Role grants reading the routing ConfigMap, writing the acknowledgements (each by name) and
+    # reading the EndpointSlices, nothing else
     role = planned[("Role", "chat-router")]
     assert [(r["apiGroups"], r["resources"], sorted(r["verbs"]), r.get("resourceNames")) for r in role["rules"]] == [
         ([""], ["configmaps"], ["list", "watch"], ["chat-routing"]),
+        ([""], ["configmaps"], ["patch"], ["chat-router-acks"]),
         (["discovery.k8s.io"], ["endpointslices"], ["list", "watch"], None)]
     binding = planned[("RoleBinding", "chat-router")]
     assert binding["roleRef"]["name"] == "chat-router"
