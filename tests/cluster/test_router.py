@@ -1,27 +1,24 @@
-"""The router over real pods: the real router process, as its own ServiceAccount under the Role the
-operator gives it, watches its routing ConfigMap and its pools' EndpointSlices on the real API
-server and balances each pool's requests over the ready pods. KWOK pods have no network, so the
-test hook `MELANGE_ROUTER_ENDPOINT_MAP` resolves each pod's address to a local vLLM-shaped upstream
-named after the pod; discovery and balancing run unchanged."""
+"""The router over real pods: the real router process of each router pod (melange.testing.router_pods),
+as its own ServiceAccount under the Role the operator gives it, watches its routing ConfigMap and
+its pools' EndpointSlices on the real API server, balances each pool's requests over the ready
+pods, and acknowledges each table it serves, which a move's switch waits for. KWOK pods have no
+network, so the test hook `MELANGE_ROUTER_ENDPOINT_MAP` resolves each pod's address to a local
+vLLM-shaped upstream named after the pod; discovery and balancing run unchanged."""
 from __future__ import annotations
 
 import asyncio
 import collections
-import json
-import os
-import subprocess
-import sys
+import signal
 import threading
-from pathlib import Path
+import time
 
 import pytest
 import requests
 from aiohttp import web
 
 from melange.testing.openai_upstream import serve_app, upstream_app
-from melange.testing.ports import free_port, wait_for_http_ok
 
-from .conftest import arena, settled, wait_until
+from .conftest import TABLE3_RATE_4, arena, settled, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -47,57 +44,29 @@ class Upstreams:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-class RouterProcess:
-    """`melange-router` with the router Deployment's own arguments, as the router's ServiceAccount."""
-
-    def __init__(self, cluster, namespace: str, service: str, folder: Path) -> None:
-        deployment = cluster.get("deployment", f"{service}-router", namespace)
-        pod = deployment["spec"]["template"]["spec"]
-        args = list(pod["containers"][0]["args"])
-        self.port = free_port()
-        args[args.index("--port") + 1] = str(self.port)
-        args += ["--host", "127.0.0.1"]
-        kubeconfig = cluster.service_account_kubeconfig(namespace, pod["serviceAccountName"],
-                                                        folder / f"{service}-router.kubeconfig")
-        self.endpoint_map = folder / f"{service}-endpoints.json"
-        self.endpoint_map.write_text("{}")
-        self.log = folder / f"{service}-router.log"
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": namespace, "POD_NAME": "router-0",
-               "MELANGE_ROUTER_ENDPOINT_MAP": str(self.endpoint_map)}
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "melange.operator.router", *args], env=env,
-                                            stdout=log, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_until(self._answers, "the router to listen", timeout_s=30)
-
-    def _answers(self) -> bool:
-        """Whether this router (not another server that took the port first) answers."""
-        self.alive()
+def the_router(router_pods, namespace: str, service: str):
+    """The running router of the service's one router pod, once it answers."""
+    def answering():
+        routers = router_pods.of_service(namespace, service)
+        if len(routers) != 1:
+            return None
         try:
-            return "version" in requests.get(f"{self.url}/routing", timeout=2).json()
+            return routers[0] if "version" in requests.get(f"{routers[0].url}/routing", timeout=2).json() else None
         except (requests.RequestException, ValueError):
-            return False
+            return None
+    return wait_until(answering, "the router pod's process to answer", timeout_s=60)
 
-    def map_endpoints(self, mapping: dict[str, str]) -> None:
-        """Resolve pod addresses to local upstreams; returns once the router re-read the map (it does each
-        second) and follows exactly these endpoints."""
-        temporary = self.endpoint_map.with_suffix(".tmp")
-        temporary.write_text(json.dumps(mapping))
-        temporary.replace(self.endpoint_map)
-        wanted = sorted(mapping.values())
-        wait_until(lambda: sorted(url for urls in self.routing()["pools"].values() for url in urls) == wanted,
-                   f"the router to follow {wanted}", timeout_s=30)
 
-    def routing(self) -> dict:
-        return requests.get(f"{self.url}/routing", timeout=5).json()
+def routing(router) -> dict:
+    return requests.get(f"{router.url}/routing", timeout=5).json()
 
-    def alive(self) -> None:
-        if self.process.poll() is not None:
-            raise AssertionError(f"the router exited:\n{self.log.read_text()[-3000:]}")
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+def follow(router_pods, router, mapping: dict[str, str]) -> None:
+    """Resolve pod addresses to local upstreams and wait until the router follows exactly them."""
+    router_pods.map_endpoints(mapping)
+    wanted = sorted(mapping.values())
+    wait_until(lambda: sorted(url for urls in routing(router)["pools"].values() for url in urls) == wanted,
+               f"the router to follow {wanted}", timeout_s=30)
 
 
 def ready_pool_pods(cluster, namespace: str, service: str, option: str) -> dict[str, str]:
@@ -136,8 +105,8 @@ def upstreams():
     running.stop()
 
 
-def test_a_pool_scaled_from_one_to_three_serves_each_pod_a_third(cluster, operator, namespace, upstreams,
-                                                                 tmp_path):
+def test_a_pool_scaled_from_one_to_three_serves_each_pod_a_third(cluster, operator, router_pods, namespace,
+                                                                 upstreams):
     manifest = arena(namespace)
     manifest["spec"]["gpuOptions"] = [o for o in manifest["spec"]["gpuOptions"] if o["name"] == "l4"]
     manifest["spec"]["gpuOptions"][0].update({"minReplicas": 1, "maxReplicas": 1})
@@ -145,53 +114,43 @@ def test_a_pool_scaled_from_one_to_three_serves_each_pod_a_third(cluster, operat
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
     wait_until(settled(cluster, name, namespace, {"l4": 1}), "one L4 pod", timeout_s=120)
-    router = RouterProcess(cluster, namespace, name, tmp_path)
-    try:
-        first = ready_pool_pods(cluster, namespace, name, "l4")
-        router.map_endpoints({address: upstreams.start(pod) for pod, address in first.items()})
-        assert wait_for_http_ok(f"{router.url}/readyz", 30, router.alive), router.log.read_text()[-3000:]
-        assert served_by(router.url, 30) == collections.Counter({pod: 30 for pod in first})
+    router = the_router(router_pods, namespace, name)
+    first = ready_pool_pods(cluster, namespace, name, "l4")
+    mapping = {address: upstreams.start(pod) for pod, address in first.items()}
+    follow(router_pods, router, mapping)
+    assert requests.get(f"{router.url}/readyz", timeout=5).status_code == 200
+    assert served_by(router.url, 30) == collections.Counter({pod: 30 for pod in first})
 
-        manifest["spec"]["gpuOptions"][0].update({"minReplicas": 3, "maxReplicas": 3})
-        cluster.apply(manifest)
-        wait_until(lambda: len(ready_pool_pods(cluster, namespace, name, "l4")) == 3, "three ready L4 pods",
-                   timeout_s=120)
-        pods = ready_pool_pods(cluster, namespace, name, "l4")
-        router.map_endpoints({address: (upstreams.start(pod) if pod not in first else
-                                        router_mapping(router)[address]) for pod, address in pods.items()})
-        answers = served_by(router.url, 300)
-        assert sorted(answers) == sorted(pods)
-        assert all(90 <= n <= 110 for n in answers.values()), answers  # least outstanding: within 10% of 100
+    manifest["spec"]["gpuOptions"][0].update({"minReplicas": 3, "maxReplicas": 3})
+    cluster.apply(manifest)
+    wait_until(lambda: len(ready_pool_pods(cluster, namespace, name, "l4")) == 3, "three ready L4 pods",
+               timeout_s=120)
+    pods = ready_pool_pods(cluster, namespace, name, "l4")
+    mapping.update({address: upstreams.start(pod) for pod, address in pods.items() if pod not in first})
+    follow(router_pods, router, mapping)
+    answers = served_by(router.url, 300)
+    assert sorted(answers) == sorted(pods)
+    assert all(90 <= n <= 110 for n in answers.values()), answers  # least in flight: within 10% of 100 each
 
-        # A pod that goes is out of the router's reach at once: its endpoint is no longer ready.
-        manifest["spec"]["gpuOptions"][0].update({"minReplicas": 1, "maxReplicas": 1})
-        cluster.apply(manifest)
-        wait_until(lambda: len(router.routing()["pools"]["l4"]) == 1, "the router to drop two endpoints",
-                   timeout_s=120)
-        left = served_by(router.url, 30)
-        assert len(left) == 1 and next(iter(left)) in ready_pool_pods(cluster, namespace, name, "l4")
-    finally:
-        router.stop()
+    # Pods that go are out of the router's reach at once: their endpoints are no longer ready.
+    manifest["spec"]["gpuOptions"][0].update({"minReplicas": 1, "maxReplicas": 1})
+    cluster.apply(manifest)
+    wait_until(lambda: len(routing(router)["pools"]["l4"]) == 1, "the router to drop two endpoints", timeout_s=120)
+    left = served_by(router.url, 30)
+    assert len(left) == 1 and next(iter(left)) in ready_pool_pods(cluster, namespace, name, "l4")
 
 
-def router_mapping(router: RouterProcess) -> dict[str, str]:
-    return json.loads(router.endpoint_map.read_text())
-
-
-def test_the_router_is_not_ready_without_a_ready_endpoint(cluster, operator, namespace, tmp_path):
+def test_the_router_is_not_ready_without_a_ready_endpoint(cluster, operator, router_pods, namespace):
     manifest = arena(namespace)
     manifest["spec"]["gpuOptions"] = [o for o in manifest["spec"]["gpuOptions"] if o["name"] == "l4"]
     manifest["spec"]["workload"]["static"]["rate"] = 0.2
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
     wait_until(lambda: settled_any(cluster, name, namespace), "the L4 pool", timeout_s=120)
+    router = the_router(router_pods, namespace, name)
+    assert requests.get(f"{router.url}/readyz", timeout=5).status_code == 200
     cluster.kubectl("cordon", "-l", "nvidia.com/gpu.product=NVIDIA-L4")
-    router = RouterProcess(cluster, namespace, name, tmp_path)
-    try:
-        # The table is loaded and the pool has pods, but no address resolves (no map): not ready is only
-        # about endpoints, so delete the pods: the cordoned nodes keep their replacements Pending.
-        wait_until(lambda: requests.get(f"{router.url}/routing", timeout=2).json()["version"],
-                   "the router to load the table", timeout_s=30)
+    try:  # the pool's pods go and their replacements stay Pending on the cordoned nodes
         cluster.kubectl("delete", "pods", "-n", namespace, "-l", f"melange.ai/service={name},melange.ai/option=l4",
                         "--wait=false")
         wait_until(lambda: requests.get(f"{router.url}/readyz", timeout=2).status_code == 503,
@@ -200,7 +159,34 @@ def test_the_router_is_not_ready_without_a_ready_endpoint(cluster, operator, nam
         assert "no ready endpoint in pools l4" in reason
     finally:
         cluster.kubectl("uncordon", "-l", "nvidia.com/gpu.product=NVIDIA-L4")
-        router.stop()
+
+
+def test_a_move_switches_when_the_router_serves_the_new_table(cluster, operator, router_pods, namespace):
+    manifest = arena(namespace)
+    name = manifest["metadata"]["name"]
+    cluster.apply(manifest)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the Table 3 mix", timeout_s=120)
+    router = the_router(router_pods, namespace, name)
+    acks = lambda: cluster.get("configmap", f"{name}-router-acks", namespace).get("data") or {}  # noqa: E731
+    wait_until(lambda: acks().get(router.pod) == routing(router)["version"], "the router's acknowledgement")
+    router.process.send_signal(signal.SIGSTOP)  # a router that stops answering and acknowledging
+    try:
+        before = acks()[router.pod]
+        manifest["spec"]["workload"]["static"]["rate"] = 8.0
+        cluster.apply(manifest)
+        def waiting():
+            status = cluster.get("llmservice", name, namespace).get("status") or {}
+            progressing = next((c for c in status.get("conditions", []) if c["type"] == "Progressing"), {})
+            return (status.get("move") or {}).get("step") == "switching" and router.pod in progressing.get("message", "")
+        wait_until(waiting, "the move to wait in switching, naming the router pod", timeout_s=120)
+        time.sleep(5)
+        assert (cluster.get("llmservice", name, namespace)["status"]["move"]["step"]) == "switching"
+        assert acks()[router.pod] == before
+    finally:
+        router.process.send_signal(signal.SIGCONT)
+    wait_until(lambda: (cluster.get("llmservice", name, namespace)["status"].get("move") or {}).get("step")
+               in ("draining", "scaling-down", None), "the switch to end once the router acknowledges", timeout_s=30)
+    assert acks()[router.pod] == routing(router)["version"] != before
 
 
 def settled_any(cluster, name: str, namespace: str) -> bool:
