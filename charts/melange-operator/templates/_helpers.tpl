@@ -74,10 +74,10 @@ in each watched namespace.
        prevention), hence watch on configmaps and list, watch on endpointslices, which it does not call. */}}
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create, delete, list, patch]
+  verbs: [create, list, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create, delete, list, patch]
+  verbs: [create, list, patch]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [watch]
