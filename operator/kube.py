@@ -57,8 +57,18 @@ def call(method: Any, *args: Any, **kwargs: Any) -> Any:
     raise AssertionError("unreachable")
 
 
+class Refused(RuntimeError):
+    """A call the API server refused, with what to do about it: (reason, message) as describe_error gives."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
 def describe_error(error: BaseException) -> tuple[str, str]:
     """(reason, message) of a failed call, for a condition and an Event."""
+    if isinstance(error, Refused):
+        return error.reason, error.message
     if isinstance(error, ApiException):
         reason = {403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid"}.get(error.status, "APIError")
         try:
@@ -159,13 +169,21 @@ class Cluster:
                 data[(name, key)] = value
         return data
 
-    def read_secret(self, namespace: str, ref: KeyRef) -> str | None:
-        """One key of a Secret, decoded; None when the Secret or the key does not exist."""
+    def read_secret(self, namespace: str, ref: KeyRef,
+                    wanted_by: str = "spec.workload.prometheus.bearerTokenSecretRef") -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key does not exist. The chart
+        grants reading Secrets only with `secrets.read`: a refusal says so."""
         try:
             secret = call(self.core.read_namespaced_secret, ref.name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
+            if error.status == 403:
+                _, message = describe_error(error)
+                raise Refused("Forbidden", f"{message}; the operator may not read Secret {ref.name} in namespace "
+                                           f"{namespace}, which {wanted_by} names: install the chart with "
+                                           f"secrets.read=true (helm upgrade ... --set secrets.read=true) or "
+                                           f"grant get on secrets to its ServiceAccount") from error
             raise
         value = (secret.data or {}).get(ref.key)
         return None if value is None else base64.b64decode(value).decode().strip()
