@@ -49,7 +49,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="table (default), json or csv on stdout; progress goes to stderr")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="also write a PNG: cost vs rate for the mix and each single type, and the mix's "
-                             "replicas per type (needs matplotlib: pip install 'melange-operator[plot]') "
+                             "replicas per type (needs matplotlib: .venv/bin/pip install -e '.[plot]' in a checkout) "
                              "(default: no plot)")
     parser.set_defaults(handler=run)
 

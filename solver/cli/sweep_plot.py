@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ MIX_COLOUR = "#8e2a9e"
 
 
 def require_matplotlib() -> None:
-    """Refuse --plot up front, before any solving, when matplotlib is not installed."""
+    """Refuse --plot up front, before any solving, when matplotlib is not installed. The advice names
+    what works here: no package is published, so the checkout's extra, or matplotlib into the very
+    interpreter running this command."""
     if importlib.util.find_spec("matplotlib") is None:
         raise InputError("--plot", "needs matplotlib, which is not installed",
-                         "pip install 'melange-operator[plot]' (or pip install matplotlib)")
+                         f"from a checkout: .venv/bin/pip install -e '.[plot]'; "
+                         f"or into this Python: {sys.executable} -m pip install matplotlib")
 
 
 def _bar_edges(rates: Sequence[float]) -> tuple[list[float], list[float]]:
