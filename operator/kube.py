@@ -59,8 +59,18 @@ def call(method: Any, *args: Any, **kwargs: Any) -> Any:
     raise AssertionError("unreachable")
 
 
+class Refused(RuntimeError):
+    """A call the API server refused, with what to do about it: (reason, message) as describe_error gives."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
 def describe_error(error: BaseException) -> tuple[str, str]:
     """(reason, message) of a failed call, for a condition and an Event."""
+    if isinstance(error, Refused):
+        return error.reason, error.message
     if isinstance(error, ApiException):
         reason = {403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid"}.get(error.status, "APIError")
         try:
@@ -73,14 +83,38 @@ def describe_error(error: BaseException) -> tuple[str, str]:
     return type(error).__name__, str(error)
 
 
+class NoClusterAccess(Exception):
+    """Neither an in-cluster service account nor a usable kubeconfig: the message is one line naming
+    where the operator looked."""
+
+
 def load_config() -> kubernetes.client.ApiClient:
-    """An API client from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
+    """An API client from the in-cluster service account, else from KUBECONFIG / ~/.kube/config.
+
+    Raises NoClusterAccess, saying what was looked for, when neither gives a connection."""
     try:
         kubernetes.config.load_incluster_config()
         return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        # The client reads $KUBECONFIG once, when it is first imported: read it now instead.
-        return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+    except kubernetes.config.ConfigException as error:
+        in_cluster = ("not in a pod with a service account (KUBERNETES_SERVICE_HOST is not set)"
+                      if not os.environ.get("KUBERNETES_SERVICE_HOST")
+                      else f"the in-cluster service account failed ({_one_line(error)})")
+    # The client reads $KUBECONFIG once, when it is first imported: read it now instead.
+    variable = os.environ.get("KUBECONFIG")
+    files = [f for f in variable.split(os.pathsep) if f] if variable else [os.path.expanduser("~/.kube/config")]
+    where = f"KUBECONFIG={variable}" if variable else f"{files[0]} (KUBECONFIG is not set)"
+    hint = "run in a pod with a service account, or set KUBECONFIG to a kubeconfig file"
+    if not any(os.path.isfile(f) for f in files):
+        raise NoClusterAccess(f"no Kubernetes connection: {in_cluster}, and no kubeconfig file at {where}; {hint}")
+    try:
+        return kubernetes.config.new_client_from_config(config_file=variable or files[0])
+    except Exception as error:  # ConfigException, a YAML error, a missing certificate file, ...
+        raise NoClusterAccess(f"no Kubernetes connection: {in_cluster}, and the kubeconfig at {where} is not usable: "
+                              f"{_one_line(error)}; {hint}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class Cluster:
@@ -138,13 +172,21 @@ class Cluster:
                 data[(name, key)] = value
         return data
 
-    def read_secret(self, namespace: str, ref: KeyRef) -> str | None:
-        """One key of a Secret, decoded; None when the Secret or the key does not exist."""
+    def read_secret(self, namespace: str, ref: KeyRef,
+                    wanted_by: str = "spec.workload.prometheus.bearerTokenSecretRef") -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key does not exist. The chart
+        grants reading Secrets only with `secrets.read`: a refusal says so."""
         try:
             secret = call(self.core.read_namespaced_secret, ref.name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
+            if error.status == 403:
+                _, message = describe_error(error)
+                raise Refused("Forbidden", f"{message}; the operator may not read Secret {ref.name} in namespace "
+                                           f"{namespace}, which {wanted_by} names: install the chart with "
+                                           f"secrets.read=true (helm upgrade ... --set secrets.read=true) or "
+                                           f"grant get on secrets to its ServiceAccount") from error
             raise
         value = (secret.data or {}).get(ref.key)
         return None if value is None else base64.b64decode(value).decode().strip()
