@@ -22,7 +22,7 @@ from typing import Any
 
 from melange.operator.core.pods import PRESTOP_S, PodShape, pod_shape
 from melange.operator.core.spec import GpuOptionSpec, ServiceSpec
-from melange.operator.router.routing_config import TABLE_KEY
+from melange.solver.routing import TABLE_KEY
 from melange.solver.profiles import Profile
 from melange.solver.profiling.catalog import Catalog
 

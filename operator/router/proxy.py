@@ -30,7 +30,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from melange.operator.router.discovery import (Acknowledger, api_client, config_map_watch, endpoint_slices_watch, own_namespace,
                                                read_endpoint_map, ready_endpoints)
 from melange.operator.router.request_size import estimate_input_tokens, requested_output_tokens, tokenize_request
-from melange.operator.router.routing_config import TABLE_KEY, RoutingTable, load_table, table_from_dict
+from melange.operator.router.routing_config import RoutingTable, load_table, table_from_dict
+from melange.solver.routing import TABLE_KEY
 from melange.operator.router.usage import (UsageStream, client_wants_usage, size_from_usage, usage_of_answer,
                                            with_usage_requested)
 from melange.solver.command_line import OneLineParser, run_reporting_errors

@@ -13,9 +13,6 @@ from melange.solver.errors import InputError
 from melange.solver.inputs import load_document
 
 
-TABLE_KEY = "routing.json"  # the table's key in its ConfigMap
-
-
 @dataclass(frozen=True)
 class RoutingTable:
     """Pools with their upstream URLs and, per input bucket (and optionally per (input, output)
