@@ -22,7 +22,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from melange.operator.router.proxy import SERVER_OPTIONS, Router, build_app
-from melange.testing.openai_upstream import CANCELLED, SLOW_PROMPT, STARTED, serve_app, upstream_app
+from melange.testing.openai_upstream import CANCELLED, FINGERPRINT, SLOW_PROMPT, STARTED, serve_app, upstream_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -35,7 +35,7 @@ SIZES = {(10, 20): (0, ("10", "20")), (400, 60): (1, ("500", "64"))}
 # (endpoint, streamed, stream_options): every way a client asks
 KINDS = [("completions", False, None), ("completions", True, None), ("completions", True, {"include_usage": True}),
          ("chat", False, None), ("chat", True, None), ("chat", True, {"include_usage": True}),
-         ("chat", True, {})]  # vLLM reads empty stream_options as include_usage: true
+         ("chat", True, {})]  # vLLM 0.34 reads empty stream_options as include_usage: false
 PER_KIND_AND_SIZE = 150  # 2,100 requests in all
 TEXT_EVENTS = 4  # text events per stream (few: the client parses each one)
 # The upstreams end each stream's body this long after its `data: [DONE]`, so the client has nearly
@@ -116,13 +116,18 @@ def one_request(client: OpenAI, endpoint: str, streamed: bool, options: dict | N
     text_chunks = [chunk for chunk in chunks if chunk.choices]
     usage_chunks = [chunk for chunk in chunks if chunk.usage is not None]
     assert len(text_chunks) == TEXT_EVENTS
-    if options is None:  # did not ask: no usage chunk, and no usage field vLLM would not have sent
+    fingerprinted = [chunk for chunk in chunks if chunk.system_fingerprint is not None]
+    if not (options or {}).get("include_usage"):  # did not ask: no usage chunk, no usage field vLLM would not send
         assert usage_chunks == [] and len(chunks) == TEXT_EVENTS
         if endpoint == "chat":
             assert not any("usage" in chunk.model_fields_set for chunk in chunks)
+        # vLLM puts the fingerprint on the chunk that finishes the choice instead
+        assert fingerprinted == [chunks[-1]] and chunks[-1].choices[0].finish_reason == "length"
+        assert chunks[-1].system_fingerprint == FINGERPRINT
     else:
         assert usage_chunks == [chunks[-1]] and chunks[-1].choices == []
         assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (words, max_tokens)
+        assert fingerprinted == [chunks[-1]] and chunks[-1].system_fingerprint == FINGERPRINT
 
 
 async def test_openai_client_traffic_has_no_pool_errors_and_counts_every_request(pools_up, caplog):
