@@ -61,6 +61,7 @@ _USAGE_VALUE = re.compile(rb'"usage"\s*:\s*(?!null\b)')  # a usage that is not n
 # so an unescaped `,"usage"` or `{"usage"` only occurs between members.
 _NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usage"\s*:\s*null\s*(?:,\s*|(?=\}))')
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a choice that ends in this event
+_FINISHING = b'"finish_reason":"'
 _KV_TRANSFER = re.compile(rb',\s*"kv_transfer_params"\s*:')
 _EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _DONE = b"data: [DONE]"
@@ -278,6 +279,19 @@ def sizes_of_answer(payload: bytes, shape: RequestShape, input_tokens: int) -> l
     return sequence_sizes(usage, shape, outputs, input_tokens)
 
 
+def finish_position(block: bytes) -> int:
+    """Where the first choice that finishes in `block` names its `finish_reason`; -1 for none.
+    Compact JSON (vLLM's) is searched with `find` alone, as a regex over every event would cost
+    more than the rest of the relay; spaced JSON falls back to the regex."""
+    at = block.find(_FINISHING)
+    if at >= 0 or b'"finish_reason":null' in block:
+        return at
+    if b'"finish_reason"' not in block:
+        return -1
+    match = _FINISHED.search(block)
+    return match.start() if match else -1
+
+
 def with_fingerprint(event: bytes, fingerprint: str) -> bytes:
     """`event` (one `data: {...}` line) with `system_fingerprint` where vLLM writes it on an event
     that finishes a choice: before `kv_transfer_params`, the one field that follows it there
@@ -290,14 +304,23 @@ def with_fingerprint(event: bytes, fingerprint: str) -> bytes:
     return event[:at] + member + event[at:] if at > 0 else event
 
 
-def _events(block: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """The events of `block` with the separator after each (empty after a trailing partial one)."""
-    start = 0
-    for separator in _EVENT_SEPARATOR.finditer(block):
-        yield block[start:separator.start()], separator.group()
-        start = separator.end()
+def _events(block: bytes) -> list[tuple[bytes, bytes]]:
+    """The events of `block` with the separator after each (a blank line: `\\n\\n`, with or without
+    `\\r`; empty after a trailing partial event). Found with `find`, as a regex starting with an
+    optional byte scans slowly."""
+    events, start, at = [], 0, block.find(b"\n")
+    while at >= 0:
+        end = at + 2 if block[at + 1:at + 2] == b"\r" else at + 1
+        if block[end:end + 1] == b"\n":
+            begin = at - 1 if at > start and block[at - 1] == 13 else at  # 13: "\r"
+            events.append((block[start:begin], block[begin:end + 1]))
+            start = end + 1
+            at = block.find(b"\n", start)
+        else:
+            at = block.find(b"\n", at + 1)
     if start < len(block):
-        yield block[start:], b""
+        events.append((block[start:], b""))
+    return events
 
 
 def _event_json(event: bytes) -> Any:
@@ -364,12 +387,28 @@ class UsageStream:
         return sequence_sizes(self.usage, shape, self.outputs or {}, input_tokens)
 
     def _block(self, block: bytes) -> bytes:
-        """What to pass on for whole events; only events that carry a usage, finish a choice or
-        are tallied are looked at."""
-        if (self.outputs is None and _USAGE not in block
-                and not (self.hide_usage and (self._held or _FINISHED.search(block)))):
-            return block
-        return b"".join(self._event(event, separator) for event, separator in _events(block))
+        """What to pass on for whole events. Events are looked at one by one from the first that
+        carries a usage, finishes a choice or ends the stream with events held (those come last in
+        a stream, and a read often holds many events), or all of them when choices are tallied."""
+        begin = 0
+        if self.outputs is None:
+            if self.hide_usage and self.chat:  # `"usage": null` members to remove, too
+                first = block.find(_USAGE)
+            else:
+                usage = _USAGE_VALUE.search(block)
+                first = usage.start() if usage else -1
+            if self.hide_usage:
+                finished = finish_position(block)
+                if finished >= 0 and (first < 0 or finished < first):
+                    first = finished
+                done = block.find(_DONE) if self._held else -1
+                if done >= 0 and (first < 0 or done < first):
+                    first = done
+            if first < 0:
+                return block
+            lf, crlf = block.rfind(b"\n\n", 0, first), block.rfind(b"\n\r\n", 0, first)
+            begin = max(lf + 2 if lf >= 0 else 0, crlf + 3 if crlf >= 0 else 0)
+        return block[:begin] + b"".join(self._event(event, separator) for event, separator in _events(block[begin:]))
 
     def _event(self, event: bytes, separator: bytes) -> bytes:
         if self.outputs is not None and b'"choices"' in event:
@@ -385,7 +424,7 @@ class UsageStream:
             return event + separator
         if self.chat and _USAGE in event:
             event = _NULL_USAGE.sub(b"", event)
-        if _FINISHED.search(event):
+        if finish_position(event) >= 0:
             self._held.append((event, separator))
             return b""
         if self._held and _DONE in event:
