@@ -49,11 +49,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from melange.operator.router.request_size import estimate_text_tokens
+from melange.operator.router.request_size import text_token_weight
 
 _USAGE = b'"usage"'
 _USAGE_VALUE = re.compile(rb'"usage"\s*:\s*(?!null\b)')  # a usage that is not null
@@ -63,7 +63,6 @@ _NULL_USAGE = re.compile(rb'\s*,\s*"usage"\s*:\s*null(?=\s*[,}])|(?<=\{)\s*"usag
 _FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')  # a choice that ends in this event
 _FINISHING = b'"finish_reason":"'
 _KV_TRANSFER = re.compile(rb',\s*"kv_transfer_params"\s*:')
-_EVENT_SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _DONE = b"data: [DONE]"
 
 _TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
@@ -150,7 +149,7 @@ def request_shape(body: Mapping[str, Any], chat: bool) -> RequestShape:
     weights: tuple[float, ...] = (1.0,)
     if isinstance(prompt, list) and prompt:
         if all(isinstance(p, str) for p in prompt):
-            weights = tuple(float(max(1, estimate_text_tokens(p))) for p in prompt)
+            weights = tuple(text_token_weight(p) for p in prompt)
         elif all(isinstance(p, list) for p in prompt):
             weights = tuple(float(len(p)) for p in prompt)
     return RequestShape(n, weights)
@@ -167,7 +166,7 @@ def split_total(total: int, weights: Sequence[float]) -> list[int]:
     exact = [total * w / weight_sum for w in weights]
     parts = [int(x) for x in exact]
     by_remainder = sorted(range(len(weights)), key=lambda i: (-(exact[i] - parts[i]), i))
-    for i in by_remainder[:total - sum(parts)]:
+    for i in by_remainder[:max(0, total - sum(parts))]:
         parts[i] += 1
     return parts
 

@@ -173,6 +173,8 @@ def test_batched_prompts_each_have_their_own_input():
     sizes = sequence_sizes({"prompt_tokens": 100, "completion_tokens": 2}, shape, {0: SequenceOutput(1),
                                                                                   1: SequenceOutput(1)}, 0)
     assert sizes == [(80, 1), (20, 1)]
+    shape = request_shape({"prompt": ["w w w", "w"]}, chat=False)  # short prompts keep their proportions
+    assert [p for p, _ in sequence_sizes({"prompt_tokens": 4, "completion_tokens": 2}, shape, {}, 0)] == [3, 1]
 
 
 def test_a_whole_answer_with_several_choices():

@@ -185,3 +185,36 @@ async def test_streams_aborted_by_the_client_are_cancelled_upstream_not_pool_err
     assert total(metrics, "melange_router_client_disconnects_total") == aborted
     assert total(metrics, "melange_router_requests_by_size_total") == 0  # none completed
     assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []  # no tracebacks
+
+
+async def test_openai_client_with_several_sequences_is_counted_per_sequence(pools_up):
+    """`n` and a list of prompts through the official client: every choice arrives whole, the
+    finishing chunk of each carries the fingerprint, and each sequence is counted with its own
+    size (the upstream: a token per id or word, sequence i makes 20 // (i + 1) tokens)."""
+    router_url, _ = pools_up
+    client = openai_client(router_url)
+
+    def batched() -> None:
+        for streamed in (False, True):
+            answer = client.completions.create(model="m", prompt=[[5, 6, 7], [8]], n=2, max_tokens=20, stream=streamed)
+            chunks = list(answer) if streamed else [answer]
+            ends = {c.index: c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason}
+            assert ends == {0: "length", 1: "stop", 2: "stop", 3: "stop"}
+            if streamed:
+                assert all(chunk.usage is None and chunk.choices for chunk in chunks)  # no usage chunk
+        chat = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "w w w"}], n=2,
+                                              max_tokens=20, stream=True)
+        chunks = list(chat)
+        assert {c.index for chunk in chunks for c in chunk.choices} == {0, 1}
+        assert all(chunk.system_fingerprint == FINGERPRINT for chunk in chunks
+                   if chunk.choices and chunk.choices[0].finish_reason)
+        assert all(chunk.usage is None for chunk in chunks)
+
+    await in_threads([batched], workers=1)
+    client.close()
+    metrics = await scrape(router_url)
+    counted = {(dict(labels)["input_le"], dict(labels)["output_le"]): value
+               for (name, labels), value in metrics.items() if name == "melange_router_requests_by_size_total"}
+    # by hand: completions (3, 20), (3, 10), (1, 6), (1, 5) twice; chat (3, 20), (3, 10) once
+    assert {cell: value for cell, value in counted.items() if value} == {
+        ("5", "20"): 3, ("5", "10"): 3, ("1", "10"): 2, ("1", "5"): 2}
