@@ -31,9 +31,8 @@ from melange.operator.router.discovery import (Acknowledger, api_client, config_
                                                read_endpoint_map, ready_endpoints)
 from melange.operator.router.request_size import estimate_input_tokens, requested_output_tokens, tokenize_request
 from melange.operator.router.routing_config import RoutingTable, load_table, table_from_dict
+from melange.operator.router.usage import RequestShape, UsageStream, request_shape, sizes_of_answer, usage_request
 from melange.solver.routing import TABLE_KEY
-from melange.operator.router.usage import (UsageStream, client_wants_usage, size_from_usage, usage_of_answer,
-                                           with_usage_requested)
 from melange.solver.command_line import OneLineParser, run_reporting_errors
 from melange.solver.errors import InputError
 from melange.solver.metrics.metric_names import (MODEL_LABEL, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS, ROUTER_OUTPUT_LABEL,
@@ -303,11 +302,11 @@ class Router:
             self.metrics.tokenize_fallbacks.inc()
         return estimate_input_tokens(body)
 
-    def record_size(self, usage: Mapping[str, Any] | None, input_tokens: int) -> None:
-        """Count one request in the joint size counter by its `usage` (nothing without one)."""
-        size = size_from_usage(usage, input_tokens) if usage is not None else None
-        if size is not None:
-            self.metrics.joint.labels(self.model_name, _size_cell(size[0]), _size_cell(size[1])).inc()
+    def record_sizes(self, sizes: list[tuple[int, int]]) -> None:
+        """Count a request in the joint size counter as vLLM counts it: once per sequence, by its
+        (input, output) tokens (`usage.sequence_sizes`)."""
+        for input_tokens, output_tokens in sizes:
+            self.metrics.joint.labels(self.model_name, _size_cell(input_tokens), _size_cell(output_tokens)).inc()
 
 
 # How the router is served: a client that disconnects cancels its handler, and with it the upstream
@@ -354,10 +353,13 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         router.metrics.no_pool.inc()
         return _error(503, "no GPU pool can serve a request of this size", "no_pool_available")
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+    chat = request.path.endswith("/chat/completions")
+    shape = request_shape(body, chat)
     # Every stream asks for usage, so that every request is counted by size.
-    hide_usage = body.get("stream") is True and not client_wants_usage(body)
+    asking = usage_request(body)
+    hide_usage = asking is not None
     if hide_usage:
-        raw = json.dumps(with_usage_requested(body)).encode()
+        raw = json.dumps(asking).encode()
     for attempt, pool in enumerate(pools[:2]):
         if not router.pool_urls(pool):  # its last ready endpoint went while the first attempt ran
             continue
@@ -376,14 +378,14 @@ async def proxy(request: web.Request) -> web.StreamResponse:
                 reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
                 if upstream.content_type != "text/event-stream":  # a whole body: one write, and still retryable
                     answer = await upstream.read()
-                    router.record_size(usage_of_answer(answer), input_tokens)
+                    router.record_sizes(sizes_of_answer(answer, shape, input_tokens))
                     response = web.Response(body=answer, status=upstream.status, headers=reply_headers)
                 else:
                     response = web.StreamResponse(status=upstream.status, headers=reply_headers)
-                    stream = UsageStream(hide_usage, chat=request.path.endswith("/chat/completions"))
+                    stream = UsageStream(hide_usage, chat, per_choice=shape.sequences > 1)
                     try:
                         await _to_client(response.prepare(request))
-                        await _relay(router, upstream, response, stream, input_tokens)
+                        await _relay(router, upstream, response, stream, shape, input_tokens)
                     except ClientGone:
                         upstream.close()  # cancels the upstream request
                         if not stream.done:
@@ -411,21 +413,21 @@ async def proxy(request: web.Request) -> web.StreamResponse:
 
 
 async def _relay(router: Router, upstream: aiohttp.ClientResponse, response: web.StreamResponse,
-                 stream: UsageStream, input_tokens: int) -> None:
+                 stream: UsageStream, shape: RequestShape, input_tokens: int) -> None:
     """Pass the upstream's events to the client as they come, counting the request by size as soon
     as its total usage is known (a client may leave right after `data: [DONE]`)."""
     counted = False
     async for chunk in upstream.content.iter_any():
         events = stream.feed(chunk)
         if stream.usage_final and not counted:
-            router.record_size(stream.usage, input_tokens)
+            router.record_sizes(stream.sizes(shape, input_tokens))
             counted = True
         if events:
             await _to_client(response.write(events))
             stream.delivered(events)
     rest = stream.finish()
     if not counted:  # an upstream that sent usage only on its last text event, or none
-        router.record_size(stream.usage, input_tokens)
+        router.record_sizes(stream.sizes(shape, input_tokens))
     if rest:
         await _to_client(response.write(rest))
         stream.delivered(rest)
