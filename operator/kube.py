@@ -127,6 +127,13 @@ class Cluster:
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.policy = kubernetes.client.PolicyV1Api(api)
         self.rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+        # The built-in kinds a service owns: kind -> (apiVersion, client, the client methods' suffix).
+        self._kinds: dict[str, tuple[str, Any, str]] = {
+            "Deployment": ("apps/v1", self.apps, "deployment"), "Service": ("v1", self.core, "service"),
+            "ConfigMap": ("v1", self.core, "config_map"),
+            "PodDisruptionBudget": ("policy/v1", self.policy, "pod_disruption_budget"),
+            "ServiceAccount": ("v1", self.core, "service_account"), "Role": (RBAC_VERSION, self.rbac, "role"),
+            "RoleBinding": (RBAC_VERSION, self.rbac, "role_binding")}
         # object -> (desired content hash, resourceVersion the API server gave it after our apply)
         self.applied: dict[ObjectKey, tuple[str | None, str | None]] = {}
         self._served: dict[tuple[str, str, str], tuple[float, bool]] = {}
@@ -207,20 +214,10 @@ class Cluster:
         """Deployments, Services, ConfigMaps, PodDisruptionBudgets and the router's ServiceAccount, Role and
         RoleBinding the service owns (by label), and where asked its NodePools and PodMonitors."""
         selector = _owned_selector(owner)
-        found = [self._plain(o, "apps/v1", "Deployment")
-                 for o in call(self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, "v1", "Service")
-                  for o in call(self.core.list_namespaced_service, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, "v1", "ConfigMap")
-                  for o in call(self.core.list_namespaced_config_map, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, "policy/v1", "PodDisruptionBudget") for o in call(
-            self.policy.list_namespaced_pod_disruption_budget, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, "v1", "ServiceAccount") for o in call(
-            self.core.list_namespaced_service_account, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, RBAC_VERSION, "Role") for o in call(
-            self.rbac.list_namespaced_role, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, RBAC_VERSION, "RoleBinding") for o in call(
-            self.rbac.list_namespaced_role_binding, owner.namespace, label_selector=selector).items]
+        found = []
+        for kind, (api_version, api, suffix) in self._kinds.items():
+            listed = call(getattr(api, f"list_namespaced_{suffix}"), owner.namespace, label_selector=selector)
+            found += [self._plain(o, api_version, kind) for o in listed.items]
         if node_pools:
             found += self.node_pools(owner)
         if pod_monitors:
@@ -297,21 +294,9 @@ class Cluster:
         meta = obj["metadata"]
         kind = obj["kind"]
         options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
-        if kind == "Deployment":
-            stored = call(self.apps.patch_namespaced_deployment, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "Service":
-            stored = call(self.core.patch_namespaced_service, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "ConfigMap":
-            stored = call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "PodDisruptionBudget":
-            stored = call(self.policy.patch_namespaced_pod_disruption_budget, meta["name"], meta["namespace"], obj,
-                          **options)
-        elif kind == "ServiceAccount":
-            stored = call(self.core.patch_namespaced_service_account, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "Role":
-            stored = call(self.rbac.patch_namespaced_role, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "RoleBinding":
-            stored = call(self.rbac.patch_namespaced_role_binding, meta["name"], meta["namespace"], obj, **options)
+        if kind in self._kinds:
+            _, api, suffix = self._kinds[kind]
+            stored = call(getattr(api, f"patch_namespaced_{suffix}"), meta["name"], meta["namespace"], obj, **options)
         elif kind == "NodePool":
             return call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                         meta["name"], obj, **options)
@@ -324,20 +309,9 @@ class Cluster:
 
     def _delete(self, key: ObjectKey) -> None:
         try:
-            if key.kind == "Deployment":
-                call(self.apps.delete_namespaced_deployment, key.name, key.namespace)
-            elif key.kind == "Service":
-                call(self.core.delete_namespaced_service, key.name, key.namespace)
-            elif key.kind == "ConfigMap":
-                call(self.core.delete_namespaced_config_map, key.name, key.namespace)
-            elif key.kind == "PodDisruptionBudget":
-                call(self.policy.delete_namespaced_pod_disruption_budget, key.name, key.namespace)
-            elif key.kind == "ServiceAccount":
-                call(self.core.delete_namespaced_service_account, key.name, key.namespace)
-            elif key.kind == "Role":
-                call(self.rbac.delete_namespaced_role, key.name, key.namespace)
-            elif key.kind == "RoleBinding":
-                call(self.rbac.delete_namespaced_role_binding, key.name, key.namespace)
+            if key.kind in self._kinds:
+                _, api, suffix = self._kinds[key.kind]
+                call(getattr(api, f"delete_namespaced_{suffix}"), key.name, key.namespace)
             elif key.kind == "NodePool":
                 call(self.custom.delete_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                      key.name)
