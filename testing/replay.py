@@ -210,7 +210,8 @@ def ready_counts(replicas: Sequence[Replica], t: float) -> dict[str, int]:
 @dataclass(frozen=True)
 class Bill:
     """What the replicas cost from `start_s` to `end_s`: $, the replica-hours of each pool, how many
-    replicas were started, and the GPU-hours paid while they started (not yet ready)."""
+    replicas were started (not those up when the replay began, ready at once), and the GPU-hours paid
+    while they started (not yet ready)."""
 
     dollars: float
     replica_hours: Mapping[str, float]
@@ -230,7 +231,7 @@ def bill(replicas: Sequence[Replica], price_per_hour: Mapping[str, float], gpus:
         life = (end - begin) / 3600.0
         hours[r.option] = hours.get(r.option, 0.0) + life
         dollars += life * price_per_hour[r.option]
-        if start_s <= r.created_s < end_s:
+        if start_s <= r.created_s < end_s and r.ready_s > r.created_s:  # (those up before the replay are ready)
             started += 1
             starting += gpus[r.option] * max(0.0, min(r.ready_s, end) - begin) / 3600.0
     return Bill(dollars, hours, started, starting)
@@ -239,7 +240,8 @@ def bill(replicas: Sequence[Replica], price_per_hour: Mapping[str, float], gpus:
 @dataclass(frozen=True)
 class Run:
     """A replay's record: the replicas that ever existed, the allocation the Deployments asked for after
-    each interval pass, the passes that started a move (time, kind, reason), and the ready replicas at
+    each interval pass, the passes that started a move (time, kind, reason; the first allocation, up
+    before the replay, is none), and the ready replicas at
     the start of every minute (after that minute's pass)."""
 
     replicas: tuple[Replica, ...]
@@ -293,7 +295,7 @@ def replay(spec: Mapping[str, Any], inputs: Inputs, traffic: Traffic, grid: Buck
         outcome = reconcile_fn(OWNER, Observed(spec, 1, status, _deployments(desired, replicas, now), now), inputs,
                                live=live, drain_s=drain_s)
         status = merge_patch(status, status_merge_patch(status, outcome.status))
-        if outcome.decision is not None and outcome.decision.moves:
+        if outcome.decision is not None and outcome.decision.moves and outcome.decision.kind != "initial":
             moves.append((now, outcome.decision.kind, outcome.decision.reason))
         if outcome.desired is not None:
             desired = outcome.desired
