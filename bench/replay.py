@@ -89,9 +89,9 @@ class Model:
 
 MODELS = {
     "8b": Model("Llama-3-8B", "llama-3-8b", (("l4", "l4", 1), ("a10g", "a10g", 1), ("a100", "a100-80gb", 1),
-                                             ("h100", "h100-sxm", 1)), 12.0, 180.0),
+                                             ("h100", "h100-sxm", 1)), 6.0, 180.0),
     "70b": Model("Llama-3-70B", "llama-3-70b", (("l40s-x4", "l40s", 4), ("a100-x4", "a100-80gb", 4),
-                                                ("h100-x4", "h100-sxm", 4), ("h100-x8", "h100-sxm", 8)), 3.0, 480.0),
+                                                ("h100-x4", "h100-sxm", 4), ("h100-x8", "h100-sxm", 8)), 2.0, 480.0),
 }
 WORKLOADS = {  # documents hours, mixed hours either side; chat the rest
     "chat-heavy": Schedule(documents_from=1, documents_to=5, mixed_hours=1),
@@ -122,7 +122,7 @@ def service_spec(model: Model, settings: Settings, options: Sequence[str] | None
             "reallocation": {"interval": f"{settings.interval_s:g}s",
                              "targetUtilisation": settings.target_utilisation,
                              "minSavingsPercent": settings.min_savings_percent if hysteresis else 0,
-                             "cooldown": f"{settings.cooldown_s if hysteresis else 0:g}s"}}
+                             "cooldown": f"{max(1.0, settings.cooldown_s) if hysteresis else 1:g}s"}}
 
 
 class Oracle:
@@ -387,6 +387,7 @@ def main_table(args: argparse.Namespace) -> None:
                     Job(model_key, workload, "single", settings, args.days, args.seed, option=single),
                     Job(model_key, workload, "static", settings, args.days, args.seed, static=static)]
             results = run_all(jobs, args.workers)
+            print("CPU s per run: " + ", ".join(f"{j.kind} {cpu:.0f}" for j, _, cpu in results), file=sys.stderr)
             labels = {"operator": "operator (defaults)", "no-hyst": "mix, no hysteresis",
                       "single": f"{single} alone, autoscaled", "static": f"static peak: {describe(static)}"}
             print(f"\n{MODELS[model_key].name}, {workload}, {args.days} day(s), seed {args.seed}: hindsight "
@@ -425,7 +426,7 @@ def plot(series: Mapping[tuple[str, str], tuple[np.ndarray, Mapping[str, np.ndar
 SENSITIVITY = {  # each around the defaults (the defaults' own row is the first)
     "defaults": [("min_savings_percent", 5.0)],
     "minSavingsPercent": [("min_savings_percent", v) for v in (0.0, 20.0)],
-    "cooldown": [("cooldown_s", v) for v in (0.0, 1800.0)],
+    "cooldown": [("cooldown_s", v) for v in (1.0, 1800.0)],  # (a cooldown is positive: 1 s is none)
     "window": [("window_s", v) for v in (180.0, 1200.0)],
     "targetUtilisation": [("target_utilisation", v) for v in (0.75, 0.95)],
 }

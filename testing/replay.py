@@ -294,6 +294,8 @@ def replay(spec: Mapping[str, Any], inputs: Inputs, traffic: Traffic, grid: Buck
         started = {name: 0.0 for name in startup_s} if desired is None else startup_s
         outcome = reconcile_fn(OWNER, Observed(spec, 1, status, _deployments(desired, replicas, now), now), inputs,
                                live=live, drain_s=drain_s)
+        if outcome.spec is None:
+            raise ValueError(f"the operator refuses the spec: {outcome.events[0].message if outcome.events else ''}")
         status = merge_patch(status, status_merge_patch(status, outcome.status))
         if outcome.decision is not None and outcome.decision.moves and outcome.decision.kind != "initial":
             moves.append((now, outcome.decision.kind, outcome.decision.reason))
