@@ -411,13 +411,14 @@ def plot(series: Mapping[tuple[str, str], tuple[np.ndarray, Mapping[str, np.ndar
         best, runs = series[key]
         hours = np.arange(len(best) // 60)
         hourly = lambda a: a[:len(hours) * 60].reshape(-1, 60).mean(axis=1)  # noqa: E731
-        ax.plot(hours / 24, hourly(best), color="black", lw=1.5, label="hindsight")
+        scale = 24 if len(hours) > 48 else 1  # days on the axis, or hours for a day or two
+        ax.plot(hours / scale, hourly(best), color="black", lw=1.5, label="hindsight")
         for label, cost in runs.items():
-            ax.plot(hours / 24, hourly(cost), lw=1, label=label)
+            ax.plot(hours / scale, hourly(cost), lw=1, label=label)
         ax.set_ylabel("$/h")
         ax.set_title(f"{MODELS[key[0]].name}, {key[1]}", fontsize=9)
     axes[0, 0].legend(fontsize=7, ncol=3)
-    axes[-1, 0].set_xlabel("day")
+    axes[-1, 0].set_xlabel("day" if len(next(iter(series.values()))[0]) > 48 * 60 else "hour")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
