@@ -446,7 +446,8 @@ def sensitivity(args: argparse.Namespace) -> None:
         rows = []
         for (name, values), chunk in zip(SENSITIVITY.items(), _chunks(results, [len(v) for v in SENSITIVITY.values()])):
             for (_, value), (job, scores, _) in zip(values, chunk):
-                shown = f"{value / 60:g}m" if name in ("cooldown", "window") else f"{value:g}"
+                shown = (f"{value / 60:g}m" if value >= 60 else f"{value:g}s") if name in ("cooldown", "window") \
+                    else f"{value:g}"
                 rows.append(row("defaults" if name == "defaults" else f"{name} {shown}", scores, reference))
         print_table(HEADERS, rows)
         sys.stdout.flush()
