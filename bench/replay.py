@@ -2,8 +2,8 @@
 
 A week of per-minute traffic (melange.testing.replay: diurnal rate, weekends, bursts, chat by day,
 long documents in batches at night, mixed between; Poisson arrivals split over the buckets) is
-replayed through the operator's pure reconcile pass by pass, with pools that take `--startup-8b` /
-`--startup-70b` to become ready, for an 8B and a 70B model and three workloads. Baselines on the same
+replayed through the operator's pure reconcile pass by pass, with pools that take minutes to become
+ready (MODELS: 3 for the 8B model, 8 for the 70B), for both models and three workloads. Baselines on the same
 traffic:
 
     hindsight   each minute's true traffic solved exactly (same SLO and targetUtilisation), moves
