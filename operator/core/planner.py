@@ -34,7 +34,6 @@ OPTION_LABEL = f"{GROUP}/option"
 HASH_ANNOTATION = f"{GROUP}/spec-hash"
 # On an object others write into (the named field): applied again only when its desired content changes.
 WRITTEN_BY_OTHERS = f"{GROUP}/written-by-others"
-ROUTING_KEY = TABLE_KEY
 ROUTER_PORT = 8080
 SERVICE_PORT = 8000
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -236,7 +235,7 @@ def routing_config_map(owner: Owner, table: Mapping[str, Any]) -> dict[str, Any]
     return _finish({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": routing_config_name(owner), "labels": labels(owner, "routing")},
-        "data": {ROUTING_KEY: json.dumps(table, indent=1, sort_keys=True)},
+        "data": {TABLE_KEY: json.dumps(table, indent=1, sort_keys=True)},
     }, owner)
 
 

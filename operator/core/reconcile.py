@@ -18,7 +18,7 @@ from typing import Any
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
 from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, next_wake_s, peak, stage
 from melange.operator.core.noise import bounds
-from melange.operator.core.planner import (OPTION_LABEL, ROUTING_KEY, Images, Owner, plan, pool_url,
+from melange.operator.core.planner import (OPTION_LABEL, Images, Owner, plan, pool_url,
                                            router_acks_name, routing_config_name, table_version)
 from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
 from melange.operator.core.spec import ServiceSpec, parse_spec
@@ -27,7 +27,7 @@ from melange.solver.allocation import Allocation, OptionUse, SolveReport
 from melange.solver.errors import InfeasibleError, InputError
 from melange.solver.ilp import IlpSettings
 from melange.solver.problem import Problem
-from melange.solver.routing import routing_table
+from melange.solver.routing import TABLE_KEY, routing_table
 from melange.solver.solve import allocate, solve
 from melange.solver.workload import Workload
 
@@ -181,7 +181,7 @@ def _current_table(observed: Observed, owner: Owner, source: Mapping[str, int]) 
     for obj in observed.actual:
         if obj.get("kind") == "ConfigMap" and obj["metadata"]["name"] == routing_config_name(owner):
             try:
-                table = json.loads((obj.get("data") or {}).get(ROUTING_KEY, ""))
+                table = json.loads((obj.get("data") or {}).get(TABLE_KEY, ""))
             except ValueError:
                 return None
             pools = table.get("pools") if isinstance(table, dict) else None

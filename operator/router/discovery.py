@@ -106,7 +106,6 @@ class Watch(threading.Thread):
         super().__init__(name=f"watch-{name}", daemon=True)
         self.api, self.list_call, self.publish, self.selectors = api, list_call, publish, selectors
         self.stopped = threading.Event()
-        self.synced = threading.Event()  # the first list succeeded
 
     def stop(self) -> None:
         self.stopped.set()
@@ -132,7 +131,6 @@ class Watch(threading.Thread):
         api = self.api
         objects = {o.metadata.name: api.sanitize_for_serialization(o) for o in answer.items}
         self.publish(list(objects.values()))
-        self.synced.set()
         version = answer.metadata.resource_version
         watch = kubernetes.watch.Watch()
         for event in watch.stream(self.list_call, resource_version=version, timeout_seconds=WATCH_TIMEOUT_S,
@@ -214,8 +212,3 @@ class Acknowledger(threading.Thread):
                 failures += 1
                 time.sleep(RETRY_S[min(failures, len(RETRY_S)) - 1])
 
-
-def wait_synced(watches: Sequence[Watch], timeout_s: float) -> bool:
-    """Whether every watch listed its objects within the time."""
-    deadline = time.monotonic() + timeout_s
-    return all(w.synced.wait(max(0.0, deadline - time.monotonic())) for w in watches)
