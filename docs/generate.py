@@ -136,7 +136,7 @@ def llmservice_fields() -> str:
     columns = [[f"`{c['name']}`", c["type"], f"`{c['jsonPath']}`"] for c in version.get("additionalPrinterColumns", [])]
     return "\n\n".join([
         f"`{names['kind']}` (`{crd['spec']['group']}/{version['name']}`, {crd['spec']['scope'].lower()}, short name "
-        + ", ".join(f"`{s}`" for s in names.get("shortNames", [])) + f"), from `{CRD.relative_to(ROOT)}`.",
+        + ", ".join(f"`{s}`" for s in names.get("shortNames", [])) + f"), from `crds/{CRD.name}`.",
         "### Fields",
         "`[]` marks the entries of a list. Required: the field must be set when its parent is.",
         table(["field", "type", "default", "required", "allowed", "description"], rows),
@@ -208,8 +208,8 @@ def helm_values() -> str:
         rows.append([f"`{key}`", code(default), _value_type(node, schema), description])
     rules = [[rule.get("description", ""), code(json.dumps(rule.get("if"), separators=(",", ":"))),
               code(json.dumps(rule.get("then"), separators=(",", ":")))] for rule in schema.get("allOf", [])]
-    parts = [f"From `{(CHART / 'values.yaml').relative_to(ROOT)}` (defaults) and "
-             f"`{(CHART / 'values.schema.json').relative_to(ROOT)}` (types, limits, descriptions). "
+    parts = [f"From `charts/{CHART.name}/values.yaml` (defaults) and "
+             f"`charts/{CHART.name}/values.schema.json` (types, limits, descriptions). "
              "`helm install` refuses values the schema does not allow, including keys it does not name.",
              table(["value", "default", "type", "description"], rows)]
     if rules:
