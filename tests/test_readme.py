@@ -176,3 +176,18 @@ def test_the_link_check_sees_a_missing_heading(tmp_path):
                     "[gone](#traces)\n")
     assert anchors(page) == {"title", "solve-a-workload-melange-solve"}
     assert [link.partition("#")[2] not in anchors(page) for link in links(page)] == [False, True]
+
+
+CONTENTS_EXEMPT = {"cli-reference.md", "helm-values.md", "solver.md"}  # generated, or one section
+
+
+@pytest.mark.parametrize("path", [p for p in DOCS if p.name not in CONTENTS_EXEMPT], ids=lambda p: p.name)
+def test_every_section_of_a_page_is_in_its_contents_list(path):
+    """Each page opens with a list of its sections, so a new section (a subcommand, a figure) is listed."""
+    text = path.read_text()
+    text = re.sub(r"<!-- BEGIN GENERATED.*?END GENERATED[^>]*-->", "", text, flags=re.S)
+    sections = {slug(h) for h in re.findall(r"^##{1,2} (.+)$", re.sub(r"```.*?```", "", text, flags=re.S),
+                                             flags=re.M)}
+    contents = re.search(r"^((?:\s*- \[.*\n)+)", text, flags=re.M).group(1)
+    listed = set(re.findall(r"\]\(#([^)]+)\)", contents))
+    assert sections - listed == set(), f"{path.name}: add these sections to the list at its top"
