@@ -548,8 +548,8 @@ def serve(router: Router, host: str, port: int) -> None:
     web.run_app(build_app(router), host=host, port=port, loop=loop, print=None, **SERVER_OPTIONS)
 
 
-def main() -> None:
-    """Run the router until interrupted; a bad table or flag at start is one line and exit 2."""
+def build_parser() -> OneLineParser:
+    """The router's flags (`melange-router`, `python -m melange.operator.router`)."""
     parser = OneLineParser(prog="python -m melange.operator.router",
                            description="Size-aware OpenAI-compatible router for Mélange GPU pools.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -569,6 +569,12 @@ def main() -> None:
     parser.add_argument("--model-name", default="", help="model_name label on the router's metrics (default: empty)")
     parser.add_argument("--tokenize", action="store_true",
                         help="count input tokens exactly through the upstream's /tokenize (vLLM) instead of estimating")
+    return parser
+
+
+def main() -> None:
+    """Run the router until interrupted; a bad table or flag at start is one line and exit 2."""
+    parser = build_parser()
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if (args.discover_service or args.acknowledge_configmap) and not args.table_configmap:
