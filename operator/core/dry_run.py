@@ -80,7 +80,7 @@ def _live_input(parsed: ServiceSpec, inputs: Inputs, source: str, rate: float | 
     if rate is None:
         raise InputError(source, "spec.workload.source: prometheus: the operator reads this service's rate from "
                                  "Prometheus, which melange plan does not query",
-                         "--rate R, the req/s to plan for (the size mix then comes from spec.workload.static)")
+                         "--rate R, the req/s to plan for; the size mix then comes from spec.workload.static")
     static = parsed.workload.static
     if static is None:
         raise InputError(source, "spec.workload.static: missing, and source prometheus measures the size mix live, "
