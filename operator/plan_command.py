@@ -10,6 +10,7 @@ imports the operator.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -110,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.rate is not None:
         number(args.rate, "--rate", minimum=0)
+    missing = [name for module, name in (("jsonschema", "jsonschema"), ("celpy", "cel-python"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise InputError("melange plan", f"{' and '.join(missing)} not installed", "pip install -e '.[plan]'")
     config = config_maps(args.configmap)
     manifest = load_document(args.file)
     inputs = Inputs(config, shipped_catalog(), PodMonitorSettings() if args.pod_monitor else None)

@@ -248,3 +248,26 @@ def test_the_manifest_itself_is_not_changed(tmp_path, capsys):
     text = file.read_text()
     assert run(capsys, "plan", file, "--rate", "2")[0] == 0
     assert file.read_text() == text and yaml.safe_load(text) == before
+
+
+def test_help_lists_plan(capsys):
+    from melange.solver.cli.main import main
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "plan" in capsys.readouterr().out
+
+
+def test_without_the_plan_extra_it_says_what_to_install(monkeypatch, capsys):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "celpy" else real(name, *a))
+    code, out, err = run(capsys, "plan", ARENA)
+    assert (code, out) == (2, "")
+    assert err == "melange: error: melange plan: cel-python not installed (allowed: pip install -e '.[plan]')\n"
+
+
+def test_without_the_crd_of_a_checkout_it_says_so(monkeypatch, tmp_path, capsys):
+    from melange.operator import plan_command
+    monkeypatch.setattr(plan_command, "CRD_FILE", tmp_path / "crds" / "llmservice.yaml")
+    code, _, err = run(capsys, "plan", ARENA)
+    assert code == 2 and err.count("\n") == 1 and f"the LLMService CRD is not at {tmp_path}" in err
