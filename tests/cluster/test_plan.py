@@ -98,10 +98,10 @@ def test_the_operator_deploys_what_melange_plan_printed(cluster, operator, names
     cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=stream)
 
     cluster.apply(manifest)
-    wait_until(settled(cluster, name, namespace, planned["allocation"]), f"{name} on {planned['allocation']}",
-               timeout_s=120)
-    service = llmservice(cluster, name, namespace)
+    service = wait_until(lambda: (s := llmservice(cluster, name, namespace)) and condition(s, "Ready") == "True"
+                         and not s["status"].get("move") and s, f"{name} Ready", timeout_s=120)
     assert service["status"]["allocation"] == planned["allocation"]
+    wait_until(settled(cluster, name, namespace, planned["allocation"]), f"{name} on {planned['allocation']}")
     assert service["status"]["costPerHour"] == planned["costPerHour"]
     actual = owned(cluster, namespace, name)
     pools = {o["metadata"]["labels"]["melange.ai/option"]: o["spec"]["replicas"]
