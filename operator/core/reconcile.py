@@ -83,6 +83,7 @@ class Outcome:
     report: SolveReport | None = None
     decision: Decision | None = None
     wake_s: float | None = None  # when a move needs its next pass, if no change of its pools comes first
+    problem: Problem | None = None  # what was solved (`melange plan` prints it as `melange solve` does)
 
 
 def _conditions(observed: Observed, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -310,7 +311,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
     if decision is not None:
         status["lastDecision"] = {"kind": decision.kind, "reason": decision.reason, "time": observed.now}
     wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain_s, timeout_s, observed.now_s)
-    return Outcome(status, desired, tuple(events), spec, report, decision, wake)
+    return Outcome(status, desired, tuple(events), spec, report, decision, wake, problem)
 
 
 def unacknowledged(observed: Observed, owner: Owner, version: str) -> str | None:

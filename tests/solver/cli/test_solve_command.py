@@ -241,3 +241,12 @@ def test_catalog_gpus_can_be_priced_by_the_instance(capsys, tmp_path):
     code, _, err = run(capsys, "solve", "--model", "llama-3-8b", "--gpus", "h200", "--workload", workload,
                        "--pricing", "node")
     assert code == 2 and "--pricing" in err and "no instance type" in err
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b.yaml", "arena-llama2-7b.yaml"])
+def test_an_llmservice_manifest_points_to_melange_plan(capsys, name):
+    manifest = EXAMPLES / "operator" / name
+    code, out, err = run(capsys, "solve", manifest)
+    assert (code, out) == (2, "")
+    assert err == (f"melange: error: {manifest}: an LLMService manifest, not a solve bundle: use melange plan "
+                   f"{manifest}, which checks and solves it as the operator would\n")
