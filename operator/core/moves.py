@@ -164,7 +164,7 @@ SWITCH_POLL_S = 2.0  # how often a switch (and a drain) looks for the routers' a
 def next_wake_s(move: Move, drain: Drain | None, timeout_s: float, now_s: float | None = None) -> float:
     """When the move needs a pass that no change of its pools announces: the switch looks for the routers'
     acknowledgements at once and then every SWITCH_POLL_S; the drain looks for the routers' requests in
-    flight as often, and ends at its bound at the latest; a scale-up that never becomes ready ends at
+    flight the same way, and ends at its bound at the latest; a scale-up that never becomes ready ends at
     its deadline."""
     if move.step == "switching":
         return move.since_s if now_s is None or now_s <= move.since_s else now_s + SWITCH_POLL_S
@@ -172,5 +172,5 @@ def next_wake_s(move: Move, drain: Drain | None, timeout_s: float, now_s: float 
         end = move.since_s + (drain.bound_s if drain is not None else 0.0)
         if drain is None or drain.in_flight is None or now_s is None:
             return end
-        return min(end, max(now_s, move.since_s) + SWITCH_POLL_S)
+        return move.since_s if now_s <= move.since_s else min(end, now_s + SWITCH_POLL_S)
     return move.began_s + timeout_s

@@ -288,8 +288,10 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         drained = move
         move = advance(move, ready_replicas(observed.actual), observed.now_s, drain, switched=not waiting_for)
         if move is not None and move.step == "draining" and drain is None and spec.mode == "apply":
-            # Just switched: when the next pass looks at the drain. Routers report with their acknowledgement.
+            # Just switched: routers report their requests in flight with their acknowledgement, so status
+            # says at once what the drain waits for (the next pass, at once, may end it).
             drain = _drain(observed, owner, move, version or "", drain_s)
+            waiting_for = drain_waits(move, drain, observed.now_s)
         if move is None:
             target = Move.from_status(previous.get("move")) or Move(applied, applied, "scaling-down", 0)
             events.append(_reallocated("Reallocated", applied, cost_of(problem, applied), dict(target.target),

@@ -240,14 +240,25 @@ def test_a_move_drains_a_request_in_flight_to_the_pool_it_removes(cluster, opera
                     ready_pool_pods(cluster, namespace, name, "l4").items()})
     follow(router_pods, router, mapping)
 
+    done = threading.Event()
+
     def pod_goes() -> None:  # as a kubelet would: the pod's server stops once the pod is being deleted
-        while a100_pod in upstreams.by_name:
+        while a100_pod in upstreams.by_name and not done.wait(0.2):
             pods = {p["metadata"]["name"]: p for p in cluster.get("pods", namespace=namespace)["items"]}
             if a100_pod not in pods or pods[a100_pod]["metadata"].get("deletionTimestamp"):
                 upstreams.stop_one(a100_pod)
-            time.sleep(0.2)
-    threading.Thread(target=pod_goes, daemon=True).start()
+    watcher = threading.Thread(target=pod_goes, daemon=True)
+    watcher.start()
+    try:
+        drain_a_long_request(cluster, router, upstreams, name, namespace, a100_pod, manifest, slow_s)
+    finally:
+        done.set()
+        watcher.join(5)
 
+
+def drain_a_long_request(cluster, router, upstreams, name: str, namespace: str, a100_pod: str, manifest: dict,
+                         slow_s: float) -> None:
+    """The request sent to the A100 pool alone, the move, and what the drain does while it runs."""
     input_tokens, max_tokens = only_pool_cell(cluster, namespace, name, "a100-80gb")
     answer: dict = {}
 

@@ -47,6 +47,7 @@ def test_the_next_pass_a_move_needs_without_a_pool_change():
     assert next_wake_s(up.at("switching", 200.0), Drain(None, 90), timeout_s=600) == 200.0
     assert next_wake_s(up.at("draining", 200.0), Drain(None, 90), timeout_s=600) == 290.0
     followed = Drain({"router-a": {"a10g": 1}}, 90)
+    assert next_wake_s(up.at("draining", 200.0), followed, timeout_s=600, now_s=200.0) == 200.0
     assert next_wake_s(up.at("draining", 200.0), followed, timeout_s=600, now_s=250.0) == 252.0
     assert next_wake_s(up.at("draining", 200.0), followed, timeout_s=600, now_s=289.0) == 290.0
 
