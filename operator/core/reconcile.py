@@ -285,7 +285,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         elif move.step == "draining" and version is not None:
             drain = _drain(observed, owner, move, version, drain_s)
             waiting_for = drain_waits(move, drain, observed.now_s)
-        drained = move
+        drain_began = move
         move = advance(move, ready_replicas(observed.actual), observed.now_s, drain, switched=not waiting_for)
         if move is not None and move.step == "draining" and drain is None and spec.mode == "apply":
             # Just switched: routers report their requests in flight with their acknowledgement, so status
@@ -302,7 +302,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         elif move.step != before:
             why = ""
             if before == "draining" and drain is not None:
-                why = (f" (the drain's bound of {drain.bound_s:g} s passed)" if observed.now_s - drained.since_s
+                why = (f" (the drain's bound of {drain.bound_s:g} s passed)" if observed.now_s - drain_began.since_s
                        >= drain.bound_s else " (no request in flight to the pools it removes)")
             events.append(Event("Normal", "MoveStep", f"{move.step}: {describe_mix(move.source)} -> "
                                                       f"{describe_mix(move.target)}{why}"))
