@@ -219,8 +219,8 @@ def upstream_app(name: str, slow_requests: asyncio.Queue | None = None, chunks: 
     `tail_pause_s` after its `data: [DONE]` (a loaded server's last write can lag). `fingerprint`
     is the `system_fingerprint` (None: vLLM's --fingerprint-mode none), `metrics` the per-request
     metrics of the usage-only event (None: vLLM's default, none); `received` collects every
-    request body as it arrived; a slow request takes `slow_seconds`. Serve it with handler_cancellation on, as the router is, so that
-    a caller leaving cancels the handler."""
+    request body as it arrived; a slow request takes `slow_seconds`. Serve it with handler_cancellation
+    on, as the router is, so that a caller leaving cancels the handler."""
 
     def report(outcome: str) -> None:
         if slow_requests is not None:
