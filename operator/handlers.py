@@ -3,7 +3,8 @@ applies what it wants, and writes status and Events.
 
 A pass runs when something it depends on changed: the spec (create, update, resume at start), one of
 the service's Deployments (a watch: pods became ready or went away, someone scaled or edited it), a
-time a move waits for (the drain's end, the move's deadline), or the service's
+time a move waits for (the routers' acknowledgements and requests in flight, the drain's bound, the move's
+deadline), or the service's
 `reallocation.interval` (new traffic). A one-second timer runs the pass that is due; between them a
 service costs no API call. A failed pass sets `Reconciled=False` with the reason, posts one Warning
 (not one per retry), and is retried with a backoff. A lock per service keeps two passes of one
@@ -48,7 +49,7 @@ class OperatorConfig:
     images: Images = field(default_factory=Images)
     catalog: Catalog = field(default_factory=shipped_catalog)
     prometheus: PrometheusDefaults = field(default_factory=PrometheusDefaults)
-    drain_s: float = DEFAULT_DRAIN_S
+    drain_s: float | None = DEFAULT_DRAIN_S  # the drain's bound; None: the removed pools' termination grace
     metrics_port: int | None = None  # serve the operator's /metrics here (None: do not serve)
     pod_monitors: str = "auto"  # auto: where the PodMonitor CRD is installed; on: always; off: never
     pod_monitor: PodMonitorSettings = field(default_factory=PodMonitorSettings)
@@ -236,7 +237,8 @@ async def _reconcile_once(body: kopf.Body, previous: dict[str, Any], passes: Pas
     if parsed is not None and parsed.mode == "apply" and condition_status(previous, "Ready") != "True":
         problems = await asyncio.to_thread(cluster.pod_problems, owner)
     routers = None
-    if parsed is not None and parsed.mode == "apply" and (previous.get("move") or {}).get("step") == "switching":
+    if parsed is not None and parsed.mode == "apply" and (previous.get("move") or {}).get("step") in ("switching",
+                                                                                                      "draining"):
         routers = await asyncio.to_thread(cluster.ready_routers, owner)
     observed = Observed(spec, meta.get("generation"), previous, actual, config.clock(), problems, routers)
     # Solving takes tens of milliseconds: off the event loop, so watches and the health endpoint stay live.

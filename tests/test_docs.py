@@ -102,7 +102,7 @@ def test_a_changed_value_default_makes_the_values_reference_stale(tmp_path, monk
     monkeypatch.setattr(generate, "CHART", chart)
     assert generate.stale(["helm-values"]) == []
     values = chart / "values.yaml"
-    values.write_text(values.read_text().replace("drainSeconds: 90", "drainSeconds: 120"))
+    values.write_text(values.read_text().replace("logLevel: info", "logLevel: debug"))
     assert generate.stale(["helm-values"]) == ["helm-values (docs/helm-values.md)"]
 
 
