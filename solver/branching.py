@@ -146,19 +146,14 @@ def round_by_groups(model: pulp.LpProblem, groups: Sequence[Sequence[pulp.LpVari
             return None
         return list(highs.getSolution().col_value)
 
-    x = run()
-    fixed: set[int] = set()
-    while x is not None:
+    def descend(x: list[float], fixed: frozenset[int]) -> list[float] | None:
         pending = [i for i, group in enumerate(groups) if i not in fixed
                    and any(abs(x[v.index] - round(x[v.index])) > INTEGRALITY for v in group)]
         if not pending:
-            return {v.name: _snap(x[v.index], v.cat == pulp.LpInteger) for v in model.variables()}
+            return x
         i = pending[0]
         group = groups[i]
         index = np.array([v.index for v in group], dtype=np.int32)
-        lower = np.array([v.lowBound if v.lowBound is not None else -highspy.kHighsInf for v in group], dtype=np.float64)
-        upper = np.array([v.upBound if v.upBound is not None else highspy.kHighsInf for v in group], dtype=np.float64)
-        following = None
         for split in _nearest_splits([x[v.index] for v in group], total):
             if lps >= node_limit:
                 return None
@@ -166,13 +161,19 @@ def round_by_groups(model: pulp.LpProblem, groups: Sequence[Sequence[pulp.LpVari
             highs.changeColsBounds(len(group), index, values, values)
             following = run()
             if following is not None:
-                break
-        if following is None:
-            highs.changeColsBounds(len(group), index, lower, upper)
-            return None
-        fixed.add(i)
-        x = following
-    return None
+                found = descend(following, fixed | {i})
+                if found is not None:
+                    return found
+        lower = np.array([-highspy.kHighsInf if v.lowBound is None else v.lowBound for v in group], dtype=np.float64)
+        upper = np.array([highspy.kHighsInf if v.upBound is None else v.upBound for v in group], dtype=np.float64)
+        highs.changeColsBounds(len(group), index, lower, upper)
+        return None
+
+    root = run()
+    found = None if root is None else descend(root, frozenset())
+    if found is None:
+        return None
+    return {v.name: _snap(found[v.index], v.cat == pulp.LpInteger) for v in model.variables()}
 
 
 def _nearest_splits(values: Sequence[float], total: int, limit: int = 6) -> list[list[int]]:

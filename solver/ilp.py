@@ -345,7 +345,7 @@ def _least_load_split(items: Sequence[Item], options: Sequence[OptionSpec], sett
 
 
 # Nodes the rounding search may visit before the feasibility MIP takes over.
-SEARCH_NODE_LIMIT = 20000
+SEARCH_NODE_LIMIT = 10000
 SEARCH_MAX_SLICES = 500  # more slices left to place than this: the feasibility MIP (and no deep recursion)
 
 
