@@ -41,6 +41,7 @@ import pulp
 
 from melange.solver.branching import branch_and_bound, load_values, round_by_groups
 from melange.solver.errors import InfeasibleError, InputError
+from melange.solver.memo import SolveMemo
 
 SOLVERS = ("highs", "cbc")
 DEFAULT_SOLVER = "highs"
@@ -186,16 +187,48 @@ def unservable(items: Sequence[Item]) -> list[str]:
             if item.rate > 0 and all(s is None for s in item.seconds_per_request)]
 
 
+_memo: SolveMemo | None = None
+
+
+def use_memo(memo: SolveMemo | None) -> None:
+    """Keep the answers of solve_ilp in `memo` from now on (None: solve every time, the default). The
+    operator uses one: it solves the same inputs again and again (solver/memo.py)."""
+    global _memo
+    _memo = memo
+
+
+def _memo_key(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> bytes:
+    """Exactly what a solve depends on (the current allocation in a fixed order)."""
+    return SolveMemo.key(tuple(items), tuple(options), replace(settings, current={}),
+                         tuple(sorted(settings.current.items())))
+
+
 def solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> IlpSolution:
     """Find the cheapest replica counts and slice assignment serving every item.
 
     Raises InfeasibleError when some item with traffic has no option able to serve it; returns
-    status 'infeasible' when the extensions (quotas, spot share) make the model infeasible.
+    status 'infeasible' when the extensions (quotas, spot share) make the model infeasible. With a memo
+    in use (use_memo), a solve of inputs already solved returns that answer (its wall time: the look-up).
     """
     check_settings(settings)
     missing = unservable(items)
     if missing:
         raise InfeasibleError(missing)
+    memo = _memo
+    if memo is None:
+        return _solve_ilp(items, options, settings)
+    started = time.perf_counter()
+    key = _memo_key(items, options, settings)
+    known = memo.get(key)
+    if known is not None:
+        return replace(known, wall_time_s=time.perf_counter() - started)
+    solution = _solve_ilp(items, options, settings)
+    if solution.status in ("optimal", "infeasible"):  # proven: the same inputs give the same answer
+        memo.put(key, solution)
+    return solution
+
+
+def _solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> IlpSolution:
     started = time.perf_counter()
     # Stage 1: slices relaxed to fractions, replicas integer. Its optimum bounds the true one from
     # below; when its split rounds to whole slices within the same replicas, that bound is met and
