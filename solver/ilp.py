@@ -277,7 +277,8 @@ def _run(model: pulp.LpProblem, solver: str, time_limit_s: float | None, mip: bo
 
 # Models with at most this many integer columns are solved by our own branch and bound (few options:
 # milliseconds) rather than HiGHS's MIP solver (tens of milliseconds of set-up); solver/branching.py.
-BRANCH_MAX_INTEGERS = 16
+# With 16 (bench/solver_speed.py's 16-option instance) HiGHS's MIP solver was 2-5 times faster.
+BRANCH_MAX_INTEGERS = 8
 BRANCH_NODE_LIMIT = 2000
 
 
