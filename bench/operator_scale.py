@@ -25,7 +25,7 @@ emulator counted in the window (watches left out) over the passes. With fewer th
 interval is 5 s (for enough samples); with 100 and more it is the default 60 s, and the goals are
 checked there: every service reconciled in each interval, within one core's 60 CPU seconds.
 
-Usage: python bench/operator_scale.py [--services 1,10,100,1000] [--window 30] [--long-window 130]
+Usage: python bench/operator_scale.py [--services 1,10,100,1000] [--window 30] [--long-window 130] [--static] [--no-memo]
 """
 from __future__ import annotations
 
@@ -58,6 +58,7 @@ from melange.operator import handlers
 from melange.operator.handlers import TICK_S, OperatorConfig
 from melange.operator.kube import Cluster, load_config
 from melange.operator.live_workload import PrometheusDefaults
+from melange.solver.memo import SolveMemo
 from melange.solver.metrics.metric_names import MODEL_LABEL, VLLM_REQUEST_SUCCESS, vllm_name_regex
 from melange.solver.metrics.traffic_player import CHAT, Stream, VllmMetrics
 from melange.testing.kopf_runner import start_operator
@@ -216,13 +217,17 @@ def instrument(cycles: list[Cycle]) -> None:
 
 # ----- one row: N services -----
 
-def manifest(k: int, namespace: str, interval_s: int) -> dict:
+def manifest(k: int, namespace: str, interval_s: int, static: bool = False) -> dict:
+    """Service k: the example's own static workload at RATE req/s (`static`), else Prometheus."""
     service = copy.deepcopy(EXAMPLES[k % 2])
     service["metadata"] = {"name": f"svc-{k:03d}", "namespace": namespace}
     spec = service["spec"]
     spec["model"] = model_name(k)
-    spec["workload"] = {"source": "prometheus", "prometheus": {"window": "5m", "minRequests": MIN_REQUESTS},
-                        "grid": spec["workload"]["grid"]}
+    if static:
+        spec["workload"]["static"]["rate"] = RATE
+    else:
+        spec["workload"] = {"source": "prometheus", "prometheus": {"window": "5m", "minRequests": MIN_REQUESTS},
+                            "grid": spec["workload"]["grid"]}
     spec["reallocation"] = {**spec.get("reallocation", {}), "interval": f"{interval_s}s"}
     return service
 
@@ -237,8 +242,9 @@ def unsettled(service: dict) -> str:
 
 def settled(service: dict) -> bool:
     conditions = {c["type"]: c["status"] for c in (service.get("status") or {}).get("conditions", [])}
+    static = service["spec"]["workload"]["source"] == "static"
     return conditions.get("Solved") == "True" and conditions.get("Ready") == "True" \
-        and conditions.get("MetricsAvailable") == "True" and not service["status"].get("move")
+        and (static or conditions.get("MetricsAvailable") == "True") and not service["status"].get("move")
 
 
 @dataclass
@@ -258,8 +264,9 @@ class Row:
     ended: float = 0.0
 
 
-async def measure(url: str, prometheus_url: str, services: int, interval_s: int, window_s: float,
-                  others: dict[str, int], say: Callable[[str], None], queries: Connection) -> Row:
+async def measure(url: str, prometheus_url: str | None, services: int, interval_s: int, window_s: float,
+                  others: dict[str, int], say: Callable[[str], None], queries: Connection,
+                  memo: bool = True) -> Row:
     """Start an operator on a fresh namespace, create the services, wait until all are settled, then
     record the cycles and this process's CPU over `window_s`."""
     namespace = f"scale-{services}"
@@ -269,6 +276,8 @@ async def measure(url: str, prometheus_url: str, services: int, interval_s: int,
             r.raise_for_status()
         config = OperatorConfig(prometheus=PrometheusDefaults(url=prometheus_url), cluster=TimedCluster(load_config()),
                                 drain_s=DRAIN_S)
+        if not memo:
+            config.solve_memo = None  # every solve runs, as for live traffic whose reading changes each interval
         operator = await start_operator(handlers, namespaces=[namespace], memo=kopf.Memo(config=config))
         gc.collect()
         rss_before = rss_bytes()  # the operator started, no service yet
@@ -277,7 +286,7 @@ async def measure(url: str, prometheus_url: str, services: int, interval_s: int,
         try:
             for k in range(services):  # the timers of services created together tick together
                 async with session.post(url + LLMSERVICES.format(namespace=namespace),
-                                        json=manifest(k, namespace, interval_s)) as r:
+                                        json=manifest(k, namespace, interval_s, prometheus_url is None)) as r:
                     r.raise_for_status()
             created, seen = time.monotonic(), set()
             deadline = created + max(300, services * 0.6)
@@ -297,7 +306,7 @@ async def measure(url: str, prometheus_url: str, services: int, interval_s: int,
             first, count_before = len(cycles), _count(config.metrics.solve_seconds)
             moves_before = _moves(config.metrics)
             side = {name: cpu_seconds(pid) for name, pid in others.items()}
-            memo = config.solve_memo
+            memo = config.solve_memo or SolveMemo()
             memo_before = (memo.hits, memo.misses)
             calls_before = await asyncio.to_thread(api_calls, queries)
             cpu, started = time.process_time(), time.perf_counter()
@@ -366,8 +375,8 @@ def phase_row(label: str, cycles: list[Cycle], cpu_per_cycle: float | None, row:
     cpu = [sum(c.cpu.get(p, 0.0) for c in cycles) / len(cycles) * 1000 for p in PHASES]
     other_wall = statistics.mean([c.seconds for c in cycles]) * 1000 - sum(wall)
     other_cpu = "-" if cpu_per_cycle is None else f"{cpu_per_cycle * 1000 - sum(cpu):.0f}"
-    sides = [f"{row.side_cpu_s[name] / len(row.cycles) * 1000:.0f}" if cpu_per_cycle is not None else "-"
-             for name in SIDES]
+    sides = [f"{row.side_cpu_s[name] / len(row.cycles) * 1000:.0f}" if cpu_per_cycle is not None
+             and name in row.side_cpu_s else "-" for name in SIDES]
     return [label] + [f"{w:.0f} / {c:.0f}" for w, c in zip(wall, cpu)] + [f"{other_wall:.0f} / {other_cpu}"] + sides
 
 
@@ -417,6 +426,11 @@ def main() -> None:
                         help="seconds measured for counts under 100 (interval 5 s: a pass every timer tick)")
     parser.add_argument("--long-window", type=float, default=130.0,
                         help="seconds measured for 100 services and more (interval 60 s: two passes each)")
+    parser.add_argument("--static", action="store_true",
+                        help="static workloads (the examples' mixes at 4 req/s): no traffic player, no Prometheus, "
+                             "no metrics query (for 1,000 services on a machine that cannot also play their traffic)")
+    parser.add_argument("--no-memo", action="store_true",
+                        help="solve every time (with --static: what live traffic costs, whose reading changes)")
     args = parser.parse_args()
     counts = [int(n) for n in args.services.split(",")]
     # The solver silences file descriptor 1 around each solve; two solves in the operator's worker
@@ -429,23 +443,29 @@ def main() -> None:
     traffic = multiprocessing.Process(target=run_traffic, args=(max(counts), sender), daemon=True)
     emulator.start()
     url = receiver.recv()
-    traffic.start()
-    target = receiver.recv()
     os.environ["KUBECONFIG"] = kubeconfig
-    prometheus = PrometheusServer([target], scrape_interval_s=SCRAPE_INTERVAL_S)
+    prometheus = None
+    if not args.static:
+        traffic.start()
+        prometheus = PrometheusServer([receiver.recv()], scrape_interval_s=SCRAPE_INTERVAL_S)
     rows = []
     try:
-        prometheus.wait_until_scraping()
-        wait_for_traffic(prometheus.url, max(counts))
+        if prometheus is not None:
+            prometheus.wait_until_scraping()
+            wait_for_traffic(prometheus.url, max(counts))
         for services in counts:
             interval_s, window_s = (60, args.long_window) if services >= 100 else (5, args.window)
-            others = {"API emulator": emulator.pid, "Prometheus": prometheus.process.pid}
-            rows.append(asyncio.run(measure(url, prometheus.url, services, interval_s, window_s, others,
-                                            lambda line: print(line, file=stdout, flush=True), queries)))
+            others = {"API emulator": emulator.pid}
+            if prometheus is not None:
+                others["Prometheus"] = prometheus.process.pid
+            rows.append(asyncio.run(measure(url, prometheus.url if prometheus else None, services, interval_s,
+                                            window_s, others, lambda line: print(line, file=stdout, flush=True),
+                                            queries, memo=not args.no_memo)))
     finally:
-        prometheus.stop()
+        if prometheus is not None:
+            prometheus.stop()
+            traffic.terminate()
         emulator.terminate()
-        traffic.terminate()
     with contextlib.redirect_stdout(stdout):
         report(rows)
     stdout.flush()
