@@ -360,13 +360,15 @@ async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: A
     meta = body["metadata"]
     now = asyncio.get_running_loop().time()
     woken = (meta["namespace"], meta["name"]) in config.woken
-    config.woken.discard((meta["namespace"], meta["name"]))
     fresh = interval_due(config.clock(), passes.fresh_at_s, meta["uid"], _service_interval_s(passes, body))
     if passes.retry_s is not None:
         due = now >= passes.retry_s
     else:
         due = woken or fresh or (passes.wake_s is not None and config.clock() >= passes.wake_s)
     if due and not passes.lock.locked():
+        # A wake that comes while a pass runs (or waits for a slot) stays for the next tick: that pass may
+        # have read the Deployments before the change that woke it.
+        config.woken.discard((meta["namespace"], meta["name"]))
         await reconcile_service(body, patch, memo, logger, fresh_metrics=fresh)
 
 
