@@ -8,8 +8,8 @@ time a move waits for (the drain's end, the move's deadline), or the service's
 (operator/core/schedule.py: services created together do not tick together). A one-second timer runs
 the pass that is due; between them a service costs no API call. At most `max_passes` passes run at once
 (one per core by default): a burst of due passes queues for a core instead of sharing the cores all at
-once, so each pass takes what its own work takes. A failed pass sets `Reconciled=False` with the reason, posts one Warning
-(not one per retry), and is retried with a backoff. A lock per service keeps two passes of one
+once, so each pass takes what its own work takes. A failed pass sets `Reconciled=False` with the
+reason, posts one Warning (not one per retry), and is retried with a backoff. A lock per service keeps two passes of one
 service from overlapping. Importing this module registers the handlers with kopf's default registry.
 """
 from __future__ import annotations
@@ -161,8 +161,7 @@ class Passes:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_s: float | None = None  # loop time of the last pass
-    fresh_s: float | None = None  # loop time of the last pass on fresh traffic (an interval's)
-    fresh_at_s: float | None = None  # its start, in seconds since the epoch (the interval's slots are on that clock)
+    fresh_at_s: float | None = None  # start of the last pass on fresh traffic (an interval's), seconds since the epoch
     interval: tuple[int | None, float] | None = None  # (generation, its reallocation interval in seconds)
     live: tuple[int | None, LiveInput | None] | None = None  # (generation, reading) of that read
     wake_s: float | None = None  # wall time a move waits for
@@ -209,7 +208,7 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         passes.written = (meta.get("resourceVersion"), _merged(previous, status))
         passes.last_s = loop.time()
         if fresh_metrics:
-            passes.fresh_s, passes.fresh_at_s = passes.last_s, fresh_at
+            passes.fresh_at_s = fresh_at
         passes.wake_s = outcome.wake_s if outcome is not None else None
         passes.failures = passes.failures + 1 if error is not None else 0
         passes.retry_s = None if error is None else \

@@ -320,11 +320,9 @@ def _fit_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: 
     for var, count in zip(n, replicas):
         var.lowBound = count
     if settings.solver == "highs":
-        # A dive first: depth-first on the split of least load, to its first whole-slice solution.
-        model.setObjective(pulp.LpAffineExpression(
-            {var: items[k].rate / settings.slice_factor * items[k].seconds_per_request[g] for (k, g), var in y.items()}))
-        order = sorted((k for k, item in enumerate(items) if item.rate > 0),
-                       key=lambda k: -items[k].rate * max(sec for sec in items[k].seconds_per_request if sec is not None))
+        # First the LP-guided rounding on the split of least load, heaviest items first (solver/branching.py).
+        model.setObjective(_load_objective(items, y, settings.slice_factor))
+        order = sorted((k for k, item in enumerate(items) if item.rate > 0), key=lambda k: -_heaviest_slice(items[k]))
         groups = [[y[k, g] for g in range(len(options)) if (k, g) in y] for k in order]
         with _quiet_stdout():
             values = round_by_groups(model, groups, settings.slice_factor, DIVE_NODE_LIMIT)
@@ -344,7 +342,19 @@ def _fit_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: 
     return counts if _fits(items, options, settings, replicas, counts) else None
 
 
-DIVE_NODE_LIMIT = 200
+DIVE_NODE_LIMIT = 200  # LPs the item-by-item rounding may solve before the feasibility MIP runs
+
+
+def _load_objective(items: Sequence[Item], y: Mapping[tuple[int, int], pulp.LpVariable],
+                    slice_factor: int) -> pulp.LpAffineExpression:
+    """Replica-seconds of a split: the least of it leaves the most room for whole slices."""
+    return pulp.LpAffineExpression(
+        {var: items[k].rate / slice_factor * items[k].seconds_per_request[g] for (k, g), var in y.items()})
+
+
+def _heaviest_slice(item: Item) -> float:
+    """The load of one slice of `item` on the slowest option that serves it."""
+    return item.rate * max(sec for sec in item.seconds_per_request if sec is not None)
 
 
 def _fits(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings, replicas: Sequence[int],
@@ -370,8 +380,7 @@ def _least_load_split(items: Sequence[Item], options: Sequence[OptionSpec], sett
     model, n, y = _build(items, fixed, replace(settings, min_total_replicas=0, move_cost=0.0), integer_slices=False)
     for var, count in zip(n, replicas):
         var.lowBound = count
-    model.setObjective(pulp.LpAffineExpression(
-        {var: items[k].rate / settings.slice_factor * items[k].seconds_per_request[g] for (k, g), var in y.items()}))
+    model.setObjective(_load_objective(items, y, settings.slice_factor))
     _run(model, settings.solver, None, mip=False)
     if model.sol_status != pulp.LpSolutionOptimal:
         return None
