@@ -63,9 +63,16 @@ class DemoResult:
     events: list[str] = field(default_factory=list)
     workload_source: str = ""
     notes: list[str] = field(default_factory=list)
+    static_writes: int = 0  # without Prometheus: the spec writes of the player's counts (the create included)
+    generation: int | None = None  # the LLMService's metadata.generation at the end
 
     def summary(self) -> str:
         lines = [f"workload read from {self.workload_source}"] + [f"note: {n}" for n in self.notes]
+        if self.static_writes:
+            lines.append(f"note: the final LLMService has spec.workload source: static at generation "
+                         f"{self.generation}: without Prometheus the demo wrote the player's counts into the spec "
+                         f"{self.static_writes} time(s) (created, then patched whenever the rate or mix moved), and "
+                         f"each spec edit is a new generation")
         lines += [f"{at:6.0f} s  {', '.join(f'{k} x{v}' for k, v in mix.items() if v) or 'nothing'}"
                   for at, mix in self.allocations]
         lines.append(f"final objects as YAML in {self.output_dir}")
@@ -181,8 +188,8 @@ async def _run(options: DemoOptions) -> DemoResult:
         else:
             result.workload_source = "the traffic player's counts, read directly"
             if options.use_prometheus:
-                result.notes.append("no prometheus binary found (Debian: apt-get install prometheus): reading the "
-                                    "player's counts directly and writing them into the LLMService")
+                view.note("no prometheus binary found (Debian: apt-get install prometheus): reading the player's "
+                          "counts directly and writing them into the LLMService")
         stream.start()
         async with serve_emulator(auto_ready=True) as emulator, aiohttp.ClientSession() as session:
             os.environ["KUBECONFIG"] = str(write_kubeconfig(emulator.url, work / "kubeconfig"))
@@ -198,9 +205,12 @@ async def _run(options: DemoOptions) -> DemoResult:
                 static = {"rate": round(rate, 2), "distribution": _normalised(mix)}
             await _post(session, f"{emulator.url}/apis/melange.ai/v1alpha1/namespaces/{NAMESPACE}/llmservices",
                         service_manifest(options.window_s, prometheus.url if prometheus else None, static))
+            result.static_writes = 0 if prometheus else 1
             await _watch(options, emulator, session, metrics, stream, operator, static, prometheus is not None,
                          view, result)
             _dump(emulator, folder)
+            final = emulator.live(LLMSERVICES, NAMESPACE, NAME) or {}
+            result.generation = (final.get("metadata") or {}).get("generation")
             await operator.stop()
             operator = None
     finally:
@@ -244,6 +254,7 @@ async def _watch(options: DemoOptions, emulator: Any, session: aiohttp.ClientSes
                     async with session.patch(url, json=patch,
                                              headers={"Content-Type": "application/merge-patch+json"}):
                         pass
+                    result.static_writes += 1
             snapshot = _snapshot(emulator, started, traffic, result.workload_source, rate)
             allocation = snapshot.status.get("allocation")
             if allocation and (not result.allocations or result.allocations[-1][1] != allocation):

@@ -2,6 +2,7 @@
 move in progress; or, off a terminal, one line per change."""
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +68,8 @@ def _saving(percent: float | None) -> str:
 
 
 class View:
-    """Shows snapshots: a rich Live display on a terminal, else a line per change."""
+    """Shows snapshots: a rich Live display on a terminal, else a line per change and a line per Event
+    (so that a move's steps all appear, however short each was)."""
 
     def __init__(self, live: bool) -> None:
         self.console = Console()
@@ -75,19 +77,37 @@ class View:
         if self.live is not None:
             self.live.start()
         self._last: tuple | None = None
+        self._printed: collections.Counter[str] = collections.Counter()
+
+    def note(self, text: str) -> None:
+        """Say something at once (above the live view on a terminal)."""
+        if self.live is not None:
+            self.console.print(f"note: {text}", markup=False, highlight=False)
+        else:
+            print(f"note: {text}", flush=True)
 
     def show(self, snapshot: Snapshot) -> None:
         if self.live is not None:
             self.live.update(render(snapshot))
             return
         status = snapshot.status
-        key = (snapshot.traffic, str(status.get("allocation")), str((status.get("move") or {}).get("step")))
+        move = (status.get("move") or {}).get("step") or "-"
+        best = status.get("bestSingleType") or {}
+        key = (snapshot.traffic, str(status.get("allocation")), move, status.get("costPerHour"), str(best))
         if key != self._last:
             self._last = key
-            move = (status.get("move") or {}).get("step") or "-"
+            workload = status.get("workload") or {}
             mix = ", ".join(f"{k} x{v}" for k, v in (status.get("allocation") or {}).items() if v) or "nothing"
-            print(f"{snapshot.elapsed_s:6.0f} s  traffic {snapshot.traffic:<9}  {mix:<28} "
-                  f"{_money(status.get('costPerHour')):>10}  move {move}", flush=True)
+            print(f"{snapshot.elapsed_s:6.0f} s  traffic {snapshot.traffic:<9} {snapshot.rate:5.1f} req/s  "
+                  f"operator sees {workload.get('rate', 0):5.2f} req/s  {mix:<24} {_money(status.get('costPerHour')):>10}"
+                  f"  best single {best.get('name', '-')} {_money(best.get('costPerHour'))}"
+                  f"  saves {_saving(status.get('savingsPercent'))}  move {move}", flush=True)
+        seen: collections.Counter[str] = collections.Counter()
+        for event in snapshot.events:  # each once, the same text again only when posted again
+            seen[event] += 1
+            if seen[event] > self._printed[event]:
+                self._printed[event] += 1
+                print(f"{snapshot.elapsed_s:6.0f} s  event {event}", flush=True)
 
     def close(self) -> None:
         if self.live is not None:

@@ -272,7 +272,10 @@ async def _reconcile_once(body: kopf.Body, previous: dict[str, Any], passes: Pas
     problems = {}
     if parsed is not None and parsed.mode == "apply" and condition_status(previous, "Ready") != "True":
         problems = await asyncio.to_thread(cluster.pod_problems, owner)
-    observed = Observed(spec, meta.get("generation"), previous, actual, config.clock(), problems)
+    routers = None
+    if parsed is not None and parsed.mode == "apply" and (previous.get("move") or {}).get("step") == "switching":
+        routers = await asyncio.to_thread(cluster.ready_routers, owner)
+    observed = Observed(spec, meta.get("generation"), previous, actual, config.clock(), problems, routers)
     # Solving takes tens of milliseconds: off the event loop, so watches and the health endpoint stay live.
     outcome = await asyncio.to_thread(reconcile, owner, observed, inputs, config.images, live, config.drain_s)
     error = None

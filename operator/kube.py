@@ -25,7 +25,8 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from melange.operator.core.diff import Actions, ObjectKey
-from melange.operator.core.planner import GROUP, HASH_ANNOTATION, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL, Owner
+from melange.operator.core.planner import (GROUP, HASH_ANNOTATION, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL,
+                                           WRITTEN_BY_OTHERS, Owner)
 from melange.operator.core.problem import ConfigData
 from melange.operator.core.spec import KeyRef
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 NAMESPACE_LABEL = f"{GROUP}/namespace"
 NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL = "karpenter.sh", "v1", "nodepools"
 MONITORING_GROUP, MONITORING_VERSION, POD_MONITOR_PLURAL = "monitoring.coreos.com", "v1", "podmonitors"
+RBAC_VERSION = "rbac.authorization.k8s.io/v1"
 DISCOVERY_TTL_S = 60.0  # how long an answer "this API is (not) served" is reused
 FIELD_MANAGER = MANAGED_BY
 APPLY = "application/apply-patch+yaml"
@@ -57,8 +59,18 @@ def call(method: Any, *args: Any, **kwargs: Any) -> Any:
     raise AssertionError("unreachable")
 
 
+class Refused(RuntimeError):
+    """A call the API server refused, with what to do about it: (reason, message) as describe_error gives."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
 def describe_error(error: BaseException) -> tuple[str, str]:
     """(reason, message) of a failed call, for a condition and an Event."""
+    if isinstance(error, Refused):
+        return error.reason, error.message
     if isinstance(error, ApiException):
         reason = {403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid"}.get(error.status, "APIError")
         try:
@@ -71,14 +83,38 @@ def describe_error(error: BaseException) -> tuple[str, str]:
     return type(error).__name__, str(error)
 
 
+class NoClusterAccess(Exception):
+    """Neither an in-cluster service account nor a usable kubeconfig: the message is one line naming
+    where the operator looked."""
+
+
 def load_config() -> kubernetes.client.ApiClient:
-    """An API client from the in-cluster service account, else from KUBECONFIG / ~/.kube/config."""
+    """An API client from the in-cluster service account, else from KUBECONFIG / ~/.kube/config.
+
+    Raises NoClusterAccess, saying what was looked for, when neither gives a connection."""
     try:
         kubernetes.config.load_incluster_config()
         return kubernetes.client.ApiClient()
-    except kubernetes.config.ConfigException:
-        # The client reads $KUBECONFIG once, when it is first imported: read it now instead.
-        return kubernetes.config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+    except kubernetes.config.ConfigException as error:
+        in_cluster = ("not in a pod with a service account (KUBERNETES_SERVICE_HOST is not set)"
+                      if not os.environ.get("KUBERNETES_SERVICE_HOST")
+                      else f"the in-cluster service account failed ({_one_line(error)})")
+    # The client reads $KUBECONFIG once, when it is first imported: read it now instead.
+    variable = os.environ.get("KUBECONFIG")
+    files = [f for f in variable.split(os.pathsep) if f] if variable else [os.path.expanduser("~/.kube/config")]
+    where = f"KUBECONFIG={variable}" if variable else f"{files[0]} (KUBECONFIG is not set)"
+    hint = "run in a pod with a service account, or set KUBECONFIG to a kubeconfig file"
+    if not any(os.path.isfile(f) for f in files):
+        raise NoClusterAccess(f"no Kubernetes connection: {in_cluster}, and no kubeconfig file at {where}; {hint}")
+    try:
+        return kubernetes.config.new_client_from_config(config_file=variable or files[0])
+    except Exception as error:  # ConfigException, a YAML error, a missing certificate file, ...
+        raise NoClusterAccess(f"no Kubernetes connection: {in_cluster}, and the kubeconfig at {where} is not usable: "
+                              f"{_one_line(error)}; {hint}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 class Cluster:
@@ -90,6 +126,14 @@ class Cluster:
         self.apps = kubernetes.client.AppsV1Api(api)
         self.custom = kubernetes.client.CustomObjectsApi(api)
         self.policy = kubernetes.client.PolicyV1Api(api)
+        self.rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+        # The built-in kinds a service owns: kind -> (apiVersion, client, the client methods' suffix).
+        self._kinds: dict[str, tuple[str, Any, str]] = {
+            "Deployment": ("apps/v1", self.apps, "deployment"), "Service": ("v1", self.core, "service"),
+            "ConfigMap": ("v1", self.core, "config_map"),
+            "PodDisruptionBudget": ("policy/v1", self.policy, "pod_disruption_budget"),
+            "ServiceAccount": ("v1", self.core, "service_account"), "Role": (RBAC_VERSION, self.rbac, "role"),
+            "RoleBinding": (RBAC_VERSION, self.rbac, "role_binding")}
         # object -> (desired content hash, resourceVersion the API server gave it after our apply)
         self.applied: dict[ObjectKey, tuple[str | None, str | None]] = {}
         self._served: dict[tuple[str, str, str], tuple[float, bool]] = {}
@@ -135,13 +179,21 @@ class Cluster:
                 data[(name, key)] = value
         return data
 
-    def read_secret(self, namespace: str, ref: KeyRef) -> str | None:
-        """One key of a Secret, decoded; None when the Secret or the key does not exist."""
+    def read_secret(self, namespace: str, ref: KeyRef,
+                    wanted_by: str = "spec.workload.prometheus.bearerTokenSecretRef") -> str | None:
+        """One key of a Secret, decoded; None when the Secret or the key does not exist. The chart
+        grants reading Secrets only with `secrets.read`: a refusal says so."""
         try:
             secret = call(self.core.read_namespaced_secret, ref.name, namespace)
         except ApiException as error:
             if error.status == 404:
                 return None
+            if error.status == 403:
+                _, message = describe_error(error)
+                raise Refused("Forbidden", f"{message}; the operator may not read Secret {ref.name} in namespace "
+                                           f"{namespace}, which {wanted_by} names: install the chart with "
+                                           f"secrets.read=true (helm upgrade ... --set secrets.read=true) or "
+                                           f"grant get on secrets to its ServiceAccount") from error
             raise
         value = (secret.data or {}).get(ref.key)
         return None if value is None else base64.b64decode(value).decode().strip()
@@ -159,17 +211,13 @@ class Cluster:
         return str(path)
 
     def owned_objects(self, owner: Owner, node_pools: bool, pod_monitors: bool = False) -> list[dict[str, Any]]:
-        """Deployments, Services, ConfigMaps and PodDisruptionBudgets the service owns (by label), and where
-        asked its NodePools and PodMonitors."""
+        """Deployments, Services, ConfigMaps, PodDisruptionBudgets and the router's ServiceAccount, Role and
+        RoleBinding the service owns (by label), and where asked its NodePools and PodMonitors."""
         selector = _owned_selector(owner)
-        found = [self._plain(o, "apps/v1", "Deployment")
-                 for o in call(self.apps.list_namespaced_deployment, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, "v1", "Service")
-                  for o in call(self.core.list_namespaced_service, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, "v1", "ConfigMap")
-                  for o in call(self.core.list_namespaced_config_map, owner.namespace, label_selector=selector).items]
-        found += [self._plain(o, "policy/v1", "PodDisruptionBudget") for o in call(
-            self.policy.list_namespaced_pod_disruption_budget, owner.namespace, label_selector=selector).items]
+        found = []
+        for kind, (api_version, api, suffix) in self._kinds.items():
+            listed = call(getattr(api, f"list_namespaced_{suffix}"), owner.namespace, label_selector=selector)
+            found += [self._plain(o, api_version, kind) for o in listed.items]
         if node_pools:
             found += self.node_pools(owner)
         if pod_monitors:
@@ -183,6 +231,13 @@ class Cluster:
         answer = call(self.custom.list_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                       label_selector=selector)
         return list(answer.get("items", []))
+
+    def ready_routers(self, owner: Owner) -> list[str]:
+        """The names of the service's ready router pods (not being deleted)."""
+        selector = f"{SERVICE_LABEL}={owner.name},app.kubernetes.io/component=router"
+        pods = call(self.core.list_namespaced_pod, owner.namespace, label_selector=selector).items
+        return sorted(p.metadata.name for p in pods if p.metadata.deletion_timestamp is None
+                      and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])))
 
     def pod_problems(self, owner: Owner) -> dict[str, str]:
         """Why the pools' pods are not ready, one line per option: the scheduler's message for a pod
@@ -210,6 +265,9 @@ class Cluster:
             content = (obj["metadata"].get("annotations") or {}).get(HASH_ANNOTATION)
             if key in versions and self.applied.get(key) == (content, versions[key]):
                 continue  # nobody changed it since we applied this content
+            shared = (obj["metadata"].get("annotations") or {}).get(WRITTEN_BY_OTHERS)
+            if shared and key in versions and key not in created and key not in changed:
+                continue  # others write into it (each write moves its version): unchanged content is enough
             stored = self._apply(obj)
             # (the client gives no body for a custom object created by apply: then it is applied again)
             self.applied[key] = (content, ((stored or {}).get("metadata") or {}).get("resourceVersion"))
@@ -236,15 +294,9 @@ class Cluster:
         meta = obj["metadata"]
         kind = obj["kind"]
         options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
-        if kind == "Deployment":
-            stored = call(self.apps.patch_namespaced_deployment, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "Service":
-            stored = call(self.core.patch_namespaced_service, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "ConfigMap":
-            stored = call(self.core.patch_namespaced_config_map, meta["name"], meta["namespace"], obj, **options)
-        elif kind == "PodDisruptionBudget":
-            stored = call(self.policy.patch_namespaced_pod_disruption_budget, meta["name"], meta["namespace"], obj,
-                          **options)
+        if kind in self._kinds:
+            _, api, suffix = self._kinds[kind]
+            stored = call(getattr(api, f"patch_namespaced_{suffix}"), meta["name"], meta["namespace"], obj, **options)
         elif kind == "NodePool":
             return call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                         meta["name"], obj, **options)
@@ -257,14 +309,9 @@ class Cluster:
 
     def _delete(self, key: ObjectKey) -> None:
         try:
-            if key.kind == "Deployment":
-                call(self.apps.delete_namespaced_deployment, key.name, key.namespace)
-            elif key.kind == "Service":
-                call(self.core.delete_namespaced_service, key.name, key.namespace)
-            elif key.kind == "ConfigMap":
-                call(self.core.delete_namespaced_config_map, key.name, key.namespace)
-            elif key.kind == "PodDisruptionBudget":
-                call(self.policy.delete_namespaced_pod_disruption_budget, key.name, key.namespace)
+            if key.kind in self._kinds:
+                _, api, suffix = self._kinds[key.kind]
+                call(getattr(api, f"delete_namespaced_{suffix}"), key.name, key.namespace)
             elif key.kind == "NodePool":
                 call(self.custom.delete_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                      key.name)

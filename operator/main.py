@@ -4,7 +4,8 @@ Flags follow `kopf run`: `-n/--namespace NS` (repeatable) or `-A/--all-namespace
 URL`, `--verbose`, peering (`--peering NAME`, or `--standalone` for one replica without peering);
 and ours: the default Prometheus, the operator's metrics port, the drain period, default images,
 the PodMonitors.
-The Kubernetes connection comes from the in-cluster service account, else KUBECONFIG.
+The Kubernetes connection comes from the in-cluster service account, else KUBECONFIG (else
+~/.kube/config); without either the command says where it looked and exits 2 before kopf starts.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import kopf
 
 from melange.operator import handlers  # noqa: F401  (registers the handlers with kopf)
 from melange.operator.handlers import OperatorConfig
+from melange.operator.kube import Cluster, NoClusterAccess, load_config
 from melange.operator.live_workload import PrometheusDefaults
 from melange.operator.core.moves import DEFAULT_DRAIN_S
 from melange.operator.core.planner import Images, PodMonitorSettings
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="serve the operator's own metrics on this port at /metrics; 0: off (default 9090)")
     parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_S, metavar="SECONDS",
                         help=f"wait this long after switching the routing before scaling old pools down "
-                             f"(default {DEFAULT_DRAIN_S:g} s: the kubelet syncs a mounted ConfigMap within about a minute)")
+                             f"(default {DEFAULT_DRAIN_S:g} s, counted from every router serving the new table: requests in flight on the old split finish)")
     parser.add_argument("--pod-monitors", choices=("auto", "on", "off"), default="auto",
                         help="a Prometheus Operator PodMonitor per service for its pools and router: auto (where "
                              "the monitoring.coreos.com/v1 CRDs are installed), on (always; the operator stops if "
@@ -118,6 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.max_passes < 1:
             build_parser().error(f"--max-passes: got {args.max_passes}, expected an integer >= 1")
         config.max_passes = args.max_passes
+    try:  # checked before kopf starts, which would retry a missing connection every minute
+        config.cluster = Cluster(load_config())
+    except NoClusterAccess as error:
+        print(f"melange-operator: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     memo = kopf.Memo(config=config)
     kopf.run(clusterwide=args.all_namespaces, namespaces=args.namespace, liveness_endpoint=args.liveness,
              standalone=args.standalone or None, peering_name=args.peering, priority=args.priority, memo=memo)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ class LoadedInputs:
     problem: Problem
     settings: Mapping[str, Any]
     settings_where: str = "settings"
+    # Other names a flag may give an option by (lower case -> option name): a catalog GPU's aliases.
+    aliases: Mapping[str, str] = field(default_factory=dict)
 
 
 class _TableDumper(yaml.SafeDumper):
@@ -149,8 +151,8 @@ def load_bundle(path: Path) -> LoadedInputs:
     workload = _bundle_workload(mapping["workload"], path, f"{where}.workload", sourced[0][0].grid)
     check_profile_grids(workload, sourced, f"{where}.workload")
     settings = dict(require_mapping(mapping.get("settings") or {}, f"{where}.settings"))
-    return LoadedInputs(match_profiles(workload, options, [p for p, _ in sourced], f"{where}.profiles"), settings,
-                        f"{where}.settings")
+    return LoadedInputs(match_profiles(workload, options, [p for p, _ in sourced], f"{where}.profiles",
+                                       f"{where}.options"), settings, f"{where}.settings")
 
 
 def _bundle_workload(data: Any, bundle: Path, where: str, profiles_grid: BucketGrid) -> Workload:
@@ -165,6 +167,7 @@ def _bundle_workload(data: Any, bundle: Path, where: str, profiles_grid: BucketG
                                f"given in {where}.rate")
 
 
-def assemble(workload: Workload, options: Sequence[GpuOption], profiles: Sequence[Profile]) -> LoadedInputs:
-    """Inputs from separate files."""
-    return LoadedInputs(match_profiles(workload, options, profiles), {})
+def assemble(workload: Workload, options: Sequence[GpuOption], profiles: Sequence[Profile],
+             options_where: str = "options") -> LoadedInputs:
+    """Inputs from separate files (`options_where`: the options' file, for errors)."""
+    return LoadedInputs(match_profiles(workload, options, profiles, options_where=options_where), {})

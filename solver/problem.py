@@ -25,9 +25,10 @@ def _profile_key(gpu: str, gpus_per_replica: int) -> tuple[str, int]:
 
 
 def match_profiles(workload: Workload, options: Sequence[GpuOption], profiles: Sequence[Profile],
-                   where: str = "profiles") -> Problem:
+                   where: str = "profiles", options_where: str = "options") -> Problem:
     """Pair each option with the profile of its GPU type and replica size, and check that every
-    profile uses the workload's grid, one model and one SLO."""
+    profile uses the workload's grid, one model and one SLO. `where` and `options_where` say where
+    the profiles and the options were given (a bundle's errors name its file)."""
     if not options:
         raise InputError("options", "no GPU options given", "at least one option")
     by_key: dict[tuple[str, int], Profile] = {}
@@ -39,7 +40,7 @@ def match_profiles(workload: Workload, options: Sequence[GpuOption], profiles: S
         profile = by_key.get(_profile_key(option.gpu_type, option.gpus_per_replica))
         if profile is None:
             known = sorted(f"{gpu} x{tp}" for gpu, tp in by_key)
-            raise InputError(f"options.{option.name}",
+            raise InputError(f"{options_where}.{option.name}.gpu",
                              f"no profile for GPU {option.gpu_type!r} with {option.gpus_per_replica} GPU(s) per replica",
                              f"profiles given: {', '.join(known) or 'none'}")
         matched.append(profile)

@@ -10,6 +10,9 @@ from melange.solver.buckets import BucketGrid
 from melange.solver.errors import InputError
 
 
+TABLE_KEY = "routing.json"  # the file name (and ConfigMap key) the router reads a table from
+
+
 def routing_table(allocation: Allocation, grid: BucketGrid, pool_urls: Mapping[str, list[str] | str]) -> dict[str, Any]:
     """The routing-table document for `allocation`: input weights per input bucket (rate-weighted over
     output buckets in paper mode) and, in paper mode, joint weights per (input, output) bucket.

@@ -116,6 +116,20 @@ def solve(problem: Problem, settings: IlpSettings | None = None, mode: str = "pa
     other = None
     if compare_modes:
         other = allocate(problem, settings, "routable" if mode == "paper" else "paper")
+    return _report(problem, settings, allocation, other)
+
+
+def unservable_report(problem: Problem, settings: IlpSettings | None = None, mode: str = "paper") -> SolveReport:
+    """The report of a problem with traffic no option can serve (what `solve` raises InfeasibleError
+    for): status 'infeasible', no replicas, and the single types' baselines (none can serve alone).
+    For a sweep, which keeps such a rate as a row beside the others."""
+    settings = settings or IlpSettings()
+    uses = tuple(OptionUse(o.name, 0, 0, 0.0, 0.0, 0.0, None, o.nodes(0)) for o in problem.options)
+    allocation = Allocation(mode, "infeasible", math.nan, uses, (), None, settings.solver, 0.0)
+    return _report(problem, settings, allocation, None)
+
+
+def _report(problem: Problem, settings: IlpSettings, allocation: Allocation, other: Allocation | None) -> SolveReport:
     replicas = single_type_replicas(problem, settings)
     costs = {o.name: None if replicas[o.name] is None else o.cost(replicas[o.name]) for o in problem.options}
     sources = {o.name: p.source for o, p in zip(problem.options, problem.profiles)}

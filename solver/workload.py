@@ -275,7 +275,7 @@ def workload_from_trace(requests: list[TraceRequest], grid: BucketGrid, rate: fl
     if kept == 0:
         raise InputError(where, f"all {len(requests)} requests lie beyond the grid "
                                 f"(input > {grid.input_edges[-1]} or output > {grid.output_edges[-1]} tokens)")
-    notes = [f"binned {kept} requests from {where}"]
+    notes = [f"binned {kept} request{'' if kept == 1 else 's'} from {where}"]
     if dropped:
         notes.append(f"dropped {dropped} of {len(requests)} requests ({100 * dropped / len(requests):.2f}%) "
                      f"beyond the grid (input > {grid.input_edges[-1]} or output > {grid.output_edges[-1]} tokens)")

@@ -304,7 +304,15 @@ class LocalCluster:
     def install_crds(self, folder: Path) -> None:
         """Apply the CRDs in a folder and wait until the API server serves them."""
         self.kubectl("apply", "--server-side", "--field-manager=e2e-test", "-f", str(folder))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(folder))
+        for _ in range(20):  # a CRD read before the API server writes its first status has no conditions
+            waited = self.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(folder),
+                                  check=False)
+            if waited.returncode == 0:
+                return
+            if "accessor error" not in waited.stderr:
+                break
+            time.sleep(0.25)
+        raise ClusterError(f"CRDs in {folder} not Established:\n{waited.stdout}{waited.stderr}")
 
     def install_monitoring_crds(self) -> None:
         """The Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1), as kube-prometheus-stack

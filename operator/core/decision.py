@@ -3,7 +3,8 @@
 The rules, in order:
 1. Nothing deployed yet: take the optimum ("initial").
 2. The current replicas cannot serve the observed demand within the SLO: move at once ("scale-up"),
-   whatever the cooldown.
+   whatever the cooldown. What runs is outside the spec's replica bounds (a raised minReplicas, a
+   lowered maxReplicas, a dropped option): move at once ("bounds").
 3. The optimum (solved with a move cost against the current allocation, so near-ties keep what
    runs) is the current allocation: keep.
 4. It saves at least `minSavingsPercent` of the current $/h and the cooldown has passed since the
@@ -32,7 +33,7 @@ MOVE_COST_SHARE = 0.02
 
 @dataclass(frozen=True)
 class Decision:
-    """`kind`: initial, scale-up, rebalance (all three move to `target`) or keep (`target` = current)."""
+    """`kind`: initial, scale-up, bounds, rebalance (all four move to `target`) or keep (`target` = current)."""
 
     kind: str
     target: Mapping[str, int]
@@ -66,6 +67,21 @@ def covers(problem: Problem, replicas: Mapping[str, int], settings: IlpSettings,
         return False
 
 
+def outside_bounds(problem: Problem, replicas: Mapping[str, int]) -> str | None:
+    """How `replicas` break the options' replica bounds, in a line; None when they keep them."""
+    options = {o.name: o for o in problem.options}
+    for name, count in sorted(replicas.items()):
+        if count > 0 and name not in options:
+            return f"{name} runs {count} but is no longer an option"
+    for option in problem.options:
+        count = replicas.get(option.name, 0)
+        if count < option.min_replicas:
+            return f"{option.name} runs {count}, below its minReplicas {option.min_replicas}"
+        if option.max_replicas is not None and count > option.max_replicas:
+            return f"{option.name} runs {count}, above its maxReplicas {option.max_replicas}"
+    return None
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f}m" if seconds >= 120 else f"{seconds:.0f}s"
 
@@ -88,6 +104,9 @@ def decide(current: Mapping[str, int] | None, candidate: SolveReport, problem: P
     if not current_covers:
         bound = f": {demand.at_least()}" if noisy else ""
         return Decision("scale-up", target, f"demand exceeds what runs{bound}: moving to ${new_cost:.2f}/h at once")
+    outside = outside_bounds(problem, current)
+    if outside is not None and candidate.allocation.solved:
+        return Decision("bounds", target, f"{outside}: moving to ${new_cost:.2f}/h at once")
     old_cost = cost_of(problem, current)
     if all(target.get(name, 0) == current.get(name, 0) for name in set(target) | set(current)):
         return Decision("keep", dict(current), f"kept: already optimal at ${old_cost:.2f}/h")

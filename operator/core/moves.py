@@ -3,9 +3,9 @@ so a restarted operator resumes it where it stood.
 
     scaling-up    every pool at max(old, new) replicas; routing still follows the old split;
                   waits until every pool has that many ready replicas
-    switching     the routing table follows the new split (written this step)
-    draining      waits `drain_s` (the router re-reads its mounted table when the kubelet syncs
-                  the ConfigMap, and requests in flight finish)
+    switching     the routing table follows the new split (written this step); waits until every
+                  ready router pod acknowledges serving it
+    draining      waits `drain_s` (requests in flight on the old split finish)
     scaling-down  every pool at its new replicas; pools the new mix drops go to zero, then away
     (done)        status.allocation is the new mix
 
@@ -21,7 +21,7 @@ from typing import Any
 from melange.operator.core.status import from_iso, iso
 
 STEPS = ("scaling-up", "switching", "draining", "scaling-down")
-DEFAULT_DRAIN_S = 90.0
+DEFAULT_DRAIN_S = 90.0  # after every router acknowledged the switch: requests in flight on the old split finish
 
 
 @dataclass(frozen=True)
@@ -91,24 +91,30 @@ def all_ready(wanted: Mapping[str, int], ready: Mapping[str, int]) -> bool:
     return all(ready.get(name, 0) >= count for name, count in wanted.items() if count > 0)
 
 
-def advance(move: Move, ready: Mapping[str, int], now_s: float, drain_s: float = DEFAULT_DRAIN_S) -> Move | None:
+def advance(move: Move, ready: Mapping[str, int], now_s: float, drain_s: float = DEFAULT_DRAIN_S,
+            switched: bool = True) -> Move | None:
     """The move after this pass's observations; None when it is complete. `ready`: ready replicas per
-    pool now. The caller then applies `stage()` of the returned move."""
+    pool now; `switched`: every router serves the new table. The caller then applies `stage()` of the
+    returned move."""
     if move.step == "scaling-up":
         return move.at("switching", now_s) if all_ready(peak(move), ready) else move
-    if move.step == "switching":  # the switch was written last pass; the drain counts from then
-        return move.at("draining", move.since_s)
+    if move.step == "switching":  # the drain counts from the acknowledgement
+        return move.at("draining", now_s) if switched else move
     if move.step == "draining":
         return move.at("scaling-down", now_s) if now_s - move.since_s >= drain_s else move
     shrunk = all(ready.get(name, 0) <= move.target.get(name, 0) for name in peak(move))
     return None if shrunk else move
 
 
-def next_wake_s(move: Move, drain_s: float, timeout_s: float) -> float:
-    """When the move needs a pass that no change of its pools announces: the switch follows at once, the
-    drain ends after `drain_s`, and a scale-up that never becomes ready ends at its deadline."""
+SWITCH_POLL_S = 2.0  # how often a switch looks for the routers' acknowledgements
+
+
+def next_wake_s(move: Move, drain_s: float, timeout_s: float, now_s: float | None = None) -> float:
+    """When the move needs a pass that no change of its pools announces: the switch looks for the routers'
+    acknowledgements at once and then every SWITCH_POLL_S, the drain ends after `drain_s`, and a
+    scale-up that never becomes ready ends at its deadline."""
     if move.step == "switching":
-        return move.since_s
+        return move.since_s if now_s is None or now_s <= move.since_s else now_s + SWITCH_POLL_S
     if move.step == "draining":
         return move.since_s + drain_s
     return move.began_s + timeout_s

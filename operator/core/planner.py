@@ -22,6 +22,7 @@ from typing import Any
 
 from melange.operator.core.pods import PRESTOP_S, PodShape, pod_shape
 from melange.operator.core.spec import GpuOptionSpec, ServiceSpec
+from melange.solver.routing import TABLE_KEY
 from melange.solver.profiles import Profile
 from melange.solver.profiling.catalog import Catalog
 
@@ -31,8 +32,8 @@ MANAGED_BY = "melange-operator"
 SERVICE_LABEL = f"{GROUP}/service"
 OPTION_LABEL = f"{GROUP}/option"
 HASH_ANNOTATION = f"{GROUP}/spec-hash"
-ROUTING_KEY = "routing.json"
-ROUTING_MOUNT = "/etc/melange/routing"
+# On an object others write into (the named field): applied again only when its desired content changes.
+WRITTEN_BY_OTHERS = f"{GROUP}/written-by-others"
 ROUTER_PORT = 8080
 SERVICE_PORT = 8000
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -234,12 +235,55 @@ def routing_config_map(owner: Owner, table: Mapping[str, Any]) -> dict[str, Any]
     return _finish({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": routing_config_name(owner), "labels": labels(owner, "routing")},
-        "data": {ROUTING_KEY: json.dumps(table, indent=1, sort_keys=True)},
+        "data": {TABLE_KEY: json.dumps(table, indent=1, sort_keys=True)},
     }, owner)
 
 
+def router_acks_name(owner: Owner) -> str:
+    return f"{owner.name}-router-acks"
+
+
+def router_acks(owner: Owner) -> dict[str, Any]:
+    """The ConfigMap where each router pod writes the table version it serves (key: the pod's name). The
+    operator creates it empty and owns no key of it; routers own theirs."""
+    return _finish({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": router_acks_name(owner), "labels": labels(owner, "router"),
+                                 "annotations": {WRITTEN_BY_OTHERS: "data"}}}, owner)
+
+
+def router_access(owner: Owner) -> list[dict[str, Any]]:
+    """The router's ServiceAccount, and a Role bound to it that lets it watch its routing ConfigMap (that
+    one only: RBAC names it, and the router lists it by name), write its acknowledgements into the
+    acknowledgement ConfigMap (that one only), and watch its pools' EndpointSlices."""
+    name = router_name(owner)
+    account = _finish({"apiVersion": "v1", "kind": "ServiceAccount",
+                       "metadata": {"name": name, "labels": labels(owner, "router")}}, owner)
+    role = _finish({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": name, "labels": labels(owner, "router")},
+        "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list", "watch"],
+                   "resourceNames": [routing_config_name(owner)]},
+                  {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch"],
+                   "resourceNames": [router_acks_name(owner)]},
+                  {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]}],
+    }, owner)
+    binding = _finish({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": name, "labels": labels(owner, "router")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
+    }, owner)
+    return [account, role, binding]
+
+
+def table_version(table: Mapping[str, Any]) -> str:
+    """The version a routing table is known by: a hash of its content (its own version left out)."""
+    return content_hash({key: value for key, value in table.items() if key != "version"})
+
+
 def router_deployment(owner: Owner, spec: ServiceSpec, images: Images) -> dict[str, Any]:
-    """The size-aware router: it reads the routing ConfigMap (re-read when the file changes)."""
+    """The size-aware router: it watches the routing ConfigMap and the pools' EndpointSlices through the
+    API (as its own ServiceAccount) and balances each pool's requests over its ready pods."""
     probe_port = {"port": "http"}
     return _finish({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -256,8 +300,11 @@ def router_deployment(owner: Owner, spec: ServiceSpec, images: Images) -> dict[s
                         "name": "router",
                         "image": spec.router_image or images.router,
                         "command": ["melange-router"],
-                        "args": ["--table", f"{ROUTING_MOUNT}/{ROUTING_KEY}", "--port", str(ROUTER_PORT),
-                                 "--model-name", spec.model],
+                        "args": ["--table-configmap", routing_config_name(owner), "--discover-service", owner.name,
+                                 "--acknowledge-configmap", router_acks_name(owner),
+                                 "--port", str(ROUTER_PORT), "--model-name", spec.model],
+                        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
                         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
                         "readinessProbe": {"httpGet": {"path": "/readyz", **probe_port}, "periodSeconds": 5},
                         "livenessProbe": {"httpGet": {"path": "/healthz", **probe_port}, "periodSeconds": 15},
@@ -265,10 +312,9 @@ def router_deployment(owner: Owner, spec: ServiceSpec, images: Images) -> dict[s
                                       "limits": {"cpu": "2", "memory": "512Mi"}},
                         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
-                        "volumeMounts": [{"name": "routing", "mountPath": ROUTING_MOUNT, "readOnly": True}],
                     }],
+                    "serviceAccountName": router_name(owner),
                     "enableServiceLinks": False,
-                    "volumes": [{"name": "routing", "configMap": {"name": routing_config_name(owner)}}],
                 },
             },
         },
@@ -372,7 +418,8 @@ def plan(owner: Owner, spec: ServiceSpec, replicas: Mapping[str, int], profiles:
         objects.append(pool_service(owner, spec, option.name))
         objects.append(disruption_budget(owner, pool_name(owner, option.name),
                                          {SERVICE_LABEL: owner.name, OPTION_LABEL: option.name}, "pool", option.name))
-    objects += [routing_config_map(owner, routing_table), router_deployment(owner, spec, images),
+    objects += [routing_config_map(owner, routing_table), router_acks(owner), *router_access(owner),
+                router_deployment(owner, spec, images),
                 router_service(owner),
                 disruption_budget(owner, router_name(owner),
                                   {SERVICE_LABEL: owner.name, "app.kubernetes.io/component": "router"}, "router")]

@@ -18,7 +18,8 @@ from typing import Any
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
 from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, next_wake_s, peak, stage
 from melange.operator.core.noise import bounds
-from melange.operator.core.planner import OPTION_LABEL, ROUTING_KEY, Images, Owner, plan, pool_url, routing_config_name
+from melange.operator.core.planner import (OPTION_LABEL, Images, Owner, plan, pool_url,
+                                           router_acks_name, routing_config_name, table_version)
 from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
 from melange.operator.core.spec import ServiceSpec, parse_spec
 from melange.operator.core.status import condition, condition_status, describe_mix, from_iso, iso, merge_conditions
@@ -26,7 +27,7 @@ from melange.solver.allocation import Allocation, OptionUse, SolveReport
 from melange.solver.errors import InfeasibleError, InputError
 from melange.solver.ilp import IlpSettings
 from melange.solver.problem import Problem
-from melange.solver.routing import routing_table
+from melange.solver.routing import TABLE_KEY, routing_table
 from melange.solver.solve import allocate, solve
 from melange.solver.workload import Workload
 
@@ -34,7 +35,8 @@ from melange.solver.workload import Workload
 @dataclass(frozen=True)
 class Observed:
     """What the shell read for one service: its spec, generation and status, the objects it owns, the
-    time (seconds since the epoch), and, while pools are not ready, what their pods say."""
+    time (seconds since the epoch), while pools are not ready what their pods say, and while a move
+    switches tables the ready router pods."""
 
     spec: Mapping[str, Any]
     generation: int | None
@@ -42,6 +44,7 @@ class Observed:
     actual: Sequence[Mapping[str, Any]]
     now_s: float
     pod_problems: Mapping[str, str] = field(default_factory=dict)  # option -> why its pods are not ready
+    routers: Sequence[str] | None = None  # ready router pods while a move switches (None: not read)
 
     @property
     def now(self) -> str:
@@ -168,7 +171,8 @@ def split_for(problem: Problem, replicas: Mapping[str, int], settings: IlpSettin
 
 def _table(owner: Owner, problem: Problem, allocation: Allocation) -> dict[str, Any]:
     urls = {use.name: pool_url(owner, use.name) for use in allocation.options if use.replicas > 0}
-    return routing_table(allocation, problem.workload.grid, urls)
+    table = routing_table(allocation, problem.workload.grid, urls)
+    return {**table, "version": table_version(table)}
 
 
 def _current_table(observed: Observed, owner: Owner, source: Mapping[str, int]) -> dict[str, Any] | None:
@@ -177,7 +181,7 @@ def _current_table(observed: Observed, owner: Owner, source: Mapping[str, int]) 
     for obj in observed.actual:
         if obj.get("kind") == "ConfigMap" and obj["metadata"]["name"] == routing_config_name(owner):
             try:
-                table = json.loads((obj.get("data") or {}).get(ROUTING_KEY, ""))
+                table = json.loads((obj.get("data") or {}).get(TABLE_KEY, ""))
             except ValueError:
                 return None
             pools = table.get("pools") if isinstance(table, dict) else None
@@ -266,9 +270,13 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
                         observed.now_s)
             events.append(Event("Normal", "MoveStarted", f"{describe_mix(move.source)} -> {describe_mix(move.target)}: "
                                                          f"{decision.reason}"))
+    waiting_for = None
     if move is not None:
         before = move.step
-        move = advance(move, ready_replicas(observed.actual), observed.now_s, drain_s)
+        if move.step == "switching" and spec.mode == "apply":
+            version = _table(owner, problem, split_for(problem, move.target, plain, spec.routing_mode))["version"]
+            waiting_for = unacknowledged(observed, owner, version)
+        move = advance(move, ready_replicas(observed.actual), observed.now_s, drain_s, switched=not waiting_for)
         if move is None:
             target = Move.from_status(previous.get("move")) or Move(applied, applied, "scaling-down", 0)
             events.append(_reallocated("Reallocated", applied, cost_of(problem, applied), dict(target.target),
@@ -293,7 +301,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         profiles = {o.name: p for o, p in zip(problem.options, problem.profiles)}
         desired = plan(owner, spec, replicas, profiles, table, images, inputs.catalog,
                        {o.name: o.gpus_per_node for o in problem.options}, inputs.monitoring)
-    status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure)
+    status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure, waiting_for)
     pools = node_pool_names(observed.actual, desired)
     if pools or observed.status.get("nodePools"):
         status["nodePools"] = pools or None
@@ -301,8 +309,24 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
     status["lastMoveFailure"] = failure
     if decision is not None:
         status["lastDecision"] = {"kind": decision.kind, "reason": decision.reason, "time": observed.now}
-    wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain_s, timeout_s)
+    wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain_s, timeout_s, observed.now_s)
     return Outcome(status, desired, tuple(events), spec, report, decision, wake)
+
+
+def unacknowledged(observed: Observed, owner: Owner, version: str) -> str | None:
+    """Which ready router pods do not serve the table `version` yet, in a line; None when all do (or the
+    shell does not follow routers)."""
+    if observed.routers is None:
+        return None
+    acks: Mapping[str, str] = {}
+    for obj in observed.actual:
+        if obj.get("kind") == "ConfigMap" and obj["metadata"]["name"] == router_acks_name(owner):
+            acks = obj.get("data") or {}
+    behind = [f"{pod} serves {acks[pod]}" if pod in acks else f"{pod} has acknowledged none"
+              for pod in observed.routers if acks.get(pod) != version]
+    if not behind:
+        return None
+    return f"waiting for router pods to serve routing table {version}: {', '.join(behind)}"
 
 
 def node_pool_names(actual: Sequence[Mapping[str, Any]], desired: Sequence[Mapping[str, Any]] | None) -> list[str]:
@@ -366,7 +390,8 @@ def _savings(best: tuple[str, float] | None, cost: float) -> float | None:
 
 def _status(observed: Observed, owner: Owner, spec: ServiceSpec, problem: Problem, report: SolveReport,
             applied: Mapping[str, int], move: Move | None, desired: list[dict[str, Any]] | None,
-            live: LiveInput | None, failure: Mapping[str, Any] | None) -> dict[str, Any]:
+            live: LiveInput | None, failure: Mapping[str, Any] | None, waiting_for: str | None = None
+            ) -> dict[str, Any]:
     cost = cost_of(problem, applied)
     best = report.best_single
     optimum = dict(report.allocation.replicas)
@@ -402,8 +427,10 @@ def _status(observed: Observed, owner: Owner, spec: ServiceSpec, problem: Proble
         status["workload"]["notes"] = notes[:5]
     gen, now, previous = observed.generation, observed.now, observed.status.get("conditions") or []
     if move is not None:
-        progressing = condition("Progressing", True, "Moving", f"{move.step}: {describe_mix(move.source)} -> "
-                                                               f"{describe_mix(move.target)}", now, gen, previous)
+        message = f"{move.step}: {describe_mix(move.source)} -> {describe_mix(move.target)}"
+        if waiting_for and move.step == "switching":
+            message += f"; {waiting_for}"
+        progressing = condition("Progressing", True, "Moving", message, now, gen, previous)
     elif failure is not None:
         progressing = condition("Progressing", False, "MoveTimedOut", str(failure.get("message", "")), now, gen,
                                 previous)

@@ -28,15 +28,20 @@ _TWO_BYTE = re.compile("[\u0080-\u07ff]")
 _WIDE = re.compile("[^\u0000-\u07ff]")
 
 
-def estimate_text_tokens(text: str) -> int:
-    """Tokens of one text, estimated from its characters by script."""
+def text_token_weight(text: str) -> float:
+    """Tokens of one text, estimated from its characters by script, unrounded (so that short texts
+    keep their proportions when a known total is shared between them)."""
     if text.isascii():
-        return round(len(text) / ASCII_CHARS_PER_TOKEN)
+        return len(text) / ASCII_CHARS_PER_TOKEN
     two_byte = len(_TWO_BYTE.findall(text))
     wide = len(_WIDE.findall(text))
     ascii_chars = len(text) - two_byte - wide
-    return round(ascii_chars / ASCII_CHARS_PER_TOKEN + two_byte * TOKENS_PER_TWO_BYTE_CHAR
-                 + wide * TOKENS_PER_WIDE_CHAR)
+    return ascii_chars / ASCII_CHARS_PER_TOKEN + two_byte * TOKENS_PER_TWO_BYTE_CHAR + wide * TOKENS_PER_WIDE_CHAR
+
+
+def estimate_text_tokens(text: str) -> int:
+    """Tokens of one text, estimated from its characters by script."""
+    return round(text_token_weight(text))
 
 
 def _message_text(message: Any) -> str:

@@ -16,12 +16,14 @@ from melange.solver.inputs import load_document
 @dataclass(frozen=True)
 class RoutingTable:
     """Pools with their upstream URLs and, per input bucket (and optionally per (input, output)
-    bucket), each pool's share of requests."""
+    bucket), each pool's share of requests; `version` names the table (the operator writes a hash of
+    its content, and waits until every router serves it)."""
 
     grid: BucketGrid
     pools: Mapping[str, tuple[str, ...]]
     input_weights: tuple[Mapping[str, float], ...]
     joint_weights: tuple[tuple[Mapping[str, float], ...], ...] | None = None
+    version: str = ""
 
     def weights(self, input_bucket: int, output_bucket: int | None) -> Mapping[str, float]:
         """The pool weights for a request of these buckets (joint when known, else per input bucket)."""
@@ -67,7 +69,10 @@ def table_from_dict(data: Any, where: str) -> RoutingTable:
         joint = tuple(tuple(_weights(w, pools, f"{where}.joint_weights[{i}][{j}]")
                             for j, w in enumerate(sequence(row, f"{where}.joint_weights[{i}]", length=columns)))
                       for i, row in enumerate(sequence(mapping["joint_weights"], f"{where}.joint_weights", length=rows)))
-    return RoutingTable(grid, pools, input_weights, joint)
+    version = mapping.get("version", "")
+    if not isinstance(version, str):
+        raise InputError(f"{where}.version", f"expected a string, got {version!r}")
+    return RoutingTable(grid, pools, input_weights, joint, version)
 
 
 def load_table(path: Path) -> RoutingTable:

@@ -6,9 +6,11 @@ solve on a bundle loads only the core. A flag that the chosen inputs would ignor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from melange.solver.allocation import SolveReport
@@ -148,17 +150,25 @@ def refuse_unused_flags(args: argparse.Namespace) -> None:
                          "--move-cost USD_PER_HOUR with --current")
 
 
-def _parse_current(value: str | None, option_names: list[str]) -> dict[str, int]:
+def _parse_current(value: str | None, option_names: list[str], aliases: Mapping[str, str] | None = None
+                   ) -> dict[str, int]:
+    """--current NAME=N,...: each NAME an option's name or (catalog options) one of its GPU's aliases."""
     if not value:
         return {}
+    aliases = aliases or {}
     current = {}
     for part in value.split(","):
-        name, sep, count = part.partition("=")
-        name = name.strip()
-        if not sep or not name:
+        typed, sep, count = part.partition("=")
+        typed = typed.strip()
+        if not sep or not typed:
             raise InputError("--current", f"cannot read {part!r}", "NAME=N,NAME=N")
+        name = typed if typed in option_names else aliases.get(typed.lower(), typed)
         if name not in option_names:
-            raise InputError("--current", f"{name!r} is not one of the options", ", ".join(option_names))
+            def also(option: str) -> str:
+                other = sorted(k for k, v in aliases.items() if v == option and k != option and ":" not in k)
+                return f"{option} (also {', '.join(other)})" if other else option
+            raise InputError("--current", f"{typed!r} is not one of the options",
+                             ", ".join(also(option) for option in option_names))
         try:
             current[name] = integer(int(count), f"--current {name}", minimum=0)
         except ValueError:
@@ -205,7 +215,8 @@ def catalog_slo(tpot_ms: float | None, ttft_ms: float | None) -> Slo:
 def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:
     """Options and estimated profiles from the catalog, for the workload of the flags."""
     from melange.solver.profiling.catalog import load_catalog, resolve_model
-    from melange.solver.profiling.catalog_inputs import catalog_options_and_profiles, parse_gpu_choices, parse_prices
+    from melange.solver.profiling.catalog_inputs import (catalog_options_and_profiles, option_aliases,
+                                                         parse_gpu_choices, parse_prices)
     if not args.gpus:
         raise InputError("--model", "given without --gpus", "--gpus l4,a10g,... with --model")
     if args.bundle is not None or args.options or args.profiles:
@@ -218,10 +229,11 @@ def _catalog_inputs(args: argparse.Namespace) -> LoadedInputs:
         workload = _workload_from_flags(args, None)
     else:
         raise InputError("--model", "no workload", "--trace, --workload or --prometheus")
-    options, profiles = catalog_options_and_profiles(catalog, model, parse_gpu_choices(args.gpus),
+    choices = parse_gpu_choices(args.gpus)
+    options, profiles = catalog_options_and_profiles(catalog, model, choices,
                                                      catalog_slo(args.tpot_ms, args.ttft_ms), workload.grid,
                                                      parse_prices(args.price), node_pricing=args.pricing == "node")
-    return assemble(workload, options, profiles)
+    return dataclasses.replace(assemble(workload, options, profiles), aliases=option_aliases(catalog, choices))
 
 
 def _with_rate_flag(workload: Workload, args: argparse.Namespace) -> Workload:
@@ -266,7 +278,7 @@ def read_inputs(args: argparse.Namespace) -> LoadedInputs:
     else:
         workload = _workload_from_flags(args, profiles)
     check_profile_grids(workload, sourced, str(args.workload or args.trace or args.prometheus))
-    return assemble(workload, load_options(args.options), profiles)
+    return assemble(workload, load_options(args.options), profiles, str(args.options))
 
 
 def _workload_from_flags(args: argparse.Namespace, profiles: tuple[Profile, ...] | list[Profile] | None) -> Workload:
@@ -309,7 +321,8 @@ def settings_from(args: argparse.Namespace, loaded: LoadedInputs) -> IlpSettings
     for key in ("slice_factor", "min_total_replicas"):
         if key in values:
             values[key] = integer(values[key], named(key))
-    settings = IlpSettings(current=_parse_current(args.current, [o.name for o in loaded.problem.options]), **values)
+    settings = IlpSettings(current=_parse_current(args.current, [o.name for o in loaded.problem.options],
+                                                  loaded.aliases), **values)
     try:
         check_settings(settings)
     except InputError as error:
@@ -331,14 +344,35 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args, loaded)
     report = solve(loaded.problem, settings, mode=mode_from(args, loaded))
     if not report.allocation.solved:
-        raise InputError("infeasible", f"the solver found no allocation ({report.allocation.status}): quotas, "
-                                       "the spot share or the time limit leave no feasible mix")
+        raise InputError("infeasible", why_unsolved(report, loaded.problem, settings))
     if args.output == "json":
         json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_table(report, loaded.problem, show_splits=args.splits))
     return 0
+
+
+def why_unsolved(report: SolveReport, problem: Problem, settings: IlpSettings) -> str:
+    """Why the solver found no allocation, naming only the limits that are set: the quotas, the spot
+    share, the time limit; with none set, what is left is the solver's own numbers."""
+    status = report.allocation.status
+    limits = []
+    quotas = [f"{o.name} <= {o.max_replicas}" for o in problem.options if o.max_replicas is not None]
+    if quotas:
+        limits.append(f"quotas ({', '.join(quotas)})")
+    if settings.max_spot_share is not None:
+        limits.append(f"the spot share (at most {settings.max_spot_share:g})")
+    if settings.time_limit_s is not None:
+        limits.append(f"the time limit ({settings.time_limit_s:g} s)")
+    found = f"the solver ({settings.solver}) found no allocation ({status})"
+    if limits:
+        return f"{found}: {', '.join(limits)} leave no feasible mix"
+    alone = [n for n in report.single_type_replicas.values() if n is not None]
+    need = f"; the cheapest single type alone needs {min(alone):.3g} replicas" if alone else ""
+    return (f"{found} at {report.rate:g} req/s, though no quota, spot share or time limit is set, so no mix "
+            f"is ruled out{need}: numbers this large are most likely past the solver's precision; solve a "
+            f"smaller rate (the cost grows about linearly with it)")
 
 
 def _money(value: float | None) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from melange.solver.cli.solve_command import (DEFAULT_TPOT_MS, add_input_arguments, add_model_arguments, mode_from,
                                               read_inputs, settings_from)
 from melange.solver.checks import number
-from melange.solver.errors import InputError
+from melange.solver.errors import InfeasibleError, InputError
 
 if TYPE_CHECKING:  # imported where used, so that registering the flags costs `melange solve` nothing
     from melange.solver.allocation import SolveReport
@@ -49,7 +49,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         help="table (default), json or csv on stdout; progress goes to stderr")
     parser.add_argument("--plot", type=Path, metavar="FILE.png",
                         help="also write a PNG: cost vs rate for the mix and each single type, and the mix's "
-                             "replicas per type (needs matplotlib: pip install 'melange-operator[plot]') "
+                             "replicas per type (needs matplotlib: .venv/bin/pip install -e '.[plot]' in a checkout) "
                              "(default: no plot)")
     parser.set_defaults(handler=run)
 
@@ -92,29 +92,41 @@ def run(args: argparse.Namespace) -> int:
         from melange.solver.cli.sweep_plot import require_matplotlib
         require_matplotlib()
     sweeps: list[tuple[Problem, list[SolveReport]]] = []
+    unservable: list[tuple[float | None, InfeasibleError]] = []  # (SLO, why) where some rate has no mix
     progress = ProgressBar(len(tpots) * len(rates))
     try:
         for tpot in tpots:
             try:
-                sweeps.append(_sweep_one_slo(args, tpot, rates, progress, several_slos=len(tpots) > 1))
+                problem, reports, infeasible = _sweep_one_slo(args, tpot, rates, progress,
+                                                              several_slos=len(tpots) > 1)
             except InputError as error:
                 if len(tpots) == 1:
                     raise
                 raise InputError(f"--tpot-ms {tpot:g}", str(error)) from None
+            sweeps.append((problem, reports))
+            if infeasible is not None:
+                unservable.append((tpot, infeasible))
     finally:
         progress.close()
-    problem = sweeps[0][0]
     every_report = [report for _, reports in sweeps for report in reports]
+    if unservable and not any(report.allocation.solved for report in every_report):
+        tpot, error = unservable[0]  # nothing to show: the first reason, as `melange solve` gives it
+        raise error if len(tpots) == 1 else InputError(f"--tpot-ms {tpot:g}", str(error))
+    problem = sweeps[0][0]
     names = [option.name for option in problem.options]
+    why = dict(unservable)
+    notes = [f"SLO {_slo_text(reports[0])}: {why[tpot]}" for (_, reports), tpot in zip(sweeps, tpots) if tpot in why]
     if args.output == "json":
-        json.dump(sweep_document(every_report, problem), sys.stdout, indent=2)
+        document = sweep_document(every_report, problem)
+        document["notes"] += notes
+        json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.output == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(csv_header(names))
         writer.writerows(csv_row(sweep_point(report), names) for report in every_report)
     else:
-        sys.stdout.write(render_sweep_table(sweeps))
+        sys.stdout.write(render_sweep_table(sweeps, notes))
     if args.plot is not None:
         from melange.solver.cli.sweep_plot import plot_sweep
         plot_sweep(args.plot, [(_slo_text(reports[0]), [sweep_point(r) for r in reports]) for _, reports in sweeps],
@@ -125,21 +137,28 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sweep_one_slo(args: argparse.Namespace, tpot: float | None, rates: Sequence[float], progress: ProgressBar,
-                   several_slos: bool) -> tuple[Problem, list[SolveReport]]:
-    """The inputs read as `melange solve` reads them (at this TPOT), solved at every rate."""
+                   several_slos: bool) -> tuple[Problem, list[SolveReport], InfeasibleError | None]:
+    """The inputs read as `melange solve` reads them (at this TPOT), solved at every rate. A rate with
+    traffic no option can serve is kept as an 'infeasible' row; the reason is returned beside."""
     import copy
 
-    from melange.solver.solve import solve
+    from melange.solver.solve import solve, unservable_report
     from melange.solver.sweep import at_rate
     inputs = copy.copy(args)
     inputs.tpot_ms, inputs.rate = tpot, rates[0]
     loaded = read_inputs(inputs)
     settings, mode = settings_from(inputs, loaded), mode_from(inputs, loaded)
     reports = []
+    infeasible = None
     for rate in rates:
         progress.step(f"solving at {rate:g} req/s" + (f", TPOT {tpot:g} ms" if several_slos else ""))
-        reports.append(solve(at_rate(loaded.problem, rate), settings, mode=mode, compare_modes=False))
-    return loaded.problem, reports
+        problem = at_rate(loaded.problem, rate)
+        try:
+            reports.append(solve(problem, settings, mode=mode, compare_modes=False))
+        except InfeasibleError as error:
+            infeasible = infeasible or error
+            reports.append(unservable_report(problem, settings, mode))
+    return loaded.problem, reports, infeasible
 
 
 def _slo_text(report: SolveReport) -> str:
@@ -174,7 +193,7 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
-def render_sweep_table(sweeps: Sequence[tuple[Problem, Sequence[SolveReport]]]) -> str:
+def render_sweep_table(sweeps: Sequence[tuple[Problem, Sequence[SolveReport]]], notes: Sequence[str] = ()) -> str:
     """The human-readable sweep: per SLO, one row per rate with the mix, its $/h, each single type's
     $/h (`-`: that type alone cannot serve the workload) and the savings."""
     problem, first = sweeps[0][0], sweeps[0][1][0]
@@ -206,5 +225,5 @@ def render_sweep_table(sweeps: Sequence[tuple[Problem, Sequence[SolveReport]]]) 
     sources = {source for _, reports in sweeps for source in reports[0].profile_sources.values()}
     if "estimated" in sources:
         lines.append("note: some profiles are estimates from specs, not measurements")
-    lines += [f"note: {note}" for note in first.notes]
+    lines += [f"note: {note}" for note in [*first.notes, *notes]]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,13 @@ MIX_COLOUR = "#8e2a9e"
 
 
 def require_matplotlib() -> None:
-    """Refuse --plot up front, before any solving, when matplotlib is not installed."""
+    """Refuse --plot up front, before any solving, when matplotlib is not installed. The advice names
+    what works here: no package is published, so the checkout's extra, or matplotlib into the very
+    interpreter running this command."""
     if importlib.util.find_spec("matplotlib") is None:
         raise InputError("--plot", "needs matplotlib, which is not installed",
-                         "pip install 'melange-operator[plot]' (or pip install matplotlib)")
+                         f"from a checkout: .venv/bin/pip install -e '.[plot]'; "
+                         f"or into this Python: {sys.executable} -m pip install matplotlib")
 
 
 def _bar_edges(rates: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -37,8 +41,18 @@ def _bar_edges(rates: Sequence[float]) -> tuple[list[float], list[float]]:
 
 
 def _saving_label(saving: float) -> str:
-    """'-15%' for a mix 15% cheaper than the best single type; '0%' where the mix is that type."""
-    return "0%" if round(saving) == 0 else f"{-saving:+.0f}%"
+    """'15%' for a mix 15% cheaper than the best single type (the caption: the mix's saving), '-5%' for
+    one 5% dearer (floors or a move cost), '0%' where the mix is that type; as the table's 'saves'."""
+    return f"{round(saving)}%"
+
+
+def _single_label(name: str, costs: Sequence[float | None]) -> str:
+    """The legend entry of a single type, saying where it draws no (or not every) point."""
+    if all(cost is None for cost in costs):
+        return f"{name} only (cannot serve alone)"
+    if any(cost is None for cost in costs):
+        return f"{name} only (not alone at every rate)"
+    return f"{name} only"
 
 
 def _money(value: float, _position: Any = None) -> str:
@@ -70,7 +84,7 @@ def plot_sweep(path: Path, sweeps: Sequence[tuple[str, Sequence[dict[str, Any]]]
         for name in option_names:
             costs = [math.nan if p["single_type"][name] is None else p["single_type"][name] for p in points]
             cost_axis.plot(rates, costs, "--o", color=colours[name], linewidth=1.6, markersize=5,
-                           label=f"{name} only")
+                           label=_single_label(name, [p["single_type"][name] for p in points]))
         mix = [math.nan if p["cost_per_hour"] is None else p["cost_per_hour"] for p in points]
         cost_axis.plot(rates, mix, "-D", color=MIX_COLOUR, linewidth=2.8, markersize=7, label="Mélange mix", zorder=5)
         for rate, cost, point in zip(rates, mix, points):
@@ -86,8 +100,11 @@ def plot_sweep(path: Path, sweeps: Sequence[tuple[str, Sequence[dict[str, Any]]]
         if known:  # room below the lowest point for its saving's label
             cost_axis.set_ylim(min(known) / 1.45, max(known) * 1.25)
         cost_axis.set_ylabel("cost ($/h)")
+        unsolved = [p["rate"] for p in points if p["cost_per_hour"] is None]
         cost_axis.set_title((f"SLO {slo_label}\n" if len(sweeps) > 1 else "")
-                            + "labels: the mix's saving against the best single type", fontsize=10)
+                            + "labels: the mix's saving against the best single type"
+                            + (f"\nno mix at {', '.join(f'{r:g}' for r in unsolved)} req/s (infeasible)"
+                               if unsolved else ""), fontsize=10)
         cost_axis.grid(True, which="major", alpha=0.5)
         cost_axis.legend(loc="upper left", fontsize=9, framealpha=0.9)
 
@@ -112,7 +129,9 @@ def plot_sweep(path: Path, sweeps: Sequence[tuple[str, Sequence[dict[str, Any]]]
         mix_axis.set_ylabel("replicas in the mix")
         mix_axis.set_ylim(0, most_replicas * 1.08)
         mix_axis.grid(True, axis="y", alpha=0.5)
-        mix_axis.legend(loc="upper left", fontsize=9, title="mix composition", title_fontsize=9, framealpha=0.9)
+        if any(p["replicas"][name] for p in points for name in option_names):  # else no bar, no legend
+            mix_axis.legend(loc="upper left", fontsize=9, title="mix composition", title_fontsize=9,
+                            framealpha=0.9)
     slo = f", SLO {sweeps[0][0]}" if len(sweeps) == 1 else ""
     figure.suptitle(f"Mélange sweep: {model or 'model not stated'}{slo}\n{mode} mode, {grid}", fontsize=12)
     figure.tight_layout()

@@ -34,6 +34,27 @@ def parse_gpu_choices(value: str) -> list[tuple[str, int]]:
     return choices
 
 
+def option_name(gpu: GpuSpec, gpus: int) -> str:
+    """The one name of the option of `gpus` GPUs of this type a replica: the catalog's name in lower
+    case, e.g. h100-sxm, with -x2 for two GPUs a replica."""
+    return gpu.name.lower() + (f"-x{gpus}" if gpus > 1 else "")
+
+
+def option_aliases(catalog: Catalog, choices: Sequence[tuple[str, int]]) -> dict[str, str]:
+    """Every other name a flag may give an option chosen by `--gpus` (lower case -> option name): the
+    name typed in --gpus, the catalog's name and aliases, each with -xN (or :N) for N GPUs a replica.
+    So `--gpus h100` makes the option h100-sxm, and `--current h100=1` names it too."""
+    aliases: dict[str, str] = {}
+    for name, gpus in choices:
+        gpu = catalog.gpu(name)
+        target = option_name(gpu, gpus)
+        for key in {name.lower(), gpu.name.lower(), *gpu.aliases}:
+            forms = [key] if gpus == 1 else [f"{key}-x{gpus}", f"{key}:{gpus}"]
+            for form in forms:
+                aliases.setdefault(form, target)
+    return aliases
+
+
 def parse_prices(values: Sequence[str]) -> dict[str, float]:
     """`GPU=USD` pairs overriding catalog prices (per GPU, per hour)."""
     prices = {}
@@ -78,15 +99,15 @@ def catalog_options_and_profiles(catalog: Catalog, model: ModelSpec, choices: Se
         chosen_names |= {name.lower(), gpu.name.lower(), *gpu.aliases}
         price = next((prices[key] for key in [name.lower(), gpu.name.lower(), *gpu.aliases] if key in prices),
                      gpu.price_per_hour)
-        option_name = gpu.name.lower() + (f"-x{gpus}" if gpus > 1 else "")
-        if any(o.name == option_name for o in options):
+        named = option_name(gpu, gpus)
+        if any(o.name == named for o in options):
             raise InputError("--gpus", f"{name}:{gpus} is given twice", "each GPU shape once")
         shape = gpu.node_shape(gpus) if node_pricing else None
         if node_pricing and shape is None:
             raise InputError("--pricing", f"node, but the catalog knows no instance type with {gpus} or more "
                                           f"{gpu.name} GPUs", "--pricing gpu, or an options file with gpus_per_node "
                                                                "and node_price_per_hour")
-        options.append(GpuOption(option_name, price, gpu=gpu.name, gpus_per_replica=gpus,
+        options.append(GpuOption(named, price, gpu=gpu.name, gpus_per_replica=gpus,
                                  gpus_per_node=shape.gpus if shape else None,
                                  node_price_per_hour=shape.price_per_hour if shape else None))
         profiles.append(catalog_profile(model, gpu, gpus, slo, grid))

@@ -25,12 +25,14 @@ from .rendering import CHART, NAMESPACE, NOTES, ROOT, chart, lint, objects, one,
 # A Kubernetes release the chart's kubeVersion (>=1.29) admits, whose schemas kubernetes-validate ships.
 K8S_VERSION = "1.33.0"
 CALLS_FILE = ROOT / "tests" / "cluster" / "operator_calls.json"  # what a real API server saw
+# No image is published: every install names the repository it pushed the Dockerfile's image to.
+REPOSITORY = "registry.example.com/melange-operator"
 PROMETHEUS = {"url": "https://prometheus.monitoring.svc:9091",
               "bearerTokenSecret": {"name": "prometheus-reader", "key": "token"},
               "caConfigMap": {"name": "prometheus-ca", "key": "ca.crt"}}
 VALUE_SETS = {
-    "defaults": {},
-    "clusterwide-karpenter": {"nodePools": {"karpenter": {"enabled": True}}, "peering": {"enabled": True},
+    "defaults": {"image": {"repository": REPOSITORY}},
+    "clusterwide-karpenter": {"image": {"repository": REPOSITORY}, "nodePools": {"karpenter": {"enabled": True}}, "peering": {"enabled": True},
                               "replicaCount": 2, "logLevel": "debug",
                               "prometheus": {"url": "http://prometheus.monitoring.svc:9090"},
                               "metrics": {"port": 9100, "serviceMonitor": {"enabled": True,
@@ -38,8 +40,9 @@ VALUE_SETS = {
                               "podMonitors": {"enabled": True, "interval": "15s",
                                               "labels": {"release": "kps", "example.com/team": "llm"}}},
     "namespaced-prometheus-token": {"watchNamespaces": ["team-a", "team-b"], "prometheus": PROMETHEUS,
-                                    "image": {"tag": "0.1.0-rc1"}, "podMonitors": {"enabled": False}},
-    "namespaced-karpenter-peering": {"watchNamespaces": ["llm"], "nodePools": {"karpenter": {"enabled": True}},
+                                    "image": {"repository": REPOSITORY, "tag": "0.1.0-rc1"},
+                                    "podMonitors": {"enabled": False}, "secrets": {"read": True}},
+    "namespaced-karpenter-peering": {"image": {"repository": REPOSITORY}, "watchNamespaces": ["llm"], "nodePools": {"karpenter": {"enabled": True}},
                                      "peering": {"enabled": True}},
 }
 # kopf's peering objects (kopf.dev/v1; kopf docs, "Deployment" RBAC example and "Peering"): a
@@ -90,7 +93,12 @@ def _pairs(rules: list[dict]) -> set[tuple[str, str]]:
 
 
 APPLIED_RESOURCES = {"apps/deployments", "services", "configmaps", "karpenter.sh/nodepools",
-                     "policy/poddisruptionbudgets", "monitoring.coreos.com/podmonitors"}
+                     "policy/poddisruptionbudgets", "monitoring.coreos.com/podmonitors", "serviceaccounts",
+                     "rbac.authorization.k8s.io/roles", "rbac.authorization.k8s.io/rolebindings"}
+# What the operator grants each router (planner.router_access): the API server lets it grant only what it
+# holds (RBAC escalation prevention), so it holds these without calling them.
+ROUTER_GRANTS = {("list", "configmaps"), ("watch", "configmaps"), ("list", "discovery.k8s.io/endpointslices"),
+                 ("watch", "discovery.k8s.io/endpointslices")}
 
 
 def _expected(values: dict) -> tuple[set, set]:
@@ -99,13 +107,17 @@ def _expected(values: dict) -> tuple[set, set]:
     karpenter = values.get("nodePools", {}).get("karpenter", {}).get("enabled", False)
     peering = values.get("peering", {}).get("enabled", False)
     pod_monitors = values.get("podMonitors", {}).get("enabled", "auto") is not False
+    # Secrets are read only for specs whose Prometheus token is a Secret reference: granted on request.
+    secrets = values.get("secrets", {}).get("read", False)
     cluster = {(c["verb"], c["resource"]) for c in calls if c["clusterwide"]
                and (karpenter or not c["resource"].startswith("karpenter.sh/"))}
     namespaced = {(c["verb"], c["resource"]) for c in calls if not c["clusterwide"]
-                  and (pod_monitors or not c["resource"].startswith("monitoring.coreos.com/"))}
+                  and (pod_monitors or not c["resource"].startswith("monitoring.coreos.com/"))
+                  and (secrets or c["resource"] != "secrets")}
     # Not a call: the API server lets only who may update an owner's finalizers set blockOwnerDeletion
     # on its dependents (OwnerReferencesPermissionEnforcement), which the operator's objects do.
     namespaced.add(("update", "melange.ai/llmservices/finalizers"))
+    namespaced |= ROUTER_GRANTS
     # Not a call either: server-side apply is a patch, and the API server authorizes one that creates the
     # object as `create` as well (the audit log records the patch only).
     for grants in (cluster, namespaced):
@@ -193,7 +205,7 @@ def test_the_operator_accepts_the_flags_the_chart_passes(values):
     assert (args.standalone, args.peering) == ((False, "melange-operator") if values.get("peering")
                                                else (True, None))
     assert args.verbose == (values.get("logLevel") == "debug")
-    image = f"ghcr.io/melange-ai/melange-operator:{values.get('image', {}).get('tag', '0.1.0')}"
+    image = f"{REPOSITORY}:{values.get('image', {}).get('tag', '0.1.0')}"
     assert spec["image"] == image and args.router_image == image  # the router runs from the operator's image
     assert args.vllm_image == "vllm/vllm-openai:v0.11.0"
     assert args.metrics_port == values.get("metrics", {}).get("port", 9090)
@@ -219,7 +231,7 @@ def test_the_prometheus_token_and_ca_are_mounted_where_the_flags_point():
         volume = volumes[mount["name"]][source]
         assert volume.get("secretName", volume.get("name")) == name
         assert volume["items"] == [{"key": key, "path": key}]
-    defaults = container(objects({}))
+    defaults = container(objects(VALUE_SETS["defaults"]))
     assert not [a for a in defaults["args"] if a.startswith("--prometheus-")]
     assert [m["mountPath"] for m in defaults["volumeMounts"]] == ["/tmp"]
 
@@ -235,7 +247,7 @@ def test_peering_gives_each_pod_a_random_priority(tmp_path):
                              check=True).stdout.splitlines()
     assert re.fullmatch(r"--priority=\d+", printed[0]) and 0 <= int(printed[0].split("=")[1]) < 65536
     assert printed[1:] == spec["args"]
-    assert "command" not in container(objects({}))  # standalone: the image's entry point, no shell
+    assert "command" not in container(objects(VALUE_SETS["defaults"]))  # standalone: the image's entry point, no shell
 
 
 BAD_VALUES = {
@@ -252,13 +264,34 @@ BAD_VALUES = {
     "pod monitors enabled: yes": ({"podMonitors": {"enabled": "yes"}}, "enabled"),
     "a pod monitor label with a space": ({"podMonitors": {"labels": {"release": "kube prometheus"}}}, "labels"),
     "a pod monitor interval without unit": ({"podMonitors": {"interval": "15"}}, "interval"),
+    "secrets read: yes": ({"secrets": {"read": "yes"}}, "read"),
 }
 
 
 @pytest.mark.parametrize("values, field", BAD_VALUES.values(), ids=BAD_VALUES.keys())
 def test_the_values_schema_rejects_bad_values(values, field):
     with pytest.raises(helm.HelmValuesError, match=field):
+        render({"image": {"repository": REPOSITORY}} | values)
+
+
+@pytest.mark.parametrize("values", [{}, {"image": {"repository": ""}}], ids=["default", "empty"])
+def test_without_an_image_repository_the_install_stops_saying_to_build_and_push_the_image(values):
+    """No image is published: a default install would end in ImagePullBackOff, so it is refused."""
+    with pytest.raises(helm.HelmError) as error:
         render(values)
+    message = str(error.value)
+    assert "image.repository" in message and "Dockerfile" in message and "push" in message, message
+
+
+def test_secrets_are_granted_only_when_asked():
+    """Reading Secrets is what a spec's workload.prometheus.bearerTokenSecretRef needs; nothing else does."""
+    def grants(values):
+        return {pair for o in objects(values) if o["kind"] in ("Role", "ClusterRole")
+                for pair in _pairs(o["rules"])}
+    base = VALUE_SETS["defaults"]
+    assert ("get", "secrets") not in grants(base)
+    assert ("get", "secrets") in grants(base | {"secrets": {"read": True}})
+    assert ("get", "secrets") not in grants(base | {"watchNamespaces": ["llm"]})
 
 
 @value_sets
@@ -268,7 +301,7 @@ def test_the_value_sets_pass_the_schema(values):
 
 def test_the_metrics_and_health_ports_must_differ():
     with pytest.raises(helm.HelmError, match="metrics.port and health.port must differ"):
-        render({"metrics": {"port": 8080}})
+        render({"image": {"repository": REPOSITORY}, "metrics": {"port": 8080}})
 
 
 def test_the_chart_crd_is_the_top_level_crd_through_a_symlink():
@@ -281,7 +314,7 @@ def test_the_chart_crd_is_the_top_level_crd_through_a_symlink():
 
 @pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["llm"]}], ids=["clusterwide", "namespaced"])
 def test_the_notes_apply_a_valid_llmservice(values):
-    notes = render(values)[NOTES]
+    notes = render({"image": {"repository": REPOSITORY}} | values)[NOTES]
     service = yaml.safe_load(notes.split("<<'YAML'\n")[1].split("\nYAML\n")[0])
     assert schema_errors(service) == []
     parse_spec(service["spec"])

@@ -21,6 +21,7 @@ import yaml
 from melange.operator.core.status import condition_status
 from melange.testing.cluster import LocalCluster, build_binaries
 from melange.testing.operator_process import OperatorProcess, local_arguments
+from melange.testing.router_pods import RouterPods
 
 from ..conftest import ROOT
 from ..operator.test_make_before_break import ready_pods
@@ -39,7 +40,9 @@ NODES = {"m5.xlarge": 2, "g6.xlarge": 3, "g6.12xlarge": 1, "g5.xlarge": 3, "g5.1
 TABLE3_RATE_4 = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
 CHART_VALUES = ["--set", "image.repository=registry.invalid/melange-operator",
                 "--set", "defaults.drainSeconds=2", "--set", "nodePools.karpenter.enabled=true",
-                "--set", "podMonitors.labels.release=kube-prometheus-stack"]
+                "--set", "podMonitors.labels.release=kube-prometheus-stack",
+                # test_reallocation's live service reads its Prometheus token from a Secret
+                "--set", "secrets.read=true"]
 POD_MONITOR_LABELS = {"release": "kube-prometheus-stack"}
 
 
@@ -125,8 +128,20 @@ def release(cluster: LocalCluster) -> str:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: LocalCluster, release: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    """The real operator, running for the whole run under the chart's RBAC."""
+def router_pods(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RouterPods]:
+    """A real router process for each ready router pod (KWOK runs no containers), as its pod's
+    ServiceAccount: they acknowledge the routing tables the operator switches to."""
+    running = RouterPods(cluster, tmp_path_factory.mktemp("routers")).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: LocalCluster, release: str, router_pods: RouterPods,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    """The real operator, running for the whole run under the chart's RBAC (with the routers running)."""
     folder = tmp_path_factory.mktemp("operator")
     process = start_operator(cluster, folder)
     try:

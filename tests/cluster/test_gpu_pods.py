@@ -68,12 +68,18 @@ def test_each_option_runs_on_its_own_gpu_type_sized_cached_and_stopping_graceful
                            .get("currentHealthy") == 1 for b in budgets), "the budgets to count the pods")
 
 
-def test_a_template_change_rolls_a_pool_without_losing_a_ready_replica(cluster, operator, namespace):
+def table3_service(cluster, namespace: str) -> tuple[dict, str]:
+    """The Arena example applied and settled on the paper's Table 3 mix (1 x L4 + 1 x A100); its manifest
+    and name."""
     manifest = arena(namespace, reallocation={"targetUtilisation": 1.0})
     name = manifest["metadata"]["name"]
     cluster.apply(manifest)
-    mix = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
-    wait_until(settled(cluster, name, namespace, mix), "the Table 3 mix", timeout_s=120)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the Table 3 mix", timeout_s=120)
+    return manifest, name
+
+
+def test_a_template_change_rolls_a_pool_without_losing_a_ready_replica(cluster, operator, namespace):
+    manifest, name = table3_service(cluster, namespace)
     manifest["spec"]["serving"] = {"args": ["--enable-prefix-caching"]}
     cluster.apply(manifest)
     lowest, rolled, started = {}, False, time.monotonic()
@@ -92,11 +98,7 @@ def test_a_template_change_rolls_a_pool_without_losing_a_ready_replica(cluster, 
 
 
 def test_serving_args_that_would_break_the_operator_are_refused_and_change_nothing(cluster, operator, namespace):
-    manifest = arena(namespace, reallocation={"targetUtilisation": 1.0})
-    name = manifest["metadata"]["name"]
-    cluster.apply(manifest)
-    mix = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
-    wait_until(settled(cluster, name, namespace, mix), "the Table 3 mix", timeout_s=120)
+    manifest, name = table3_service(cluster, namespace)
     before = {d["metadata"]["name"]: d["metadata"]["generation"]
               for d in cluster.get("deployments", namespace=namespace)["items"]}
     manifest["spec"]["serving"] = {"args": ["--disable-log-stats"]}

@@ -49,3 +49,25 @@ def test_the_demo_follows_the_switch_and_cleans_up(tmp_path):
     assert "MoveStarted" in events and "Reallocated" in events
     assert processes_mentioning(str(scratch)) == []  # no Prometheus or other process left behind
     assert [p for p in scratch.iterdir() if p.name.startswith("melange-prometheus-")] == []
+
+
+def test_without_prometheus_the_note_comes_first_and_the_static_generation_is_explained(tmp_path):
+    """No prometheus binary on PATH: the note is the first line (not in the summary minutes later), and
+    the summary says why the final LLMService is `source: static` at the generation it has."""
+    out = tmp_path / "objects"
+    bare = tmp_path / "bin"  # a PATH without prometheus
+    bare.mkdir()
+    result = subprocess.run([sys.executable, "-m", "melange.solver.cli", "demo", "--duration", "8", "--window", "5",
+                             "--switch-after", "4", "--plain", "--output-dir", str(out)],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                            env={**os.environ, "PATH": str(bare)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("note: no prometheus binary found"), result.stdout
+    assert sum("no prometheus binary" in line for line in lines) == 1, result.stdout
+    service = next(yaml.safe_load_all((out / "llmservices.yaml").read_text()))
+    assert service["spec"]["workload"]["source"] == "static"
+    generation = service["metadata"]["generation"]
+    summary = result.stdout.split("workload read from", 1)[1]
+    explained = [line for line in summary.splitlines() if "source: static" in line]
+    assert explained and f"generation {generation}" in explained[0], result.stdout

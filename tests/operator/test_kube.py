@@ -74,3 +74,24 @@ def test_why_a_pod_is_not_ready():
     assert pod_problem(starting) is None
     ready = {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
     assert pod_problem(ready) is None
+
+
+def test_a_secret_the_operator_may_not_read_is_refused_naming_the_chart_value():
+    """The chart grants `get secrets` only with secrets.read (for a spec's Prometheus token reference):
+    the 403 says which Secret, which field wants it and what to set."""
+    from types import SimpleNamespace
+
+    from melange.operator.core.spec import KeyRef
+
+    body = json.dumps({"kind": "Status", "message": 'secrets "prom" is forbidden: User "system:serviceaccount:'
+                                                    'melange-system:melange-operator" cannot get resource "secrets"'})
+    refusal = ApiException(status=403, reason="Forbidden")
+    refusal.body = body
+    cluster = kube.Cluster.__new__(kube.Cluster)
+    cluster.core = SimpleNamespace(read_namespaced_secret=Flaky(refusal))
+    with pytest.raises(Exception) as error:
+        cluster.read_secret("team-a", KeyRef("prom", "token"))
+    reason, message = describe_error(error.value)
+    assert reason == "Forbidden"
+    assert "secrets.read=true" in message and "prom" in message and "team-a" in message
+    assert "bearerTokenSecretRef" in message and "cannot get resource" in message

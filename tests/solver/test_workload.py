@@ -44,6 +44,15 @@ def test_csv_trace_without_header(tmp_path):
     assert any("dropped 1 of 4" in note for note in workload.notes)
 
 
+def test_one_binned_request_is_one_request(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("10,10\n")
+    notes = workload_from_trace(read_trace(path), GRID, 1.0, str(path)).notes
+    assert f"binned 1 request from {path}" in notes
+    path.write_text("10,10\n10,20\n")
+    assert f"binned 2 requests from {path}" in workload_from_trace(read_trace(path), GRID, 1.0, str(path)).notes
+
+
 def test_csv_trace_with_header_and_timestamps(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text("timestamp,prompt_tokens,completion_tokens\n0,10,10\n1,20,20\n2,300,30\n4,30,30\n")

@@ -24,7 +24,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "melange-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $repository := required "image.repository is required: no melange-operator image is published; build the checkout's Dockerfile (docker build -t REGISTRY/melange-operator:TAG .), push it where the cluster pulls from, and set image.repository=REGISTRY/melange-operator (and image.tag when TAG is not the chart's appVersion)" .Values.image.repository -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
 {{- define "melange-operator.clusterwide" -}}
@@ -34,7 +35,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 RBAC: exactly the (verb, resource) pairs the operator calls (tests/cluster/operator_calls.json,
 recorded from a real API server's audit log by the cluster tests; tests/charts/test_chart.py
-compares), plus `update` on llmservices/finalizers (for blockOwnerDeletion) and kopf's peering
+compares; `get secrets` only with secrets.read), plus `update` on llmservices/finalizers (for blockOwnerDeletion) and kopf's peering
 objects when peering is on (kopf docs, "Deployment": get, list, watch, patch).
 Rules for the namespaced resources: in a ClusterRole when watching every namespace, else in a Role
 in each watched namespace.
@@ -69,6 +70,21 @@ in each watched namespace.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, delete, list, patch]
+{{- /* Each router runs as its own ServiceAccount with a Role to watch its routing ConfigMap and its pools'
+       EndpointSlices; the API server lets the operator grant only what it holds itself (RBAC escalation
+       prevention), hence watch on configmaps and list, watch on endpointslices, which it does not call. */}}
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [create, list, patch]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [create, list, patch]
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
 {{- if ne (include "melange-operator.podMonitors" .) "off" }}
 - apiGroups: [monitoring.coreos.com]
   resources: [podmonitors]
@@ -77,9 +93,12 @@ in each watched namespace.
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+{{- /* Only for specs whose workload.prometheus.bearerTokenSecretRef names a Secret (secrets.read). */}}
+{{- if .Values.secrets.read }}
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
+{{- end }}
 {{- if and .Values.peering.enabled (not (include "melange-operator.clusterwide" .)) }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]

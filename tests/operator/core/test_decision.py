@@ -143,3 +143,22 @@ def test_a_saving_nothing_can_check_is_kept():
     assert decision.kind == "keep" and decision.reason == (
         "kept: saving 42.9% unsure: nothing within the quotas serves up to 8.55 req/s (99.9999999% upper bound "
         "of the 3 req/s measured)")
+
+
+def test_a_raised_floor_moves_at_once_even_when_it_costs_more():
+    # big ($3) serves 4 req/s; the spec now keeps 2 small replicas warm: 4 small ($4) beat 2 small + big
+    # ($5); 33% more, inside the cooldown: what runs breaks the floor, so the move is no saving to weigh.
+    decision = run({"small": 0, "big": 1}, since=1.0, floor=2)
+    assert decision.kind == "bounds" and decision.target == {"small": 4, "big": 0}
+    assert decision.reason == "small runs 0, below its minReplicas 2: moving to $4.00/h at once"
+
+
+def test_replicas_above_a_lowered_quota_or_of_a_dropped_option_move_at_once():
+    p = problem(1.0)
+    capped = Problem(p.workload, (replace(p.options[0], max_replicas=1), p.options[1]), p.profiles)
+    ok = covers(capped, {"small": 3}, IlpSettings(), "routable")
+    decision = decide({"small": 3}, candidate(capped, {"small": 3}), capped, ok, 5.0, 600.0, 1.0)
+    assert decision.kind == "bounds" and decision.reason.startswith("small runs 3, above its maxReplicas 1")
+    dropped = Problem(p.workload, p.options[1:], p.profiles[1:])
+    decision = decide({"small": 1, "big": 1}, candidate(dropped), dropped, True, 5.0, 600.0, 1.0)
+    assert decision.kind == "bounds" and decision.reason.startswith("small runs 1 but is no longer an option")

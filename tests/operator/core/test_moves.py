@@ -16,10 +16,12 @@ def test_the_steps_of_one_move():
     switching = advance(move, {"l4": 2, "a10g": 1, "a100": 1}, 20.0)
     assert (switching.step, switching.since_s) == ("switching", 20.0)
     assert stage(switching).routing == "target" and stage(switching).replicas == peak(move)
+    # A router does not serve the new table yet: the switch waits, whatever the time.
+    assert advance(switching, {"l4": 2, "a10g": 1, "a100": 1}, 500.0, switched=False) == switching
     draining = advance(switching, {"l4": 2, "a10g": 1, "a100": 1}, 25.0)
-    assert (draining.step, draining.since_s) == ("draining", 20.0)  # the drain counts from the switch
-    assert advance(draining, {"l4": 2, "a10g": 1, "a100": 1}, 109.0, drain_s=90) == draining
-    down = advance(draining, {"l4": 2, "a10g": 1, "a100": 1}, 110.0, drain_s=90)
+    assert (draining.step, draining.since_s) == ("draining", 25.0)  # the drain counts from the acknowledgement
+    assert advance(draining, {"l4": 2, "a10g": 1, "a100": 1}, 114.0, drain_s=90) == draining
+    down = advance(draining, {"l4": 2, "a10g": 1, "a100": 1}, 115.0, drain_s=90)
     assert down.step == "scaling-down" and stage(down).replicas == TARGET
     assert advance(down, {"l4": 2, "a10g": 1, "a100": 1}, 120.0) == down  # old pods still up
     assert advance(down, {"l4": 1, "a100": 1}, 130.0) is None

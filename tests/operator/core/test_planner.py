@@ -46,10 +46,12 @@ def objects(**overrides) -> dict[tuple[str, str], dict]:
 
 
 def test_one_pool_per_option_in_use_and_the_router_in_front():
-    assert sorted(objects()) == [("ConfigMap", "chat-routing"), ("Deployment", "chat-h100x2"), ("Deployment", "chat-l4"),
+    assert sorted(objects()) == [("ConfigMap", "chat-router-acks"), ("ConfigMap", "chat-routing"), ("Deployment", "chat-h100x2"), ("Deployment", "chat-l4"),
                                  ("Deployment", "chat-router"), ("PodDisruptionBudget", "chat-h100x2"),
                                  ("PodDisruptionBudget", "chat-l4"), ("PodDisruptionBudget", "chat-router"),
-                                 ("Service", "chat"), ("Service", "chat-h100x2"), ("Service", "chat-l4")]
+                                 ("Role", "chat-router"), ("RoleBinding", "chat-router"),
+                                 ("Service", "chat"), ("Service", "chat-h100x2"), ("Service", "chat-l4"),
+                                 ("ServiceAccount", "chat-router")]
 
 
 @pytest.mark.parametrize("key", sorted(objects()), ids=lambda k: f"{k[0]}/{k[1]}")
@@ -101,16 +103,33 @@ def test_a_vllm_pool_is_what_one_would_write_by_hand():
     assert h100["spec"]["template"]["spec"]["volumes"][1]["emptyDir"]["medium"] == "Memory"
 
 
-def test_the_router_mounts_the_table_and_reaches_pools_by_service_dns():
+def test_the_router_watches_its_table_and_pools_as_its_own_service_account():
     planned = objects()
     router = planned[("Deployment", "chat-router")]["spec"]["template"]["spec"]
-    assert router["volumes"] == [{"name": "routing", "configMap": {"name": "chat-routing"}}]
+    assert router["serviceAccountName"] == "chat-router" and "volumes" not in router
     args = router["containers"][0]["args"]
-    assert args[args.index("--table") + 1] == "/etc/melange/routing/routing.json"
+    assert args[args.index("--table-configmap") + 1] == "chat-routing"
+    assert args[args.index("--discover-service") + 1] == "chat"
+    assert args[args.index("--acknowledge-configmap") + 1] == "chat-router-acks"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in router["containers"][0]["env"]}
+    assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
+    # the Role grants reading the routing ConfigMap, writing the acknowledgements (each by name) and
+    # reading the EndpointSlices, nothing else
+    role = planned[("Role", "chat-router")]
+    assert [(r["apiGroups"], r["resources"], sorted(r["verbs"]), r.get("resourceNames")) for r in role["rules"]] == [
+        ([""], ["configmaps"], ["list", "watch"], ["chat-routing"]),
+        ([""], ["configmaps"], ["patch"], ["chat-router-acks"]),
+        (["discovery.k8s.io"], ["endpointslices"], ["list", "watch"], None)]
+    binding = planned[("RoleBinding", "chat-router")]
+    assert binding["roleRef"]["name"] == "chat-router"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "chat-router", "namespace": "llm"}]
     assert json.loads(planned[("ConfigMap", "chat-routing")]["data"]["routing.json"]) == TABLE
     assert pool_url(OWNER, "l4") == "http://chat-l4.llm.svc:8000"
     assert planned[("Service", "chat")]["spec"]["selector"]["app.kubernetes.io/component"] == "router"
     assert planned[("Service", "chat-l4")]["spec"]["selector"] == {"melange.ai/service": "chat", "melange.ai/option": "l4"}
+    # the pools' Services carry the labels the router selects their EndpointSlices by (copied to the slices)
+    assert planned[("Service", "chat-l4")]["metadata"]["labels"].items() >= {
+        "melange.ai/service": "chat", "app.kubernetes.io/component": "pool", "melange.ai/option": "l4"}.items()
 
 
 KARPENTER = {"provider": "karpenter", "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": "gpu"}}

@@ -11,6 +11,7 @@ from melange.operator.core.planner import Owner
 from melange.operator.core.problem import build_problem, default_inputs, solver_settings
 from melange.operator.core.reconcile import LiveInput, Observed, reconcile
 from melange.operator.core.spec import parse_spec
+from melange.operator.core.status import iso
 from melange.solver.solve import solve
 from melange.solver.workload import make_workload
 
@@ -46,7 +47,8 @@ def test_the_papers_mix_for_the_arena_example():
     names = sorted(o["metadata"]["name"] for o in outcome.desired)
     assert names == ["llama2-arena", "llama2-arena-a100-80gb", "llama2-arena-a100-80gb", "llama2-arena-a100-80gb",
                      "llama2-arena-l4", "llama2-arena-l4", "llama2-arena-l4", "llama2-arena-router",
-                     "llama2-arena-router", "llama2-arena-routing"]  # Deployment, Service, PDB per pool
+                     "llama2-arena-router", "llama2-arena-router", "llama2-arena-router", "llama2-arena-router",
+                     "llama2-arena-router-acks", "llama2-arena-routing"]  # Deployment, Service, PDB per pool; the router's and its access
     [event] = outcome.events
     assert event.reason == "Reallocated" and "nothing -> 1 x l4 + 1 x a100-80gb ($4.37/h)" in event.message
 
@@ -268,3 +270,37 @@ def test_a_counted_rate_is_reported_as_measured_and_sized_at_its_upper_bound():
     sized = build_problem(parse_spec(spec), mix.with_rate(400 / 60), default_inputs())
     assert outcome.status["allocation"] == solve(sized, solver_settings(parse_spec(spec)), mode="paper").allocation.replicas
     assert outcome.status["recommendedCostPerHour"] == outcome.status["costPerHour"]
+
+
+def acks(objects: list, served: dict) -> list:
+    """The objects with the routers' acknowledgements written into their ConfigMap (pod -> version)."""
+    held = copy.deepcopy(objects)
+    for obj in held:
+        if obj["kind"] == "ConfigMap" and obj["metadata"]["name"] == "llama2-arena-router-acks":
+            obj["data"] = dict(served)
+    return held
+
+
+def test_the_switch_ends_when_every_ready_router_serves_the_new_table_and_names_those_that_do_not():
+    _, up = scale_up_to_rate_8()
+    held = ready(up.desired)
+    old_table = json.loads(next(o for o in up.desired if o["metadata"]["name"] == "llama2-arena-routing")
+                           ["data"]["routing.json"])
+    switch = reconcile(OWNER, Observed(with_rate(8.0), 2, up.status, held, NOW + 60), default_inputs())
+    assert switch.status["move"]["step"] == "switching"
+    new_table = json.loads(next(o for o in switch.desired if o["metadata"]["name"] == "llama2-arena-routing")
+                           ["data"]["routing.json"])
+    assert new_table["version"] != old_table["version"]
+    held = acks(ready(switch.desired), {"router-a": new_table["version"], "router-b": old_table["version"]})
+    routers = ["router-a", "router-b"]
+    waiting = reconcile(OWNER, Observed(with_rate(8.0), 2, switch.status, held, NOW + 600, routers=routers),
+                        default_inputs())
+    assert waiting.status["move"]["step"] == "switching"  # router-b serves the old table, however long ago
+    progressing = next(c for c in waiting.status["conditions"] if c["type"] == "Progressing")
+    assert f"router-b serves {old_table['version']}" in progressing["message"]
+    assert "router-a" not in progressing["message"]
+    assert waiting.wake_s == NOW + 600 + 2.0  # looks again soon
+    # a router pod that went (not ready any more) is not waited for; the one left serves the new table
+    done = reconcile(OWNER, Observed(with_rate(8.0), 2, waiting.status, held, NOW + 601, routers=["router-a"]),
+                     default_inputs())
+    assert done.status["move"]["step"] == "draining" and done.status["move"]["since"] == iso(NOW + 601)

@@ -22,7 +22,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from melange.operator.router.proxy import SERVER_OPTIONS, Router, build_app
-from melange.testing.openai_upstream import CANCELLED, SLOW_PROMPT, STARTED, serve_app, upstream_app
+from melange.testing.openai_upstream import CANCELLED, FINGERPRINT, SLOW_PROMPT, STARTED, serve_app, upstream_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
@@ -35,7 +35,7 @@ SIZES = {(10, 20): (0, ("10", "20")), (400, 60): (1, ("500", "64"))}
 # (endpoint, streamed, stream_options): every way a client asks
 KINDS = [("completions", False, None), ("completions", True, None), ("completions", True, {"include_usage": True}),
          ("chat", False, None), ("chat", True, None), ("chat", True, {"include_usage": True}),
-         ("chat", True, {})]  # vLLM reads empty stream_options as include_usage: true
+         ("chat", True, {})]  # vLLM 0.34 reads empty stream_options as include_usage: false
 PER_KIND_AND_SIZE = 150  # 2,100 requests in all
 TEXT_EVENTS = 4  # text events per stream (few: the client parses each one)
 # The upstreams end each stream's body this long after its `data: [DONE]`, so the client has nearly
@@ -116,13 +116,18 @@ def one_request(client: OpenAI, endpoint: str, streamed: bool, options: dict | N
     text_chunks = [chunk for chunk in chunks if chunk.choices]
     usage_chunks = [chunk for chunk in chunks if chunk.usage is not None]
     assert len(text_chunks) == TEXT_EVENTS
-    if options is None:  # did not ask: no usage chunk, and no usage field vLLM would not have sent
+    fingerprinted = [chunk for chunk in chunks if chunk.system_fingerprint is not None]
+    if not (options or {}).get("include_usage"):  # did not ask: no usage chunk, no usage field vLLM would not send
         assert usage_chunks == [] and len(chunks) == TEXT_EVENTS
         if endpoint == "chat":
             assert not any("usage" in chunk.model_fields_set for chunk in chunks)
+        # vLLM puts the fingerprint on the chunk that finishes the choice instead
+        assert fingerprinted == [chunks[-1]] and chunks[-1].choices[0].finish_reason == "length"
+        assert chunks[-1].system_fingerprint == FINGERPRINT
     else:
         assert usage_chunks == [chunks[-1]] and chunks[-1].choices == []
         assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (words, max_tokens)
+        assert fingerprinted == [chunks[-1]] and chunks[-1].system_fingerprint == FINGERPRINT
 
 
 async def test_openai_client_traffic_has_no_pool_errors_and_counts_every_request(pools_up, caplog):
@@ -180,3 +185,36 @@ async def test_streams_aborted_by_the_client_are_cancelled_upstream_not_pool_err
     assert total(metrics, "melange_router_client_disconnects_total") == aborted
     assert total(metrics, "melange_router_requests_by_size_total") == 0  # none completed
     assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []  # no tracebacks
+
+
+async def test_openai_client_with_several_sequences_is_counted_per_sequence(pools_up):
+    """`n` and a list of prompts through the official client: every choice arrives whole, the
+    finishing chunk of each carries the fingerprint, and each sequence is counted with its own
+    size (the upstream: a token per id or word, sequence i makes 20 // (i + 1) tokens)."""
+    router_url, _ = pools_up
+    client = openai_client(router_url)
+
+    def batched() -> None:
+        for streamed in (False, True):
+            answer = client.completions.create(model="m", prompt=[[5, 6, 7], [8]], n=2, max_tokens=20, stream=streamed)
+            chunks = list(answer) if streamed else [answer]
+            ends = {c.index: c.finish_reason for chunk in chunks for c in chunk.choices if c.finish_reason}
+            assert ends == {0: "length", 1: "stop", 2: "stop", 3: "stop"}
+            if streamed:
+                assert all(chunk.usage is None and chunk.choices for chunk in chunks)  # no usage chunk
+        chat = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "w w w"}], n=2,
+                                              max_tokens=20, stream=True)
+        chunks = list(chat)
+        assert {c.index for chunk in chunks for c in chunk.choices} == {0, 1}
+        assert all(chunk.system_fingerprint == FINGERPRINT for chunk in chunks
+                   if chunk.choices and chunk.choices[0].finish_reason)
+        assert all(chunk.usage is None for chunk in chunks)
+
+    await in_threads([batched], workers=1)
+    client.close()
+    metrics = await scrape(router_url)
+    counted = {(dict(labels)["input_le"], dict(labels)["output_le"]): value
+               for (name, labels), value in metrics.items() if name == "melange_router_requests_by_size_total"}
+    # by hand: completions (3, 20), (3, 10), (1, 6), (1, 5) twice; chat (3, 20), (3, 10) once
+    assert {cell: value for cell, value in counted.items() if value} == {
+        ("5", "20"): 3, ("5", "10"): 3, ("1", "10"): 2, ("1", "5"): 2}

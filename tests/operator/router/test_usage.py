@@ -1,12 +1,12 @@
-"""Usage read from upstream answers and hidden from clients that did not ask for it (pure functions)."""
+"""Usage read from upstream answers and hidden from clients that did not ask for it (pure functions);
+requests read and counted as vLLM reads and counts them: tests/operator/router/test_vllm_counting.py."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from melange.operator.router.usage import (UsageStream, client_wants_usage, size_from_usage, usage_of_answer,
-                                           with_usage_requested)
+from melange.operator.router.usage import RequestShape, UsageStream, size_from_usage, sizes_of_answer
 
 CHAT_EVENT = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"a"}}]'
 USAGE = {"prompt_tokens": 3, "total_tokens": 10, "completion_tokens": 7}
@@ -69,31 +69,15 @@ def test_usage_on_a_text_event_is_read_and_hidden_but_not_final():
     assert stream.usage == {"prompt_tokens": 1, "completion_tokens": 2} and not stream.usage_final
 
 
-def test_what_counts_as_asking_for_usage_is_what_vllm_reads():
-    assert not client_wants_usage({"stream": True})
-    assert not client_wants_usage({"stream_options": {"include_usage": False}})
-    assert not client_wants_usage({"stream_options": {"include_usage": None}})
-    assert client_wants_usage({"stream_options": {"include_usage": True}})
-    assert client_wants_usage({"stream_options": {}})  # vLLM's default once options are given
-
-
-def test_asking_for_usage_keeps_the_rest_of_the_request():
-    body = {"prompt": "p", "stream": True, "stream_options": {"include_usage": False, "continuous_usage_stats": True}}
-    assert with_usage_requested(body) == {"prompt": "p", "stream": True, "stream_options": {
-        "include_usage": True, "continuous_usage_stats": False}}
-    assert body["stream_options"]["include_usage"] is False  # the client's body is left alone
-    assert with_usage_requested({"stream": True})["stream_options"] == {"include_usage": True}
-
-
 def test_sizes_from_usage():
     assert size_from_usage({"prompt_tokens": 12, "completion_tokens": 30}, 99) == (12, 30)
     assert size_from_usage({"completion_tokens": 30}, 99) == (99, 30)  # the router's own count stands in
     assert size_from_usage({"prompt_tokens": 12}, 99) is None
     assert size_from_usage({"prompt_tokens": 12, "completion_tokens": True}, 99) is None
-    assert usage_of_answer(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 2}}') == {
-        "prompt_tokens": 1, "completion_tokens": 2}
-    assert usage_of_answer(b"not json") is None and usage_of_answer(b"[1]") is None
-    assert usage_of_answer(b'{"usage": null}') is None
+    one = RequestShape()
+    assert sizes_of_answer(b'{"usage": {"prompt_tokens": 1, "completion_tokens": 2}}', one, 99) == [(1, 2)]
+    assert sizes_of_answer(b"not json", one, 99) == [] and sizes_of_answer(b"[1]", one, 99) == []
+    assert sizes_of_answer(b'{"usage": null}', one, 99) == []
 
 
 def test_the_answer_is_whole_once_done_reached_the_client():

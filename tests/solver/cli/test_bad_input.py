@@ -44,6 +44,16 @@ def reference(**changes) -> str:
     return json.dumps(data)
 
 
+def a10_bundle() -> dict:
+    """The example bundle with its A10G option asking for an `A10` (a GPU no profile is for)."""
+    data = yaml.safe_load(Path(BUNDLE).read_text())
+    data["profiles"] = [str(ARENA / p) for p in data["profiles"]]
+    for option in data["options"]:
+        if option["gpu"] == "A10G":
+            option["gpu"] = "A10"
+    return data
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, str]:
     """Bad files on disk, by name; also a folder, a path in a missing folder and a closed port."""
@@ -58,6 +68,7 @@ def files(tmp_path_factory) -> dict[str, str]:
         "long_tputs.json": reference(gpu_info={"A": {"cost": 1.0, "tputs": [[1.0, 1.0, 1.0]]}}),
         "trace.csv": "input_tokens,output_tokens\n10,20\n300,40\n",
         "other_grid.yaml": yaml.safe_dump({"input_edges": [50, 5000], "output_edges": [50, 5000]}),
+        "a10.yaml": yaml.safe_dump(a10_bundle()),
     }
     paths = {}
     for name, content in contents.items():
@@ -82,6 +93,8 @@ CASES = {
     "reference tputs too long": (SOLVE + ["{long_tputs.json}"], 2, "long_tputs.json.gpu_info.A.tputs[0]: has 3 entries"),
     "trace on another --grid": (SOLVE + [BUNDLE, "--trace", "{trace.csv}", "--rate", "1", "--grid", "{other_grid.yaml}"],
                                 2, "--grid:"),
+    "bundle option of a GPU without profile": (SOLVE + ["{a10.yaml}"], 2,
+                                               "a10.yaml.options.a10g.gpu: no profile for GPU 'A10'"),
     # melange solve: flags
     "negative rate": (SOLVE + [BUNDLE, "--rate", "-1"], 2, "--rate: must be >= 0"),
     "--price with a bundle": (SOLVE + [BUNDLE, "--price", "l4=2"], 2, "--price: only applies to catalog GPUs"),
@@ -102,6 +115,8 @@ CASES = {
                              "--price: 'cheap' is not a number"),
     "model too large for the GPU": (SOLVE + ["--model", "llama-3-70b", "--gpus", "l4", "--rate", "1", "--trace",
                                              "{trace.csv}"], 2, "try a tensor-parallel option such as l4:8"),
+    "a rate beyond the solver's numbers": (SOLVE + [BUNDLE, "--rate", "1e12"], 2,
+                                           "no quota, spot share or time limit is set"),
     "unknown flag": (SOLVE + [BUNDLE, "--frobnicate"], 2, "unrecognized arguments: --frobnicate"),
     "Prometheus unreachable": (SOLVE + [BUNDLE, "--prometheus", "{closed}", "--model-name", "m"], 3, "{closed}"),
     # melange sweep

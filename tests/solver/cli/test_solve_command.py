@@ -111,6 +111,45 @@ def test_infeasible_quota_is_reported(tmp_path, capsys):
     path.write_text(yaml.safe_dump(data))
     code, _, err = run(capsys, "solve", path)
     assert code == 2 and "infeasible" in err
+    assert "quotas (l4 <= 0, a10g <= 0, a100-80gb <= 0, h100 <= 0)" in err and "time limit" not in err
+
+
+def test_a_rate_no_solver_can_count_to_blames_no_quota_or_time_limit(capsys):
+    """1e12 req/s with no quota, spot share or time limit set: none of them is to blame; the answer
+    says what happened instead (the solver's numbers give out)."""
+    code, out, err = run(capsys, "solve", ARENA / "bundle.yaml", "--rate", "1e12")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert "quota" not in err.split("no quota")[0] and "no quota, spot share or time limit is set" in err, err
+    assert "1e+12 req/s" in err
+
+
+CATALOG = ("--model", "llama-3-8b", "--workload", ARENA / "workload.yaml", "--rate", "2")
+
+
+@pytest.mark.parametrize("typed, current", [("h100,l4", "h100=1"), ("H100,l4", "H100-SXM=1"),
+                                            ("h100:2,l4", "h100:2=1"), ("h100:2,l4", "h100-x2=1")])
+def test_a_catalog_option_takes_any_of_its_gpus_names_in_every_per_gpu_flag(capsys, typed, current):
+    """The option has one name (the catalog's, h100-sxm; h100-sxm-x2 for two GPUs a replica) and every
+    flag that names an option or a GPU accepts the catalog's aliases for it."""
+    canonical = "h100-sxm" + ("-x2" if ":2" in typed else "")
+    code, out, err = run(capsys, "solve", *CATALOG, "--gpus", typed, "--current", current, "--move-cost", "0.5",
+                         "--price", "h100=5", "--output", "json")
+    assert code == 0, err
+    by_alias = json.loads(out)
+    code, out, err = run(capsys, "solve", *CATALOG, "--gpus", typed.replace("H100", "h100"), "--current",
+                         f"{canonical}=1", "--move-cost", "0.5", "--price", "h100-sxm=5", "--output", "json")
+    assert code == 0, err
+    by_name = json.loads(out)
+    assert [o["name"] for o in by_alias["options"]] == [canonical, "l4"]
+    assert by_alias["moves"] == by_name["moves"]
+    assert by_alias["moves"].get(canonical, 0) == by_alias["replicas"][canonical] - 1  # --current was read as 1
+    assert by_alias["single_type"] == by_name["single_type"]
+
+
+def test_an_unknown_current_option_lists_the_names_it_takes(capsys):
+    code, out, err = run(capsys, "solve", *CATALOG, "--gpus", "h100,l4", "--current", "a10g=1", "--move-cost", "1")
+    assert code == 2 and out == ""
+    assert "--current: 'a10g' is not one of the options" in err and "h100-sxm (also h100)" in err, err
 
 
 def test_missing_inputs(capsys):
