@@ -161,7 +161,8 @@ class Passes:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_s: float | None = None  # loop time of the last pass
-    fresh_at_s: float | None = None  # start of the last pass on fresh traffic (an interval's), seconds since the epoch
+    fresh_at_s: float | None = None  # start of the last pass on fresh traffic, seconds since the epoch
+    fresh_on_phase: bool = False  # whether that pass was an interval pass (else: create, resume, edit)
     interval: tuple[int | None, float] | None = None  # (generation, its reallocation interval in seconds)
     live: tuple[int | None, LiveInput | None] | None = None  # (generation, reading) of that read
     wake_s: float | None = None  # wall time a move waits for
@@ -179,9 +180,10 @@ def _passes(memo: kopf.Memo) -> Passes:
 
 
 async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any,
-                            fresh_metrics: bool = True) -> Outcome | None:
+                            fresh_metrics: bool = True, on_phase: bool = False) -> Outcome | None:
     """Observe, reconcile, apply, report: one pass for one service. A failure is reported in status and
-    once as an Event, and the pass is retried; None then."""
+    once as an Event, and the pass is retried; None then. `on_phase`: an interval pass following an
+    earlier one (operator/core/schedule.py)."""
     config = _config(memo)
     passes = _passes(memo)
     async with passes.lock:
@@ -208,7 +210,7 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         passes.written = (meta.get("resourceVersion"), _merged(previous, status))
         passes.last_s = loop.time()
         if fresh_metrics:
-            passes.fresh_at_s = fresh_at
+            passes.fresh_at_s, passes.fresh_on_phase = fresh_at, on_phase
         passes.wake_s = outcome.wake_s if outcome is not None else None
         passes.failures = passes.failures + 1 if error is not None else 0
         passes.retry_s = None if error is None else \
@@ -362,7 +364,8 @@ async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: A
     meta = body["metadata"]
     now = asyncio.get_running_loop().time()
     woken = (meta["namespace"], meta["name"]) in config.woken
-    fresh = interval_due(config.clock(), passes.fresh_at_s, meta["uid"], _service_interval_s(passes, body))
+    fresh = interval_due(config.clock(), passes.fresh_at_s, passes.fresh_on_phase, meta["uid"],
+                         _service_interval_s(passes, body))
     if passes.retry_s is not None:
         due = now >= passes.retry_s
     else:
@@ -371,7 +374,8 @@ async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: A
         # A wake that comes while a pass runs (or waits for a slot) stays for the next tick: that pass may
         # have read the Deployments before the change that woke it.
         config.woken.discard((meta["namespace"], meta["name"]))
-        await reconcile_service(body, patch, memo, logger, fresh_metrics=fresh)
+        await reconcile_service(body, patch, memo, logger, fresh_metrics=fresh,
+                                on_phase=fresh and passes.fresh_at_s is not None)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from melange.operator.core.schedule import interval_due, next_slot_s, phase_s
+from melange.operator.core.schedule import interval_due, next_interval_pass_s, next_slot_s, phase_s
 
 NOW = 1_790_000_000.0
 
@@ -46,13 +46,30 @@ def test_the_next_slot_is_the_first_one_after(after):
         (slot - 16.03319935412131) % 60.0 == pytest.approx(60.0, abs=1e-6)
 
 
-def test_due_at_first_then_at_each_slot():
+def test_due_at_first_then_at_its_slot_then_one_interval_after_the_last():
     uid, interval = "svc-uid-0001", 60.0
-    assert interval_due(NOW, None, uid, interval)  # never had an interval pass
-    last = NOW
-    slot = next_slot_s(last, uid, interval)
-    assert not interval_due(slot - 0.001, last, uid, interval)
-    assert interval_due(slot, last, uid, interval)
+    assert interval_due(NOW, None, False, uid, interval)  # never read its traffic
+    created = NOW  # the create pass read the traffic, off its phase: the next comes at its slot
+    slot = next_slot_s(created, uid, interval)
+    assert not interval_due(slot - 0.001, created, False, uid, interval)
+    assert interval_due(slot, created, False, uid, interval)
+    # that slot's pass started 0.7 s late (the tick, a wait for a core): the next is an interval after it
+    started = slot + 0.7
+    assert next_interval_pass_s(started, True, uid, interval) == started + interval
+    assert not interval_due(started + interval - 0.001, started, True, uid, interval)
+    assert interval_due(started + interval, started, True, uid, interval)
+
+
+def test_services_created_together_are_spread_over_the_interval_after_their_first_slot():
+    # 200 services created in the same second (seeded uuids): their interval passes fall due at their
+    # phases, so no 1 s of the interval holds more than 15 of them (200 / 60 = 3.3 per second on average),
+    # and within one interval of the burst.
+    rng = random.Random(11)
+    uids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(200)]
+    due = [next_interval_pass_s(NOW, False, uid, 60.0) for uid in uids]
+    assert all(NOW < d <= NOW + 60.0 for d in due)
+    per_second = [sum(s <= (d - NOW) < s + 1 for d in due) for s in range(60)]
+    assert max(per_second) <= 15, max(per_second)
 
 
 def test_passes_driven_by_a_one_second_tick_are_never_more_than_an_interval_and_a_tick_apart():
@@ -62,14 +79,14 @@ def test_passes_driven_by_a_one_second_tick_are_never_more_than_an_interval_and_
     rng = random.Random(3)
     for service in range(50):
         uid, interval = f"uid-{service}", rng.choice([5.0, 30.0, 60.0, 300.0])
-        now, last, starts = NOW + rng.random(), None, []
+        now, last, on_phase, starts = NOW + rng.random(), None, False, []
         while now < NOW + 20 * interval:
             if rng.random() < 0.01:
-                starts.append(now)  # an edit: a pass with a fresh reading now, off the slots
-                last = now
-            elif interval_due(now, last, uid, interval):
+                starts.append(now)  # an edit: a pass with a fresh reading now, off the phase
+                last, on_phase = now, False
+            elif interval_due(now, last, on_phase, uid, interval):
                 starts.append(now)
-                last = now
+                last, on_phase = now, last is not None
                 now += rng.uniform(0.01, 0.3)
             now = now + 1.0 - (now - NOW) % 1.0 if rng.random() < 0.5 else now + 1.0
         gaps = [b - a for a, b in zip(starts, starts[1:])]
