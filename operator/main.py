@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "kube-prometheus-stack selects release=<its release name>)")
     parser.add_argument("--pod-monitor-interval", metavar="DURATION",
                         help="scrape interval of the PodMonitors, e.g. 15s (default: the Prometheus's own)")
+    parser.add_argument("--max-passes", type=int, default=None, metavar="N",
+                        help="reconcile passes running at once, at most (default: one per CPU the operator may "
+                             "use); more due passes wait for one to finish")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 
@@ -115,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             prometheus=PrometheusDefaults(args.prometheus_url, token, args.prometheus_ca_file),
                             drain_s=args.drain, metrics_port=args.metrics_port or None,
                             pod_monitors=args.pod_monitors, pod_monitor=pod_monitor)
+    if args.max_passes is not None:
+        if args.max_passes < 1:
+            build_parser().error(f"--max-passes: got {args.max_passes}, expected an integer >= 1")
+        config.max_passes = args.max_passes
     try:  # checked before kopf starts, which would retry a missing connection every minute
         config.cluster = Cluster(load_config())
     except NoClusterAccess as error:
