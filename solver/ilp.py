@@ -228,8 +228,23 @@ def solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: Il
     return solution
 
 
+# Answers needing more replicas than this are not given: the solvers' tolerances are absolute (1e-6 on
+# integrality, 1e-7 on feasibility), so on doubles of 16 significant digits counts past 1e9 carry no
+# exact integer meaning and a claimed optimum there was seen to cost more than a single GPU type.
+MAX_REPLICAS = 10 ** 9
+
+
+def fewest_replicas(items: Sequence[Item], settings: IlpSettings) -> float:
+    """A lower bound on the replicas any answer needs: each item on the option that serves it fastest."""
+    need = sum(item.rate * min(s for s in item.seconds_per_request if s is not None)
+               for item in items if item.rate > 0 and any(s is not None for s in item.seconds_per_request))
+    return need / settings.target_utilisation
+
+
 def _solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> IlpSolution:
     started = time.perf_counter()
+    if fewest_replicas(items, settings) > MAX_REPLICAS:
+        return _empty("no_solution", items, options, settings, started)
     # Stage 1: slices relaxed to fractions, replicas integer. Its optimum bounds the true one from
     # below; when its split rounds to whole slices within the same replicas, that bound is met and
     # the rounded answer is proven optimal. This is much faster than branching on the slices.

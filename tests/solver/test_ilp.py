@@ -538,3 +538,22 @@ def test_node_pricing_matches_brute_force(solver):
         assert_consistent(solution, items, priced, settings)
         assert solution.cost_per_hour == pytest.approx(sum(o.cost(n) for o, n in zip(priced, solution.replicas)))
     assert checked > 80
+
+
+def test_an_answer_past_a_billion_replicas_is_refused_and_one_below_costs_no_more_than_one_type():
+    """Two options, two items (the Arena example's kind of trade-off): g0 cheap and fast on short
+    requests, g1 on long ones. One replica of g0 serves 7.6 req/s of the first item, so at 1e10 req/s
+    every answer needs at least 1e10 / 7.6 + ... > 1e9 replicas: refused ("no_solution", not a made-up
+    optimum). At a millionth of that the mix is answered, and by hand it can never cost more than
+    either option serving everything alone: ceil(rate x seconds per request) x price summed per item."""
+    options = [OptionSpec("g0", 0.86), OptionSpec("g1", 4.88)]
+
+    def items(rate: float) -> list[Item]:
+        return [Item("short", 0.6 * rate, (1 / 7.6, 1 / 0.49)), Item("long", 0.4 * rate, (1 / 0.41, 1 / 2.56))]
+
+    refused = solve_ilp(items(1e10), options, IlpSettings(solver="highs"))
+    assert refused.status == "no_solution" and refused.replicas == (0, 0)
+    rate = 1e4
+    answer = solve_ilp(items(rate), options, IlpSettings(solver="highs"))
+    alone = [math.ceil(0.6 * rate / 7.6 + 0.4 * rate / 0.41) * 0.86, math.ceil(0.6 * rate / 0.49 + 0.4 * rate / 2.56) * 4.88]
+    assert answer.status == "optimal" and answer.cost_per_hour <= min(alone) + 1e-6
