@@ -206,6 +206,10 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
         assert status(kube, "flow")["workload"]["source"] == "prometheus"
         lap("a: chat mix deployed")
         steady_moves = reasons(kube, "steady").count("MoveStarted")
+        # What start-up did stays out of (b): with minRequests 10 a first reading of a few seconds of
+        # traffic may deploy another mix and move to the chat mix once the window fills.
+        flow_steps, flow_snapshots = len(recorder.steps.get("flow", [])), len(recorder.snapshots["flow"])
+        flow_started, flow_stepped = reasons(kube, "flow").count("MoveStarted"), reasons(kube, "flow").count("MoveStep")
 
         # (b) + (d) + (f): flow's traffic turns into documents while steady's rate dips 18%.
         traffic.flow.set_mix(DOCUMENTS)
@@ -214,8 +218,8 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
         await kube.wait_for(settled(kube, "flow", DOCUMENTS_MIX), timeout_s=90)
         lap("b: documents mix deployed")
         # Make before break: one move, in order, the big pool up before the small one goes.
-        assert recorder.steps["flow"] == ["scaling-up", "switching", "draining", "scaling-down"]
-        history = [(replicas, routed) for _, replicas, routed in recorder.snapshots["flow"]]
+        assert recorder.steps["flow"][flow_steps:] == ["scaling-up", "switching", "draining", "scaling-down"]
+        history = [(replicas, routed) for _, replicas, routed in recorder.snapshots["flow"][flow_snapshots:]]
         big_up = next(k for k, (replicas, _) in enumerate(history) if replicas.get("big"))
         switched = next(k for k, (_, routed) in enumerate(history) if routed == {"big", "warm"})
         small_down = next(k for k, (replicas, _) in enumerate(history) if k > big_up and not replicas.get("small"))
@@ -226,7 +230,7 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
                                                               "($4.50/h)") for e in kube.events("flow", "default")
                                         if e["reason"] == "Reallocated"), timeout_s=10)
         flow_reasons = reasons(kube, "flow")
-        assert flow_reasons.count("MoveStarted") == 1 and flow_reasons.count("MoveStep") == 3
+        assert flow_reasons.count("MoveStarted") == flow_started + 1 and flow_reasons.count("MoveStep") == flow_stepped + 3
         # (d) the dip would save 50% at its sized rate, nothing at its rebalance bound: kept, nothing touched.
         await kube.wait_for(lambda: status(kube, "steady").get("lastDecision", {}).get("reason", "").startswith(
             "kept: no saving at up to 1"), timeout_s=30)
