@@ -64,12 +64,12 @@ FLOOR = {"small": 0, "big": 0, "warm": 1}
 STEADY_MIX = {"small": 2}
 
 
-def live_service(name: str, options: list[dict], prometheus_url: str, min_savings: float) -> dict:
+def live_service(name: str, options: list[dict], prometheus_url: str, min_savings: float, min_requests: int = 10) -> dict:
     return {"apiVersion": "melange.ai/v1alpha1", "kind": "LLMService",
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"model": name, "slo": {"tpotMs": 100}, "gpuOptions": options,
                      "workload": {"source": "prometheus",
-                                  "prometheus": {"url": prometheus_url, "window": "10s", "minRequests": 10}},
+                                  "prometheus": {"url": prometheus_url, "window": "10s", "minRequests": min_requests}},
                      "reallocation": {"interval": "5s", "cooldown": "5s", "minSavingsPercent": min_savings,
                                       "targetUtilisation": 1.0},
                      "router": {"replicas": 1}}}
@@ -196,8 +196,11 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
 
     async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=config)):
         url = traffic.prometheus.url
-        await kube.create(live_service("flow", FLOW_OPTIONS, url, min_savings=5))
-        await kube.create(live_service("steady", STEADY_OPTIONS, url, min_savings=5))
+        # 30 requests at least (half of flow's 10 s window): a service's first interval pass comes at its
+        # phase, maybe a second after its creation, and a mix read from a handful of requests may be
+        # another than the chat mix this test starts from.
+        await kube.create(live_service("flow", FLOW_OPTIONS, url, min_savings=5, min_requests=30))
+        await kube.create(live_service("steady", STEADY_OPTIONS, url, min_savings=5, min_requests=30))
 
         # (a) chat traffic: the chat mix; the other service its own mix.
         await kube.wait_for(settled(kube, "flow", CHAT_MIX), timeout_s=60)
