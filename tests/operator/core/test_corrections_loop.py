@@ -97,3 +97,40 @@ def test_a_pool_with_too_few_requests_is_left_alone():
     result, factors, simulator = run(0.7, 40, {"minRequests": 5000})
     assert set(factors) == {1.0}
     assert all(t["a10g"] > 1.0 for t in simulator.truth[10:])
+
+
+def test_one_pass_writes_the_state_posts_an_event_and_plans_with_the_factor():
+    """The reconcile pass itself: a window that misses the SLO by half at u = 0.9 gives the hand-computed
+    0.88 (corrections unit tests), a ProfileCorrected Event (a change over 5%), and an allocation solved on
+    the profile x 0.88; a stored factor of 0.5 is planned with as it is."""
+    from melange.operator.core.corrections import PoolObservation
+    from melange.operator.core.reconcile import LiveInput, Observed, reconcile
+    from melange.operator.core.planner import Owner
+    from melange.solver.workload import make_workload
+    from melange.solver.buckets import BucketGrid
+    grid = BucketGrid(tuple(GRID["inputEdges"]), tuple(GRID["outputEdges"]))
+    workload = make_workload(RATE, grid, MIX, "prometheus")
+    max_rps = profile_max_rps()
+    # 0.9 of the profile per replica over 2 replicas: 1.8 replicas' worth, 1.8 / 1.60 req/s of the mix.
+    load = sum(p / m for row_p, row_m in zip(MIX, max_rps) for p, m in zip(row_p, row_m))
+    rate = 2 * 0.9 / load
+    window = PoolObservation(1000, rate, tuple(map(tuple, MIX)), 2, 180.0, None, 0.0, 1_800_000_000.0)
+    live = LiveInput(workload, "read", "5m", 10_000.0, {"a10g": window})
+    owner = Owner("svc", "default", "uid")
+    outcome = reconcile(owner, Observed(spec(), 1, {}, [], 1_800_000_000.0), default_inputs(), live=live)
+    state = outcome.status["profileCorrections"]["a10g"]
+    assert state["factor"] == pytest.approx(0.88, abs=1e-4) and state["samples"] == 1
+    assert [e.reason for e in outcome.events].count("ProfileCorrected") == 1
+    plain = reconcile(owner, Observed(spec({"enabled": False}), 1, {}, [], 1_800_000_000.0), default_inputs(),
+                      live=live)
+    assert plain.status["profileCorrections"] is None
+    assert plain.status["allocation"]["a10g"] < outcome.status["allocation"]["a10g"]
+    # A stored factor with no new window (the same window again) plans with the factor as stored.
+    stored = {"profileCorrections": {"a10g": {"factor": 0.5, "samples": 9, "updated": "2027-01-15T08:00:00Z"}}}
+    old = LiveInput(workload, "read", "5m", 10_000.0, {"a10g": window})
+    halved = reconcile(owner, Observed(spec(), 1, stored, [], 1_800_000_000.0), default_inputs(), live=old)
+    assert halved.status["profileCorrections"]["a10g"]["factor"] == 0.5
+    # Sized at the count's upper bound, 4 x (1 + 2 / sqrt(10,000)) = 4.08 req/s, 6.53 replicas' worth of the
+    # profile, at targetUtilisation 0.85: 7.68 -> 8; on the profile x 0.88: 8.73 -> 9; x 0.5: 15.4 -> 16.
+    assert (plain.status["allocation"]["a10g"], outcome.status["allocation"]["a10g"],
+            halved.status["allocation"]["a10g"]) == (8, 9, 16)
