@@ -81,8 +81,10 @@ def test_slack_moves_upward_only_when_allowed_slowly_and_to_the_bound():
     for k in range(200):
         state = update(state, seen(60.0, end=3600.0 + 60 * (k + 1)), MAX, SLO, allowed, 0.0)
     assert 1.19 < state.factor <= 1.2
-    # Slack not clear (x = 0.9 > 0.8): no move above 1 even when allowed.
-    assert update(Correction(), seen(90.0), MAX, SLO, allowed, 3600.0).factor == 1.0
+    # Slack not clear (x = 0.85 > 0.8, though 0.9 / 0.85 = 1.06 > 1): no move above 1 even when allowed.
+    assert update(Correction(), seen(85.0), MAX, SLO, allowed, 3600.0).factor == 1.0
+    # A factor above 1 when upward is (no longer) allowed is back at 1 at once.
+    assert update(Correction(1.15, 9, 0.0, "", 0.0, 1.15), seen(85.0), MAX, SLO, DEFAULTS, 3600.0).factor == 1.0
 
 
 def test_too_few_requests_leave_the_factor_alone():
