@@ -24,12 +24,18 @@ an idle replica's latency. Taking latency proportional to load (a = 0) gives the
 
 When the SLO is met (u <= c), a + (1 - a) u/c >= u/c, so x >= u/c and c_hat <= c: a *lower bound*,
 sharp near capacity and useless at low load (c_hat -> 0 as u -> 0). When the SLO is missed at load
-u, the capacity is below u (u > c), and c_hat < u says by how much (latency far over the SLO
-means far over capacity); beyond capacity queueing makes latency grow faster than load, which makes
-c_hat err low, never above u. Hence the rule:
+u, the capacity is below u (u > c), and x says by how much (latency far over the SLO means far over
+capacity). But beyond capacity requests queue, and latency grows faster than load: u / x then errs
+low (in the replay bench it drove factors to 0.3 for a true 0.7 and bought 13% more than needed).
+So a miss takes the geometric middle between the sure bound u and u / x,
+
+    c_miss = u / x^`MISS_EXPONENT` (0.5),
+
+which stays below u, and repeats: if the pool still misses at its new size, the next windows lower
+it again. Hence the rule:
 
 - **miss** (x > 1 + `MISS_TOLERANCE`, or a waiting queue of at least `QUEUE_PER_REPLICA` requests per
-  replica on average, read as x = max(x, 1 + tolerance)): the target is min(f, c_hat), at least
+  replica on average, read as x = max(x, 1 + tolerance)): the target is min(f, c_miss), at least
   `FLOOR`; the factor only falls.
 - **met at high load** (u >= `HIGH_LOAD` x f: the pool ran at least half of its corrected capacity):
   c_hat is a lower bound, so the target is max(f, min(c_hat, 1)): the factor only rises, back towards
@@ -59,6 +65,7 @@ from melange.solver.profiles import Slo
 FLOOR = 0.3  # a pool read at under 30% of its profile is broken, not mis-profiled: do not chase it lower
 GAIN = 0.3  # weight of one window in the moving average
 UPWARD_GAIN = 0.1  # above the profile, move slowly
+MISS_EXPONENT = 0.5  # on a miss, capacity about u / x^0.5 (queueing makes x overstate the overload)
 MISS_TOLERANCE = 0.05  # a latency statistic within 5% over the SLO is noise, not a miss
 UPWARD_SLACK = 0.2  # "clear slack": latency at most 80% of the SLO
 HIGH_LOAD = 0.5  # a window at under half the corrected capacity says nothing of the capacity
@@ -196,7 +203,7 @@ def update(state: Correction, observation: PoolObservation | None, max_rps: Sequ
     latency = f"{100 * x:.0f}% of the SLO at {100 * u:.0f}% of the profile's capacity"
     if x > 1.0 + MISS_TOLERANCE or queued:
         x = max(x, 1.0 + MISS_TOLERANCE)
-        estimate = u / x
+        estimate = u / x ** MISS_EXPONENT
         target = max(FLOOR, min(f, estimate))
         new = f + GAIN * (target - f)
         why = (f"missed the SLO: {latency}" + (f", {observation.waiting_per_replica:.1f} waiting per replica"

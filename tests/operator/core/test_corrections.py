@@ -39,12 +39,12 @@ def test_overshoot_takes_the_worst_target_with_data():
 
 
 def test_a_miss_pulls_the_factor_down_by_the_shortfall_smoothed():
-    # x = 150 / 100 = 1.5 at u = 0.9: capacity about 0.9 / 1.5 = 0.6; one window moves 30% of the way.
+    # x = 150 / 100 = 1.5 at u = 0.9: capacity about 0.9 / sqrt(1.5) = 0.7348; one window moves 30% of the way.
     first = update(Correction(), seen(150.0), MAX, SLO, DEFAULTS, 3600.0)
-    assert first.factor == pytest.approx(1.0 + 0.3 * (0.6 - 1.0))  # 0.88
+    assert first.factor == pytest.approx(1.0 + 0.3 * (0.734847 - 1.0))  # 0.920454
     assert first.samples == 1 and first.since_s == 3600.0 and "missed" in first.reason
     second = update(first, seen(150.0, end=3660.0), MAX, SLO, DEFAULTS, 3660.0)
-    assert second.factor == pytest.approx(0.88 + 0.3 * (0.6 - 0.88))  # 0.796
+    assert second.factor == pytest.approx(0.920454 + 0.3 * (0.734847 - 0.920454))  # 0.864772
     assert second.samples == 2 and second.since_s == 3600.0
 
 
@@ -54,9 +54,9 @@ def test_the_same_window_is_used_once():
 
 
 def test_a_waiting_queue_counts_as_a_miss():
-    # Latency 90% of the SLO but 2 requests waiting per replica: read as x = 1.05, capacity 0.9 / 1.05.
+    # Latency 90% of the SLO but 2 requests waiting per replica: read as x = 1.05, capacity 0.9 / sqrt(1.05).
     state = update(Correction(), seen(90.0, waiting=2.0), MAX, SLO, DEFAULTS, 3600.0)
-    assert state.factor == pytest.approx(1.0 + 0.3 * (0.9 / 1.05 - 1.0))
+    assert state.factor == pytest.approx(1.0 + 0.3 * (0.878310 - 1.0))
 
 
 def test_a_miss_within_the_tolerance_is_noise():
@@ -102,6 +102,7 @@ def test_low_load_and_missing_windows_decay_towards_one_with_the_half_life():
 
 
 def test_the_factor_never_falls_below_the_floor():
+    # x = 10: 0.9 / sqrt(10) = 0.28 < 0.3, so the target is the floor.
     state = update(Correction(0.35, 9, 0.0, "", 0.0, 0.35), seen(1000.0), MAX, SLO, DEFAULTS, 3600.0)
     assert state.factor == pytest.approx(0.35 + 0.3 * (0.3 - 0.35))
 
