@@ -321,6 +321,7 @@ class Job:
     static: Mapping[str, int] | None = None
     capacity: tuple[tuple[str, float], ...] = ()  # true capacity per option, as a share of its profile
     correct: bool = True  # spec.profileCorrection.enabled
+    known: bool = False  # the operator plans with the true capacities from the start (a fixed correction)
 
 
 def traffic_for(model: Model, workload: str, days: int, seed: int) -> tuple[TrafficShape, Traffic]:
@@ -342,8 +343,10 @@ def run_job(job: Job) -> tuple[Job, Scores, float]:
                   tuple(ready for _ in range(traffic.minutes)))
     else:
         spec = service_spec(model, job.settings, [job.option] if job.option else None, job.kind != "no-hyst")
-        observe = None
-        if job.capacity:
+        observe, reconcile_fn = None, reconcile_module.reconcile
+        if job.known:
+            reconcile_fn = functools.partial(_known_capacity, dict(job.capacity))
+        elif job.capacity:
             spec["profileCorrection"] = {"enabled": job.correct}
             profiles = Oracle(model, job.settings, mixes()).problems["chat"]
             simulator = PoolSimulator(traffic, round(job.settings.window_s / MINUTE_S),
@@ -351,7 +354,7 @@ def run_job(job: Job) -> tuple[Job, Scores, float]:
                                       dict(job.capacity), 120.0, LatencyModel(noise=0.03), job.seed)
             observe = simulator.observe
         run = replay(spec, default_inputs(), traffic, GRID, job.settings.interval_s, job.settings.window_s, startup,
-                     counted=job.kind != "no-hyst", observe_pools=observe)
+                     counted=job.kind != "no-hyst", observe_pools=observe, reconcile_fn=reconcile_fn)
         if job.capacity:
             RUNS[job] = run
     scores = score(run, oracle, traffic, shifts(shape, traffic), model.startup_s)
@@ -359,6 +362,15 @@ def run_job(job: Job) -> tuple[Job, Scores, float]:
 
 
 RUNS: dict[Job, Run] = {}  # (in the process that ran the job)
+
+
+def _known_capacity(capacity: Mapping[str, float], owner, observed, inputs, **kwargs):
+    """The operator's reconcile with the true capacities stored as its corrections every pass (no window
+    ever updates them: their time lies in the future), as `melange solve --correction` would plan."""
+    stored = {name: {"factor": factor, "samples": 1, "updated": "2100-01-01T00:00:00Z", "announced": factor}
+              for name, factor in capacity.items()}
+    status = {**observed.status, "profileCorrections": stored}
+    return reconcile_module.reconcile(owner, replace(observed, status=status), inputs, **kwargs)
 
 
 def hindsight(model_key: str, workload: str, settings: Settings, days: int, seed: int,
@@ -507,7 +519,8 @@ def misprofiled(args: argparse.Namespace) -> None:
             began = time.perf_counter()
             best = hindsight(model_key, workload, settings, args.days, args.seed, dict(capacity))[0]
             jobs = [Job(model_key, workload, "operator", settings, args.days, args.seed, capacity=capacity, correct=c)
-                    for c in (False, True)]
+                    for c in (False, True)] + [Job(model_key, workload, "operator", settings, args.days, args.seed,
+                                                   capacity=capacity, known=True)]
             if args.workers <= 1:
                 results = [run_misprofiled(j) for j in jobs]
             else:
@@ -518,11 +531,11 @@ def misprofiled(args: argparse.Namespace) -> None:
                   f"({time.perf_counter() - began:.0f} s wall)")
             rows = []
             for job, scores, _, factors in results:
-                label = "operator, corrections" if job.correct else "operator, no correction"
-                used = [f for f in factors]
-                tail = used[len(used) // 2:]
-                rows.append(row(label, scores, best) + [
-                    f"{min(used):.2f} / {statistics.median(tail):.2f} / {used[-1]:.2f}" if job.correct else "1"])
+                label = ("operator, true capacity known" if job.known else
+                         "operator, corrections" if job.correct else "operator, no correction")
+                tail = factors[len(factors) // 2:]
+                shown = f"{min(factors):.2f} / {statistics.median(tail):.2f} / {factors[-1]:.2f}" if job.correct else "1"
+                rows.append(row(label, scores, best) + [f"{capacity[0][1]:g} (fixed)" if job.known else shown])
             print_table(HEADERS + [f"{option} factor (min / median 2nd half / end)"], rows)
             plain, corrected = results[0][1], results[1][1]
             print(f"short minutes {plain.short_minutes} -> {corrected.short_minutes}; "
