@@ -115,3 +115,32 @@ def test_the_state_survives_status_and_events_follow_changes_over_five_percent()
     moved, due = announce(Correction(factor=0.94, announced=1.0))
     assert due and moved.announced == 0.94
     assert announce(Correction(factor=0.96, announced=1.0)) == (Correction(factor=0.96, announced=1.0), False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("enabled", "yes", "spec.profileCorrection.enabled: expected true or false"),
+    ("allowUpward", 1, "spec.profileCorrection.allowUpward: expected true or false"),
+    ("maxUpward", 0.9, "spec.profileCorrection.maxUpward: must be >= 1"),
+    ("maxUpward", 2.5, "spec.profileCorrection.maxUpward: must be <= 2"),
+    ("minRequests", 0, "spec.profileCorrection.minRequests: must be >= 1"),
+    ("halfLife", "soon", "spec.profileCorrection.halfLife: cannot read duration"),
+    ("halfway", 1, "spec.profileCorrection.halfway: unknown field"),
+])
+def test_the_spec_names_a_bad_field(field, value, message):
+    from melange.operator.core.spec import parse_spec
+    from melange.solver.errors import InputError
+    spec = {"model": "m", "catalogModel": "llama-3-8b", "slo": {"tpotMs": 120}, "gpuOptions": [{"name": "a", "gpu": "l4"}],
+            "workload": {"source": "prometheus"}, "profileCorrection": {field: value}}
+    with pytest.raises(InputError) as caught:
+        parse_spec(spec)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_the_spec_defaults():
+    from melange.operator.core.spec import parse_spec
+    spec = {"model": "m", "catalogModel": "llama-3-8b", "slo": {"tpotMs": 120}, "gpuOptions": [{"name": "a", "gpu": "l4"}],
+            "workload": {"source": "prometheus"}}
+    assert parse_spec(spec).profile_correction == CorrectionSettings(True, False, 1.2, 100, 3600.0)
+    spec["profileCorrection"] = {"enabled": False, "allowUpward": True, "maxUpward": 1.5, "minRequests": 50,
+                                 "halfLife": "30m"}
+    assert parse_spec(spec).profile_correction == CorrectionSettings(False, True, 1.5, 50, 1800.0)
