@@ -169,8 +169,11 @@ class Stream(threading.Thread):
             delay = due - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
                 break
-            tpot, ttft = self.latency(self._rng) if self.latency is not None else (None, None)
-            self.metrics.record(self.model_name, *self.mix.sample(self._rng), tpot_s=tpot, ttft_s=ttft)
+            if self.latency is None:
+                self.metrics.record(self.model_name, *self.mix.sample(self._rng))
+            else:
+                tpot, ttft = self.latency(self._rng)
+                self.metrics.record(self.model_name, *self.mix.sample(self._rng), tpot_s=tpot, ttft_s=ttft)
             self.played += 1
 
 
