@@ -213,7 +213,7 @@ def update(state: Correction, observation: PoolObservation | None, max_rps: Sequ
         upper = settings.max_upward if settings.allow_upward and x <= 1.0 - UPWARD_SLACK else 1.0
         target = max(f, min(estimate, upper))
         gain = UPWARD_GAIN if target > 1.0 and f >= 1.0 else GAIN
-        new = min(f + gain * (target - f), upper) if target > f else f
+        new = f + gain * (target - f)
         why = f"met the SLO: {latency}: capacity at least {estimate:.2f} of the profile"
     else:
         return _decay(state, end, settings, f"left alone: load too low to judge ({latency})")
