@@ -78,7 +78,7 @@ def read_pool(config: PrometheusConfig, option: str, grid: BucketGrid, slo: Slo,
         tpot_ms=None if latency.tpot_s is None else 1e3 * latency.tpot_s,
         ttft_ms=None if latency.ttft_s is None else 1e3 * latency.ttft_s,
         waiting_per_replica=None if latency.waiting is None or not latency.pods else latency.waiting / latency.pods,
-        end_s=now_s)
+        end_s=now_s, window_s=live.span_s or config.window_s)
 
 
 def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, pools: Sequence[str] = (),

@@ -111,7 +111,8 @@ class PoolSimulator:
                 requests=requests, rate=requests / (minutes * MINUTE_S),
                 distribution=tuple(tuple(float(v) for v in row) for row in counts_total / requests),
                 replicas=ready_sum / minutes, tpot_ms=noisy, ttft_ms=None,
-                waiting_per_replica=waiting_sum / minutes, end_s=START_S + minute * MINUTE_S)
+                waiting_per_replica=waiting_sum / minutes, end_s=START_S + minute * MINUTE_S,
+                window_s=self.window * MINUTE_S)
         self.truth.append(truth)
         return seen
 

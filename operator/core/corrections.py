@@ -45,8 +45,10 @@ it again. Hence the rule:
   window for the pool: it does not run): the factor decays towards 1 with half-life `halfLife`,
   f <- 1 + (f - 1) 2^(-dt / halfLife), dt the time since the state was last updated.
 
-Each move towards a target is smoothed, f <- f + `GAIN` (target - f) per window (an exponentially
-weighted moving average), and clamped to [`FLOOR`, maxUpward or 1]. A window is used once (the
+Each move towards a target is smoothed, f <- f + w (target - f) (an exponentially weighted moving
+average), and clamped to [`FLOOR`, maxUpward or 1]. The weight is `GAIN` (0.5) for a whole window of
+new data; a pass every minute over a 10-minute window brings a tenth of a window of news, weighted
+1 - (1 - GAIN)^(1/10), so the same minutes are not counted ten times. A window is used once (the
 state keeps the end of the last window used), so passes that reuse the last reading change nothing.
 The fixed point under a latency model with idle share a and the operator's target utilisation t
 (it sizes each pool at u = t f): met windows settle at f = c (t - a) / ((1 - a) t), e.g. 0.96 c at
@@ -63,7 +65,7 @@ from melange.operator.core.status import from_iso, iso
 from melange.solver.profiles import Slo
 
 FLOOR = 0.3  # a pool read at under 30% of its profile is broken, not mis-profiled: do not chase it lower
-GAIN = 0.3  # weight of one window in the moving average
+GAIN = 0.5  # weight of one window in the moving average
 UPWARD_GAIN = 0.1  # above the profile, move slowly
 MISS_EXPONENT = 0.5  # on a miss, capacity about u / x^0.5 (queueing makes x overstate the overload)
 MISS_TOLERANCE = 0.05  # a latency statistic within 5% over the SLO is noise, not a miss
@@ -103,6 +105,7 @@ class PoolObservation:
     ttft_ms: float | None
     waiting_per_replica: float | None
     end_s: float
+    window_s: float | None = None  # the window's length (None: windows do not overlap)
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,16 @@ def _decay(state: Correction, now_s: float, settings: CorrectionSettings, why: s
                    since_s=None if factor == 1.0 else state.since_s)
 
 
+def _weight(gain: float, state: Correction, observation: PoolObservation) -> float:
+    """The weight of this window's news: `gain` for a whole window of new data; windows that overlap the
+    last one used (a pass every minute over a 10-minute window) carry only their new part, so that
+    the same minutes are not counted ten times: 1 - (1 - gain)^(new / window)."""
+    if observation.window_s is None or state.updated_s is None:
+        return gain
+    new = min(1.0, max(0.0, (observation.end_s - state.updated_s) / observation.window_s))
+    return 1.0 - (1.0 - gain) ** new
+
+
 def update(state: Correction, observation: PoolObservation | None, max_rps: Sequence[Sequence[float | None]],
            slo: Slo, settings: CorrectionSettings, now_s: float) -> Correction:
     """The option's next state after `observation` (None: no window for the pool); see the module
@@ -205,14 +218,14 @@ def update(state: Correction, observation: PoolObservation | None, max_rps: Sequ
         x = max(x, 1.0 + MISS_TOLERANCE)
         estimate = u / x ** MISS_EXPONENT
         target = max(FLOOR, min(f, estimate))
-        new = f + GAIN * (target - f)
+        new = f + _weight(GAIN, state, observation) * (target - f)
         why = (f"missed the SLO: {latency}" + (f", {observation.waiting_per_replica:.1f} waiting per replica"
                                                 if queued else "") + f": capacity about {estimate:.2f} of the profile")
     elif u >= HIGH_LOAD * f:
         estimate = u / x
         upper = settings.max_upward if settings.allow_upward and x <= 1.0 - UPWARD_SLACK else 1.0
         target = max(f, min(estimate, upper))
-        gain = UPWARD_GAIN if target > 1.0 and f >= 1.0 else GAIN
+        gain = _weight(UPWARD_GAIN if target > 1.0 and f >= 1.0 else GAIN, state, observation)
         new = f + gain * (target - f)
         why = f"met the SLO: {latency}: capacity at least {estimate:.2f} of the profile"
     else:

@@ -39,12 +39,20 @@ def test_overshoot_takes_the_worst_target_with_data():
 
 
 def test_a_miss_pulls_the_factor_down_by_the_shortfall_smoothed():
-    # x = 150 / 100 = 1.5 at u = 0.9: capacity about 0.9 / sqrt(1.5) = 0.7348; one window moves 30% of the way.
+    # x = 150 / 100 = 1.5 at u = 0.9: capacity about 0.9 / sqrt(1.5) = 0.7348; one window moves half the way.
     first = update(Correction(), seen(150.0), MAX, SLO, DEFAULTS, 3600.0)
-    assert first.factor == pytest.approx(1.0 + 0.3 * (0.734847 - 1.0))  # 0.920454
+    assert first.factor == pytest.approx(1.0 + 0.5 * (0.734847 - 1.0))  # 0.867424
     assert first.samples == 1 and first.since_s == 3600.0 and "missed" in first.reason
     second = update(first, seen(150.0, end=3660.0), MAX, SLO, DEFAULTS, 3660.0)
-    assert second.factor == pytest.approx(0.920454 + 0.3 * (0.734847 - 0.920454))  # 0.864772
+    assert second.factor == pytest.approx(0.867424 + 0.5 * (0.734847 - 0.867424))  # 0.801135
+
+
+def test_an_overlapping_window_weighs_only_its_new_part():
+    # A pass a minute after the last over a 10-minute window: 1 - 0.5^(60/600) = 0.066967 of the way.
+    first = update(Correction(), seen(150.0), MAX, SLO, DEFAULTS, 3600.0)
+    overlapping = PoolObservation(1000, 2.4, HALF, 2.0, 150.0, None, 0.0, 3660.0, 600.0)
+    second = update(first, overlapping, MAX, SLO, DEFAULTS, 3660.0)
+    assert second.factor == pytest.approx(0.867424 + 0.066967 * (0.734847 - 0.867424))
     assert second.samples == 2 and second.since_s == 3600.0
 
 
@@ -56,7 +64,7 @@ def test_the_same_window_is_used_once():
 def test_a_waiting_queue_counts_as_a_miss():
     # Latency 90% of the SLO but 2 requests waiting per replica: read as x = 1.05, capacity 0.9 / sqrt(1.05).
     state = update(Correction(), seen(90.0, waiting=2.0), MAX, SLO, DEFAULTS, 3600.0)
-    assert state.factor == pytest.approx(1.0 + 0.3 * (0.878310 - 1.0))
+    assert state.factor == pytest.approx(1.0 + 0.5 * (0.878310 - 1.0))
 
 
 def test_a_miss_within_the_tolerance_is_noise():
@@ -67,7 +75,7 @@ def test_a_miss_within_the_tolerance_is_noise():
 def test_a_met_window_at_high_load_only_raises_a_low_factor():
     # f = 0.6, x = 0.9 at u = 0.9: capacity at least 1.0, so the target is 1.0.
     low = Correction(0.6, 5, 0.0, "", 0.0, 0.6)
-    assert update(low, seen(90.0), MAX, SLO, DEFAULTS, 3600.0).factor == pytest.approx(0.6 + 0.3 * 0.4)
+    assert update(low, seen(90.0), MAX, SLO, DEFAULTS, 3600.0).factor == pytest.approx(0.6 + 0.5 * 0.4)
     # f = 1, x = 0.95: at least 0.947, which says nothing against 1.
     assert update(Correction(), seen(95.0), MAX, SLO, DEFAULTS, 3600.0).factor == 1.0
 
@@ -104,7 +112,7 @@ def test_low_load_and_missing_windows_decay_towards_one_with_the_half_life():
 def test_the_factor_never_falls_below_the_floor():
     # x = 10: 0.9 / sqrt(10) = 0.28 < 0.3, so the target is the floor.
     state = update(Correction(0.35, 9, 0.0, "", 0.0, 0.35), seen(1000.0), MAX, SLO, DEFAULTS, 3600.0)
-    assert state.factor == pytest.approx(0.35 + 0.3 * (0.3 - 0.35))
+    assert state.factor == pytest.approx(0.35 + 0.5 * (0.3 - 0.35))
 
 
 def test_the_state_survives_status_and_events_follow_changes_over_five_percent():
