@@ -3,16 +3,21 @@ applies what it wants, and writes status and Events.
 
 A pass runs when something it depends on changed: the spec (create, update, resume at start), one of
 the service's Deployments (a watch: pods became ready or went away, someone scaled or edited it), a
-time a move waits for (the drain's end, the move's deadline), or the service's
-`reallocation.interval` (new traffic). A one-second timer runs the pass that is due; between them a
-service costs no API call. A failed pass sets `Reconciled=False` with the reason, posts one Warning
-(not one per retry), and is retried with a backoff. A lock per service keeps two passes of one
+time a move waits for (the routers' acknowledgements and requests in flight, the drain's bound, the move's
+deadline), or the service's `reallocation.interval` (new traffic; the first such pass after a create,
+resume or edit at the service's own phase within the interval, operator/core/schedule.py, so services
+created together do not tick together). A one-second timer runs the pass that is due; between them a
+service costs no API call. At most `max_passes` passes run at once (one per core by default): a burst
+of due passes queues for a core instead of sharing the cores all at once, so each pass takes what its
+own work takes. A failed pass sets `Reconciled=False` with the reason, posts one Warning (not one per
+retry), and is retried with a backoff. A lock per service keeps two passes of one
 service from overlapping. Importing this module registers the handlers with kopf's default registry.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -25,12 +30,15 @@ from melange.operator.core.moves import DEFAULT_DRAIN_S
 from melange.operator.core.planner import GROUP, MANAGED_BY, SERVICE_LABEL, VERSION, Images, Owner, PodMonitorSettings
 from melange.operator.core.problem import Inputs, config_refs, explicit_profiles, service_grid
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
+from melange.operator.core.schedule import interval_due
 from melange.operator.core.spec import ServiceSpec, parse_spec
 from melange.operator.core.status import condition, condition_status, iso, merge_conditions, status_merge_patch
 from melange.operator.kube import Cluster, describe_error, load_config
 from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
 from melange.operator.metrics import OperatorMetrics
 from melange.solver.errors import InputError
+from melange.solver.ilp import use_memo
+from melange.solver.memo import SolveMemo
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 
 PLURAL = "llmservices"
@@ -41,6 +49,14 @@ API_TIMEOUT_S = 30.0  # kopf's own calls (watches, status patches, Events)
 FINALIZER = f"{GROUP}/node-pools"
 
 
+def cores() -> int:
+    """The CPUs this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 @dataclass
 class OperatorConfig:
     """What the operator's flags set; handlers find it in kopf's memo as `memo.config`."""
@@ -48,7 +64,7 @@ class OperatorConfig:
     images: Images = field(default_factory=Images)
     catalog: Catalog = field(default_factory=shipped_catalog)
     prometheus: PrometheusDefaults = field(default_factory=PrometheusDefaults)
-    drain_s: float = DEFAULT_DRAIN_S
+    drain_s: float | None = DEFAULT_DRAIN_S  # the drain's bound; None: the removed pools' termination grace
     metrics_port: int | None = None  # serve the operator's /metrics here (None: do not serve)
     pod_monitors: str = "auto"  # auto: where the PodMonitor CRD is installed; on: always; off: never
     pod_monitor: PodMonitorSettings = field(default_factory=PodMonitorSettings)
@@ -56,6 +72,16 @@ class OperatorConfig:
     cluster: Cluster | None = None
     clock_origin: tuple[float, float] | None = None  # (wall time, loop time) when the operator started
     woken: set[tuple[str, str]] = field(default_factory=set)  # (namespace, name) of services a watch woke
+    max_passes: int = field(default_factory=cores)  # passes running at once, at most
+    solve_memo: SolveMemo | None = field(default_factory=SolveMemo)  # answers of solves whose inputs recur
+    _pass_slots: asyncio.Semaphore | None = None
+
+    @property
+    def pass_slots(self) -> asyncio.Semaphore:
+        """What a pass holds while it runs: `max_passes` of them."""
+        if self._pass_slots is None:
+            self._pass_slots = asyncio.Semaphore(self.max_passes)
+        return self._pass_slots
 
     def wake(self, namespace: str, name: str) -> None:
         """Ask for a pass of the service at the next tick."""
@@ -90,6 +116,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = API_TIMEOUT_S
     config = _config(memo)
     config.clock()
+    use_memo(config.solve_memo)
     if config.pod_monitors == "on" and not await asyncio.to_thread(config.cluster.serves_pod_monitors):
         raise kopf.PermanentError("--pod-monitors on, but the API server does not serve monitoring.coreos.com/v1 "
                                   "podmonitors: install the Prometheus Operator's CRDs, or use --pod-monitors auto "
@@ -121,13 +148,23 @@ def _interval_s(spec: Any) -> float:
         return DEFAULT_INTERVAL_S
 
 
+def _service_interval_s(passes: "Passes", body: kopf.Body) -> float:
+    """The service's interval, read from its spec once per generation (every tick asks)."""
+    generation = body["metadata"].get("generation")
+    if passes.interval is None or passes.interval[0] != generation:
+        passes.interval = (generation, _interval_s(body.get("spec")))
+    return passes.interval[1]
+
+
 @dataclass
 class Passes:
     """What the shell remembers of one service between passes (in its kopf memo)."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_s: float | None = None  # loop time of the last pass
-    fresh_s: float | None = None  # loop time of the last pass on fresh traffic (an interval's)
+    fresh_at_s: float | None = None  # start of the last pass on fresh traffic, seconds since the epoch
+    fresh_on_phase: bool = False  # whether that pass was an interval pass (else: create, resume, edit)
+    interval: tuple[int | None, float] | None = None  # (generation, its reallocation interval in seconds)
     live: tuple[int | None, LiveInput | None] | None = None  # (generation, reading) of that read
     wake_s: float | None = None  # wall time a move waits for
     retry_s: float | None = None  # loop time to retry a failed pass
@@ -144,9 +181,10 @@ def _passes(memo: kopf.Memo) -> Passes:
 
 
 async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any,
-                            fresh_metrics: bool = True) -> Outcome | None:
+                            fresh_metrics: bool = True, on_phase: bool = False) -> Outcome | None:
     """Observe, reconcile, apply, report: one pass for one service. A failure is reported in status and
-    once as an Event, and the pass is retried; None then."""
+    once as an Event, and the pass is retried; None then. `on_phase`: an interval pass following an
+    earlier one (operator/core/schedule.py)."""
     config = _config(memo)
     passes = _passes(memo)
     async with passes.lock:
@@ -157,9 +195,11 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         if passes.written is not None and passes.written[0] == meta.get("resourceVersion"):
             previous = dict(passes.written[1])
         try:
-            outcome, error = await _reconcile_once(body, previous, passes, config, logger, fresh_metrics)
+            async with config.pass_slots:
+                fresh_at = config.clock()
+                outcome, error = await _reconcile_once(body, previous, passes, config, logger, fresh_metrics)
         except Exception as failure:  # reading the cluster failed: nothing was decided
-            outcome, error = None, failure
+            outcome, error, fresh_at = None, failure, config.clock()
         finally:
             config.metrics.reconcile_seconds.observe(time.perf_counter() - started)
         status = dict(outcome.status) if outcome is not None else {}
@@ -171,7 +211,7 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         passes.written = (meta.get("resourceVersion"), _merged(previous, status))
         passes.last_s = loop.time()
         if fresh_metrics:
-            passes.fresh_s = passes.last_s
+            passes.fresh_at_s, passes.fresh_on_phase = fresh_at, on_phase
         passes.wake_s = outcome.wake_s if outcome is not None else None
         passes.failures = passes.failures + 1 if error is not None else 0
         passes.retry_s = None if error is None else \
@@ -236,7 +276,8 @@ async def _reconcile_once(body: kopf.Body, previous: dict[str, Any], passes: Pas
     if parsed is not None and parsed.mode == "apply" and condition_status(previous, "Ready") != "True":
         problems = await asyncio.to_thread(cluster.pod_problems, owner)
     routers = None
-    if parsed is not None and parsed.mode == "apply" and (previous.get("move") or {}).get("step") == "switching":
+    if parsed is not None and parsed.mode == "apply" and (previous.get("move") or {}).get("step") in ("switching",
+                                                                                                      "draining"):
         routers = await asyncio.to_thread(cluster.ready_routers, owner)
     observed = Observed(spec, meta.get("generation"), previous, actual, config.clock(), problems, routers)
     # Solving takes tens of milliseconds: off the event loop, so watches and the health endpoint stay live.
@@ -326,14 +367,18 @@ async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: A
     meta = body["metadata"]
     now = asyncio.get_running_loop().time()
     woken = (meta["namespace"], meta["name"]) in config.woken
-    config.woken.discard((meta["namespace"], meta["name"]))
-    interval_due = passes.fresh_s is None or now - passes.fresh_s >= _interval_s(body.get("spec"))
+    fresh = interval_due(config.clock(), passes.fresh_at_s, passes.fresh_on_phase, meta["uid"],
+                         _service_interval_s(passes, body))
     if passes.retry_s is not None:
         due = now >= passes.retry_s
     else:
-        due = woken or interval_due or (passes.wake_s is not None and config.clock() >= passes.wake_s)
+        due = woken or fresh or (passes.wake_s is not None and config.clock() >= passes.wake_s)
     if due and not passes.lock.locked():
-        await reconcile_service(body, patch, memo, logger, fresh_metrics=interval_due)
+        # A wake that comes while a pass runs (or waits for a slot) stays for the next tick: that pass may
+        # have read the Deployments before the change that woke it.
+        config.woken.discard((meta["namespace"], meta["name"]))
+        await reconcile_service(body, patch, memo, logger, fresh_metrics=fresh,
+                                on_phase=fresh and passes.fresh_at_s is not None)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

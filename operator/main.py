@@ -52,8 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metrics-port", type=int, default=9090,
                         help="serve the operator's own metrics on this port at /metrics; 0: off (default 9090)")
     parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_S, metavar="SECONDS",
-                        help=f"wait this long after switching the routing before scaling old pools down "
-                             f"(default {DEFAULT_DRAIN_S:g} s, counted from every router serving the new table: requests in flight on the old split finish)")
+                        help="after switching the routing, wait at most this long for the routers' requests in flight "
+                             "to the pools a move removes before scaling them down, counted from every router serving "
+                             "the new table (default: the pools' terminationGracePeriodSeconds); the drain ends as "
+                             "soon as every ready router reports none")
     parser.add_argument("--pod-monitors", choices=("auto", "on", "off"), default="auto",
                         help="a Prometheus Operator PodMonitor per service for its pools and router: auto (where "
                              "the monitoring.coreos.com/v1 CRDs are installed), on (always; the operator stops if "
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "kube-prometheus-stack selects release=<its release name>)")
     parser.add_argument("--pod-monitor-interval", metavar="DURATION",
                         help="scrape interval of the PodMonitors, e.g. 15s (default: the Prometheus's own)")
+    parser.add_argument("--max-passes", type=int, default=None, metavar="N",
+                        help="reconcile passes running at once, at most (default: one per CPU the operator may "
+                             "use); more due passes wait for one to finish")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return parser
 
@@ -103,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         token = read_bearer_token(args.prometheus_token_file)
     except InputError as error:
         build_parser().error(str(error))
-    if args.metrics_port < 0 or args.metrics_port > 65535 or args.drain < 0:
+    if args.metrics_port < 0 or args.metrics_port > 65535 or (args.drain is not None and args.drain < 0):
         build_parser().error("--metrics-port must be 0-65535 and --drain >= 0")
     try:
         pod_monitor = pod_monitor_settings(args.pod_monitor_label, args.pod_monitor_interval)
@@ -113,6 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             prometheus=PrometheusDefaults(args.prometheus_url, token, args.prometheus_ca_file),
                             drain_s=args.drain, metrics_port=args.metrics_port or None,
                             pod_monitors=args.pod_monitors, pod_monitor=pod_monitor)
+    if args.max_passes is not None:
+        if args.max_passes < 1:
+            build_parser().error(f"--max-passes: got {args.max_passes}, expected an integer >= 1")
+        config.max_passes = args.max_passes
     try:  # checked before kopf starts, which would retry a missing connection every minute
         config.cluster = Cluster(load_config())
     except NoClusterAccess as error:

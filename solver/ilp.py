@@ -39,7 +39,9 @@ from dataclasses import dataclass, field, replace
 
 import pulp
 
+from melange.solver.branching import branch_and_bound, load_values, round_by_groups
 from melange.solver.errors import InfeasibleError, InputError
+from melange.solver.memo import SolveMemo
 
 SOLVERS = ("highs", "cbc")
 DEFAULT_SOLVER = "highs"
@@ -185,30 +187,85 @@ def unservable(items: Sequence[Item]) -> list[str]:
             if item.rate > 0 and all(s is None for s in item.seconds_per_request)]
 
 
+_memo: SolveMemo | None = None
+
+
+def use_memo(memo: SolveMemo | None) -> None:
+    """Keep the answers of solve_ilp in `memo` from now on (None: solve every time, the default). The
+    operator uses one: it solves the same inputs again and again (solver/memo.py)."""
+    global _memo
+    _memo = memo
+
+
+def _memo_key(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> bytes:
+    """Exactly what a solve depends on (the current allocation in a fixed order)."""
+    return SolveMemo.key(tuple(items), tuple(options), replace(settings, current={}),
+                         tuple(sorted(settings.current.items())))
+
+
 def solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> IlpSolution:
     """Find the cheapest replica counts and slice assignment serving every item.
 
     Raises InfeasibleError when some item with traffic has no option able to serve it; returns
-    status 'infeasible' when the extensions (quotas, spot share) make the model infeasible.
+    status 'infeasible' when the extensions (quotas, spot share) make the model infeasible. With a memo
+    in use (use_memo), a solve of inputs already solved returns that answer (its wall time: the look-up).
     """
     check_settings(settings)
     missing = unservable(items)
     if missing:
         raise InfeasibleError(missing)
+    memo = _memo
+    if memo is None:
+        return _solve_ilp(items, options, settings)
     started = time.perf_counter()
+    key = _memo_key(items, options, settings)
+    known = memo.get(key)
+    if known is not None:
+        return replace(known, wall_time_s=time.perf_counter() - started)
+    solution = _solve_ilp(items, options, settings)
+    if solution.status in ("optimal", "infeasible"):  # proven: the same inputs give the same answer
+        memo.put(key, solution)
+    return solution
+
+
+# Answers needing more replicas than this are not given: the solvers' tolerances are absolute (1e-6 on
+# integrality, 1e-7 on feasibility), so on doubles of 16 significant digits counts past 1e9 carry no
+# exact integer meaning and a claimed optimum there was seen to cost more than a single GPU type.
+MAX_REPLICAS = 10 ** 9
+
+
+def fewest_replicas(items: Sequence[Item], settings: IlpSettings) -> float:
+    """A lower bound on the replicas any answer needs: each item on the option that serves it fastest."""
+    need = sum(item.rate * min(s for s in item.seconds_per_request if s is not None)
+               for item in items if item.rate > 0 and any(s is not None for s in item.seconds_per_request))
+    return need / settings.target_utilisation
+
+
+def _solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings) -> IlpSolution:
+    started = time.perf_counter()
+    if fewest_replicas(items, settings) > MAX_REPLICAS:
+        return _empty("no_solution", items, options, settings, started)
     # Stage 1: slices relaxed to fractions, replicas integer. Its optimum bounds the true one from
     # below; when its split rounds to whole slices within the same replicas, that bound is met and
     # the rounded answer is proven optimal. This is much faster than branching on the slices.
     relaxed, n, y = _build(items, options, settings, integer_slices=False)
-    _run(relaxed, settings.solver, settings.time_limit_s)
+    _run_few_integers(relaxed, settings.solver, settings.time_limit_s)
     relaxed_status = _status(relaxed)
     if relaxed_status == "infeasible":
         return _empty("infeasible", items, options, settings, started)
     if relaxed_status == "optimal":
-        counts = _round_slices(items, options, settings, [_integer_value(v) for v in n],
+        replicas = [_integer_value(v) for v in n]
+        counts = _round_slices(items, options, settings, replicas,
                                {key: var.varValue or 0.0 for key, var in y.items()})
         if counts is None:
-            counts = _fit_slices(items, options, settings, [_integer_value(v) for v in n])
+            spread = _least_load_split(items, options, settings, replicas)
+            if spread is not None:
+                counts = _round_slices(items, options, settings, replicas, spread) \
+                    or _search_slices(items, options, settings, replicas, spread)
+            if counts is not None and not _fits(items, options, settings, replicas, counts):
+                counts = None
+        if counts is None:
+            counts = _fit_slices(items, options, settings, replicas)
         if counts is not None:
             return _solution("optimal", items, options, settings, [_integer_value(v) for v in n], counts, 0.0,
                              started)
@@ -231,6 +288,25 @@ def solve_ilp(items: Sequence[Item], options: Sequence[OptionSpec], settings: Il
 def _run(model: pulp.LpProblem, solver: str, time_limit_s: float | None, mip: bool = True) -> None:
     with _quiet_stdout():
         model.solve(_solver(solver, time_limit_s, mip))
+
+
+# Models with at most this many integer columns are solved by our own branch and bound (few options:
+# milliseconds) rather than HiGHS's MIP solver (tens of milliseconds of set-up); solver/branching.py.
+# With 16 (bench/solver_speed.py's 16-option instance) HiGHS's MIP solver was 2-5 times faster.
+BRANCH_MAX_INTEGERS = 8
+BRANCH_NODE_LIMIT = 2000
+
+
+def _run_few_integers(model: pulp.LpProblem, solver: str, time_limit_s: float | None) -> None:
+    """Solve a model whose only integer columns are the replica (and node) counts: by branch and bound
+    on HiGHS's LP when they are few, else (or when it gives up) by the MIP solver."""
+    if solver == "highs" and sum(v.cat == pulp.LpInteger for v in model.variables()) <= BRANCH_MAX_INTEGERS:
+        with _quiet_stdout():
+            result = branch_and_bound(model, _GAP_REL, _GAP_ABS, BRANCH_NODE_LIMIT)
+        if result.status != "limit":
+            load_values(model, result)
+            return
+    _run(model, solver, time_limit_s)
 
 
 def _empty(status: str, items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
@@ -258,6 +334,18 @@ def _fit_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: 
     model, n, y = _build(items, fixed, replace(settings, min_total_replicas=0, move_cost=0.0), integer_slices=True)
     for var, count in zip(n, replicas):
         var.lowBound = count
+    if settings.solver == "highs":
+        # First the LP-guided rounding on the split of least load, heaviest items first (solver/branching.py).
+        model.setObjective(_load_objective(items, y, settings.slice_factor))
+        order = sorted((k for k, item in enumerate(items) if item.rate > 0), key=lambda k: -_heaviest_slice(items[k]))
+        groups = [[y[k, g] for g in range(len(options)) if (k, g) in y] for k in order]
+        with _quiet_stdout():
+            values = round_by_groups(model, groups, settings.slice_factor, DIVE_NODE_LIMIT)
+        if values is not None:
+            model.assignVarsVals(values)
+            counts = [[_integer_value(y.get((k, g))) for g in range(len(options))] for k in range(len(items))]
+            if _fits(items, options, settings, replicas, counts):
+                return counts
     model.setObjective(pulp.lpSum(n))  # constant: n is fixed; CBC rejects an all-zero objective
     try:
         _run(model, settings.solver, settings.time_limit_s)
@@ -265,7 +353,137 @@ def _fit_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: 
         return None
     if model.sol_status not in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
         return None
-    return [[_integer_value(y.get((k, g))) for g in range(len(options))] for k in range(len(items))]
+    counts = [[_integer_value(y.get((k, g))) for g in range(len(options))] for k in range(len(items))]
+    return counts if _fits(items, options, settings, replicas, counts) else None
+
+
+DIVE_NODE_LIMIT = 200  # LPs the item-by-item rounding may solve before the feasibility MIP runs
+
+
+def _load_objective(items: Sequence[Item], y: Mapping[tuple[int, int], pulp.LpVariable],
+                    slice_factor: int) -> pulp.LpAffineExpression:
+    """Replica-seconds of a split: the least of it leaves the most room for whole slices."""
+    return pulp.LpAffineExpression(
+        {var: items[k].rate / slice_factor * items[k].seconds_per_request[g] for (k, g), var in y.items()})
+
+
+def _heaviest_slice(item: Item) -> float:
+    """The load of one slice of `item` on the slowest option that serves it."""
+    return item.rate * max(sec for sec in item.seconds_per_request if sec is not None)
+
+
+def _fits(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings, replicas: Sequence[int],
+          counts: Sequence[Sequence[int]]) -> bool:
+    """Whether whole slices `counts` place every slice and fit `replicas` exactly as `_solution` counts
+    them (so a rounding never claims the bound with more replicas than it has), spot share included."""
+    s = settings.slice_factor
+    if any(sum(row) != s for item, row in zip(items, counts) if item.rate > 0):
+        return False
+    loads = _loads(items, options, counts, s)
+    return all(_needed(load, settings.target_utilisation) <= r for load, r in zip(loads, replicas)) \
+        and _spot_share_holds(items, options, settings, counts)
+
+
+def _least_load_split(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
+                      replicas: Sequence[int]) -> dict[tuple[int, int], float] | None:
+    """The fractional split within exactly `replicas` that uses the fewest replica-seconds (an LP).
+
+    The first stage's split is any one that fits its replicas, and its vertex tends to fill every option
+    to the brim (work moved to slower options costs nothing there); rounding it then has no room. The
+    split of least total load leaves the most room, so whole slices fit far more often."""
+    fixed = [replace(o, max_replicas=r, min_replicas=0) for o, r in zip(options, replicas)]
+    model, n, y = _build(items, fixed, replace(settings, min_total_replicas=0, move_cost=0.0), integer_slices=False)
+    for var, count in zip(n, replicas):
+        var.lowBound = count
+    model.setObjective(_load_objective(items, y, settings.slice_factor))
+    _run(model, settings.solver, None, mip=False)
+    if model.sol_status != pulp.LpSolutionOptimal:
+        return None
+    return {key: var.varValue or 0.0 for key, var in y.items()}
+
+
+# Nodes the rounding search may visit before the feasibility MIP takes over.
+SEARCH_NODE_LIMIT = 10000
+SEARCH_MAX_SLICES = 500  # more slices left to place than this: the feasibility MIP (and no deep recursion)
+
+
+def _search_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
+                   replicas: Sequence[int], fractional: Mapping[tuple[int, int], float]) -> list[list[int]] | None:
+    """Whole slices within `replicas`, by depth-first search guided by a fractional split: items the split
+    gives whole slices keep them, and the slices of the items it splits in fractions (at most as many as
+    there are options, at a vertex of its LP) are placed one at a time, heaviest item first, options with
+    the largest share of the item first, backtracking when a slice fits nowhere. None when nothing is
+    found within SEARCH_NODE_LIMIT nodes (or the spot share does not hold): the caller then tries harder.
+    (Searching every item's slices this way, to move whole items too, ran into the node limit on the
+    paper's instance: chronological backtracking undoes the lightest items first, rarely the ones in
+    the way.)"""
+    s, u = settings.slice_factor, settings.target_utilisation
+    room = [u * r + u * LOAD_TOLERANCE for r in replicas]
+    counts = [[0] * len(options) for _ in items]
+    split: list[int] = []
+    for k, item in enumerate(items):
+        if item.rate <= 0:
+            continue
+        shares = {g: fractional.get((k, g), 0.0) for g, sec in enumerate(item.seconds_per_request) if sec is not None}
+        if any(abs(share - round(share)) > 1e-7 for share in shares.values()):
+            split.append(k)
+            continue
+        for g, share in shares.items():
+            counts[k][g] = int(round(share))
+            room[g] -= counts[k][g] * item.rate / s * item.seconds_per_request[g]
+        if sum(counts[k]) != s:
+            return None
+
+    def heaviest(k: int) -> tuple[float, int]:
+        return -items[k].rate * max(sec for sec in items[k].seconds_per_request if sec is not None), k
+
+    slices = [k for k in sorted(split, key=heaviest) for _ in range(s)]
+    if any(r < 0 for r in room) or len(slices) > SEARCH_MAX_SLICES:
+        return None
+    orders = {k: sorted((g for g, sec in enumerate(items[k].seconds_per_request) if sec is not None),
+                        key=lambda g: (-fractional.get((k, g), 0.0), g)) for k in set(slices)}
+    nodes = 0
+
+    def place(i: int, floor_rank: int) -> bool:
+        nonlocal nodes
+        if i == len(slices):
+            return True
+        k = slices[i]
+        item = items[k]
+        order = orders[k]
+        # Slices of one item are alike: the next one goes to an option no earlier in the item's order than
+        # the previous one's, so each way of splitting the item is tried once.
+        start = floor_rank if i > 0 and slices[i - 1] == k else 0
+        for rank in range(start, len(order)):
+            g = order[rank]
+            need = item.rate / s * item.seconds_per_request[g]
+            if room[g] < need:
+                continue
+            nodes += 1
+            if nodes > SEARCH_NODE_LIMIT:
+                return False
+            room[g] -= need
+            counts[k][g] += 1
+            if place(i + 1, rank):
+                return True
+            room[g] += need
+            counts[k][g] -= 1
+        return False
+
+    if not place(0, 0) or not _spot_share_holds(items, options, settings, counts):
+        return None
+    return counts
+
+
+def _spot_share_holds(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,
+                      counts: Sequence[Sequence[int]]) -> bool:
+    if settings.max_spot_share is None:
+        return True
+    s = settings.slice_factor
+    total = sum(item.rate for item in items if item.rate > 0)
+    spot = sum(item.rate / s * counts[k][g] for k, item in enumerate(items)
+               for g, option in enumerate(options) if option.spot)
+    return spot <= settings.max_spot_share * total + 1e-9
 
 
 def _round_slices(items: Sequence[Item], options: Sequence[OptionSpec], settings: IlpSettings,

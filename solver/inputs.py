@@ -136,6 +136,9 @@ def load_bundle(path: Path) -> LoadedInputs:
         return LoadedInputs(problem, {"slice_factor": slice_factor})
     where = str(path)
     mapping = require_mapping(data, where)
+    if mapping.get("kind") == "LLMService":
+        raise InputError(where, f"an LLMService manifest, not a solve bundle: use melange plan {path}, which "
+                                "checks and solves it as the operator would")
     if REFERENCE_KEYS & set(mapping) and not {"workload", "options", "profiles"} & set(mapping):
         missing = sorted(REFERENCE_KEYS - set(mapping))
         raise InputError(where, f"looks like a melange-release JSON config but lacks {', '.join(missing)}",

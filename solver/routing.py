@@ -11,6 +11,10 @@ from melange.solver.errors import InputError
 
 
 TABLE_KEY = "routing.json"  # the file name (and ConfigMap key) the router reads a table from
+# In the routers' acknowledgement ConfigMap, beside `<pod>: <version>`: `<pod>.in-flight` holds the pod's
+# requests still in flight to pools its table no longer routes to, as JSON
+# {"version": <the table it serves>, "pools": {<pool>: <requests>}} (pools with none left out).
+IN_FLIGHT_SUFFIX = ".in-flight"
 
 
 def routing_table(allocation: Allocation, grid: BucketGrid, pool_urls: Mapping[str, list[str] | str]) -> dict[str, Any]:

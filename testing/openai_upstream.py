@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 COMPLETION_TOKENS = 30
 TOKEN_TEXT = "é "  # the text of every generated token
 FINGERPRINT = "vllm-0.34.0-fake0000"  # the default `system_fingerprint` (vLLM's --fingerprint-mode full)
-SLOW_PROMPT = "slow"  # a request with this prompt takes SLOW_SECONDS, and reports its cancellation
+SLOW_PROMPT = "slow"  # a request with this prompt (or one that starts "slow ") takes SLOW_SECONDS, and reports its
+# cancellation
 SLOW_SECONDS = 5.0
 STARTED, CANCELLED, FINISHED = "started", "cancelled", "finished"  # what a slow request reports
 
@@ -210,15 +211,16 @@ def whole_answer(body: Mapping[str, Any], name: str, fingerprint: str | None = F
 
 def upstream_app(name: str, slow_requests: asyncio.Queue | None = None, chunks: int = 20,
                  tokenize: bool = True, tail_pause_s: float = 0.0, fingerprint: str | None = FINGERPRINT,
-                 metrics: Mapping[str, Any] | None = None, received: list[bytes] | None = None) -> web.Application:
+                 metrics: Mapping[str, Any] | None = None, received: list[bytes] | None = None,
+                 slow_seconds: float = SLOW_SECONDS) -> web.Application:
     """The app of one upstream called `name` (whole answers carry `served_by: name`); each slow
     request puts `(name, STARTED)` on `slow_requests` when it begins, then `(name, CANCELLED)` when
     its caller goes away or `(name, FINISHED)` when it runs to its end. A stream's body ends
     `tail_pause_s` after its `data: [DONE]` (a loaded server's last write can lag). `fingerprint`
     is the `system_fingerprint` (None: vLLM's --fingerprint-mode none), `metrics` the per-request
     metrics of the usage-only event (None: vLLM's default, none); `received` collects every
-    request body as it arrived. Serve it with handler_cancellation on, as the router is, so that
-    a caller leaving cancels the handler."""
+    request body as it arrived; a slow request takes `slow_seconds`. Serve it with handler_cancellation
+    on, as the router is, so that a caller leaving cancels the handler."""
 
     def report(outcome: str) -> None:
         if slow_requests is not None:
@@ -234,16 +236,17 @@ def upstream_app(name: str, slow_requests: asyncio.Queue | None = None, chunks: 
         except ValueError as error:
             return web.json_response({"error": {"message": str(error), "type": "BadRequestError", "param": None,
                                                 "code": 400}}, status=400)
-        slow = body.get("prompt") == SLOW_PROMPT
+        prompt = body.get("prompt")
+        slow = prompt == SLOW_PROMPT or (isinstance(prompt, str) and prompt.startswith(SLOW_PROMPT + " "))
         if slow:
             report(STARTED)
         try:
             if fields.stream:
                 response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
                 await response.prepare(request)
-                if slow:  # a long generation: text events as fast as the caller takes them, for 5 s
+                if slow:  # a long generation: text events as fast as the caller takes them, for slow_seconds
                     event = stream_events(body, 2)[0]
-                    deadline = time.monotonic() + SLOW_SECONDS
+                    deadline = time.monotonic() + slow_seconds
                     while time.monotonic() < deadline:
                         await response.write(event)
                         await asyncio.sleep(0)
@@ -254,7 +257,7 @@ def upstream_app(name: str, slow_requests: asyncio.Queue | None = None, chunks: 
                 await response.write_eof()
             else:
                 if slow:
-                    await asyncio.sleep(SLOW_SECONDS)
+                    await asyncio.sleep(slow_seconds)
                 response = web.json_response(whole_answer(body, name, fingerprint))
         except (asyncio.CancelledError, ConnectionError):  # the caller went away
             if slow:

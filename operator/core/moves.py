@@ -5,7 +5,9 @@ so a restarted operator resumes it where it stood.
                   waits until every pool has that many ready replicas
     switching     the routing table follows the new split (written this step); waits until every
                   ready router pod acknowledges serving it
-    draining      waits `drain_s` (requests in flight on the old split finish)
+    draining      waits until every ready router pod reports no request in flight to the pools the
+                  move removes (`drain_waits`), at most the drain bound (the removed pools' termination
+                  grace) from the acknowledgement
     scaling-down  every pool at its new replicas; pools the new mix drops go to zero, then away
     (done)        status.allocation is the new mix
 
@@ -21,7 +23,11 @@ from typing import Any
 from melange.operator.core.status import from_iso, iso
 
 STEPS = ("scaling-up", "switching", "draining", "scaling-down")
-DEFAULT_DRAIN_S = 90.0  # after every router acknowledged the switch: requests in flight on the old split finish
+# The longest a drain waits, counted from every router serving the new table; None: the removed pools'
+# termination grace (their Deployments' terminationGracePeriodSeconds), the time a pod of theirs is
+# given anyway to finish its requests when it is told to stop.
+DEFAULT_DRAIN_S: float | None = None
+FALLBACK_GRACE_S = 30.0  # Kubernetes' default terminationGracePeriodSeconds
 
 
 @dataclass(frozen=True)
@@ -91,30 +97,80 @@ def all_ready(wanted: Mapping[str, int], ready: Mapping[str, int]) -> bool:
     return all(ready.get(name, 0) >= count for name, count in wanted.items() if count > 0)
 
 
-def advance(move: Move, ready: Mapping[str, int], now_s: float, drain_s: float = DEFAULT_DRAIN_S,
+def removed(move: Move) -> tuple[str, ...]:
+    """The pools the move takes away (running before, none after): the new table no longer routes to
+    them, and they go to zero once drained. A pool that only shrinks stays in the table; its pods that
+    go stop gracefully (not ready at once, so no new request, then their termination grace)."""
+    return tuple(sorted(name for name, count in move.source.items() if count > 0 and move.target.get(name, 0) <= 0))
+
+
+@dataclass(frozen=True)
+class Drain:
+    """What a drain observed: per ready router pod, its requests in flight to each pool, as it last
+    reported them for the new table (None for a pod that reported nothing for it: an older router, or
+    one that stopped writing); `in_flight` None: routers are not followed (then the drain takes its
+    bound). `bound_s`: the longest the drain waits, from its start."""
+
+    in_flight: Mapping[str, Mapping[str, int] | None] | None
+    bound_s: float
+
+
+def drain_waits(move: Move, drain: Drain, now_s: float) -> str | None:
+    """What a draining move still waits for, in a line; None when the drain is over: every ready router
+    reports zero requests in flight to the pools the move removes, or `bound_s` has passed since the
+    drain began, whichever comes first (a silent router, or a request longer than the pools' grace,
+    holds the move no longer than the pods would be given to stop anyway)."""
+    left = drain.bound_s - (now_s - move.since_s)
+    if left <= 0:
+        return None
+    bound = f"at most {left:.0f} s more, the pools' termination grace"
+    if drain.in_flight is None:
+        return f"waiting for requests in flight on the old split ({bound})"
+    pools = removed(move)
+    if not pools:
+        return None
+    busy = []
+    for pod, counts in sorted(drain.in_flight.items()):
+        if counts is None:
+            busy.append(f"{pod} reports none")
+            continue
+        held = [f"{counts[pool]} to {pool}" for pool in pools if counts.get(pool, 0) > 0]
+        if held:
+            busy.append(f"{pod} has {', '.join(held)}")
+    if not busy:
+        return None
+    return f"waiting for requests in flight to {', '.join(pools)}: {'; '.join(busy)} ({bound})"
+
+
+def advance(move: Move, ready: Mapping[str, int], now_s: float, drain: Drain | None = None,
             switched: bool = True) -> Move | None:
     """The move after this pass's observations; None when it is complete. `ready`: ready replicas per
-    pool now; `switched`: every router serves the new table. The caller then applies `stage()` of the
-    returned move."""
+    pool now; `switched`: every router serves the new table; `drain`: what the drain waits on (None:
+    nothing is followed and there is no bound, the drain ends at once). The caller then applies
+    `stage()` of the returned move."""
     if move.step == "scaling-up":
         return move.at("switching", now_s) if all_ready(peak(move), ready) else move
     if move.step == "switching":  # the drain counts from the acknowledgement
         return move.at("draining", now_s) if switched else move
     if move.step == "draining":
-        return move.at("scaling-down", now_s) if now_s - move.since_s >= drain_s else move
+        return move.at("scaling-down", now_s) if drain is None or drain_waits(move, drain, now_s) is None else move
     shrunk = all(ready.get(name, 0) <= move.target.get(name, 0) for name in peak(move))
     return None if shrunk else move
 
 
-SWITCH_POLL_S = 2.0  # how often a switch looks for the routers' acknowledgements
+SWITCH_POLL_S = 2.0  # how often a switch (and a drain) looks for the routers' acknowledgements (reports)
 
 
-def next_wake_s(move: Move, drain_s: float, timeout_s: float, now_s: float | None = None) -> float:
+def next_wake_s(move: Move, drain: Drain | None, timeout_s: float, now_s: float | None = None) -> float:
     """When the move needs a pass that no change of its pools announces: the switch looks for the routers'
-    acknowledgements at once and then every SWITCH_POLL_S, the drain ends after `drain_s`, and a
-    scale-up that never becomes ready ends at its deadline."""
+    acknowledgements at once and then every SWITCH_POLL_S; the drain looks for the routers' requests in
+    flight the same way, and ends at its bound at the latest; a scale-up that never becomes ready ends at
+    its deadline."""
     if move.step == "switching":
         return move.since_s if now_s is None or now_s <= move.since_s else now_s + SWITCH_POLL_S
     if move.step == "draining":
-        return move.since_s + drain_s
+        end = move.since_s + (drain.bound_s if drain is not None else 0.0)
+        if drain is None or drain.in_flight is None or now_s is None:
+            return end
+        return move.since_s if now_s <= move.since_s else min(end, now_s + SWITCH_POLL_S)
     return move.began_s + timeout_s

@@ -15,8 +15,8 @@ minute), 2% at N = 2400. The decision uses the same mix at three bounds of the r
 What runs was sized at the `size_z` bound of some earlier window; a later window of the same traffic
 trips a move only when the two counts differ by `scale_up_z + size_z` (scale-up) or
 `rebalance_z - size_z` (rebalance) standard deviations. Both gaps are counted in requests, so a short
-window or a low rate (few requests) widens the bounds: it moves later, not more often. README.md
-("Moving only on real change") gives the measurements behind the margins.
+window or a low rate (few requests) widens the bounds: it moves later, not more often. docs/operator.md
+("Move only on real change") gives the measurements behind the margins.
 
 A workload with no count (static, from the spec) or zero requests (an idle service, which falls to its
 floors by rule) is exact: all three are the measured workload.

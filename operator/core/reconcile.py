@@ -17,7 +17,8 @@ from typing import Any
 
 from melange.operator.core.corrections import Correction, PoolObservation, announce, update
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
-from melange.operator.core.moves import DEFAULT_DRAIN_S, Move, advance, next_wake_s, peak, stage
+from melange.operator.core.moves import (DEFAULT_DRAIN_S, FALLBACK_GRACE_S, Drain, Move, advance, drain_waits,
+                                         next_wake_s, peak, removed, stage)
 from melange.operator.core.noise import bounds
 from melange.operator.core.planner import (OPTION_LABEL, Images, Owner, plan, pool_url,
                                            router_acks_name, routing_config_name, table_version)
@@ -29,7 +30,7 @@ from melange.solver.errors import InfeasibleError, InputError
 from melange.solver.ilp import IlpSettings
 from melange.solver.problem import Problem
 from melange.solver.profiles import scale_profile
-from melange.solver.routing import TABLE_KEY, routing_table
+from melange.solver.routing import IN_FLIGHT_SUFFIX, TABLE_KEY, routing_table
 from melange.solver.solve import allocate, solve
 from melange.solver.workload import Workload
 
@@ -38,7 +39,8 @@ from melange.solver.workload import Workload
 class Observed:
     """What the shell read for one service: its spec, generation and status, the objects it owns, the
     time (seconds since the epoch), while pools are not ready what their pods say, and while a move
-    switches tables the ready router pods."""
+    switches tables or drains the old pools the ready router pods (their acknowledgements and requests
+    in flight are in the acknowledgement ConfigMap, among the owned objects)."""
 
     spec: Mapping[str, Any]
     generation: int | None
@@ -46,7 +48,7 @@ class Observed:
     actual: Sequence[Mapping[str, Any]]
     now_s: float
     pod_problems: Mapping[str, str] = field(default_factory=dict)  # option -> why its pods are not ready
-    routers: Sequence[str] | None = None  # ready router pods while a move switches (None: not read)
+    routers: Sequence[str] | None = None  # ready router pods while a move switches or drains (None: not read)
 
     @property
     def now(self) -> str:
@@ -88,6 +90,7 @@ class Outcome:
     report: SolveReport | None = None
     decision: Decision | None = None
     wake_s: float | None = None  # when a move needs its next pass, if no change of its pools comes first
+    problem: Problem | None = None  # what was solved (`melange plan` prints it as `melange solve` does)
 
 
 def _conditions(observed: Observed, updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -196,8 +199,9 @@ def _current_table(observed: Observed, owner: Owner, source: Mapping[str, int]) 
 
 
 def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images = Images(),
-              live: LiveInput | None = None, drain_s: float = DEFAULT_DRAIN_S) -> Outcome:
-    """Solve, decide and move one service one step; see the module docstring."""
+              live: LiveInput | None = None, drain_s: float | None = DEFAULT_DRAIN_S) -> Outcome:
+    """Solve, decide and move one service one step; see the module docstring. `drain_s`: the longest a
+    drain waits for requests in flight on the old pools (None: their termination grace)."""
     try:
         spec = parse_spec(observed.spec)
     except InputError as error:
@@ -280,12 +284,24 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
             events.append(Event("Normal", "MoveStarted", f"{describe_mix(move.source)} -> {describe_mix(move.target)}: "
                                                          f"{decision.reason}"))
     waiting_for = None
+    drain = None
     if move is not None:
         before = move.step
-        if move.step == "switching" and spec.mode == "apply":
+        version = None
+        if move.step in ("switching", "draining") and spec.mode == "apply":
             version = _table(owner, problem, split_for(problem, move.target, plain, spec.routing_mode))["version"]
+        if move.step == "switching" and version is not None:
             waiting_for = unacknowledged(observed, owner, version)
-        move = advance(move, ready_replicas(observed.actual), observed.now_s, drain_s, switched=not waiting_for)
+        elif move.step == "draining" and version is not None:
+            drain = _drain(observed, owner, move, version, drain_s)
+            waiting_for = drain_waits(move, drain, observed.now_s)
+        drain_began = move
+        move = advance(move, ready_replicas(observed.actual), observed.now_s, drain, switched=not waiting_for)
+        if move is not None and move.step == "draining" and drain is None and spec.mode == "apply":
+            # Just switched: routers report their requests in flight with their acknowledgement, so status
+            # says at once what the drain waits for (the next pass, at once, may end it).
+            drain = _drain(observed, owner, move, version or "", drain_s)
+            waiting_for = drain_waits(move, drain, observed.now_s)
         if move is None:
             target = Move.from_status(previous.get("move")) or Move(applied, applied, "scaling-down", 0)
             events.append(_reallocated("Reallocated", applied, cost_of(problem, applied), dict(target.target),
@@ -294,8 +310,12 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
             last_change = observed.now_s
             failure = None
         elif move.step != before:
+            why = ""
+            if before == "draining" and drain is not None:
+                why = (f" (the drain's bound of {drain.bound_s:g} s passed)" if observed.now_s - drain_began.since_s
+                       >= drain.bound_s else " (no request in flight to the pools it removes)")
             events.append(Event("Normal", "MoveStep", f"{move.step}: {describe_mix(move.source)} -> "
-                                                      f"{describe_mix(move.target)}"))
+                                                      f"{describe_mix(move.target)}{why}"))
     desired = None
     if spec.mode == "apply":
         if move is not None:
@@ -320,8 +340,8 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
     status["lastMoveFailure"] = failure
     if decision is not None:
         status["lastDecision"] = {"kind": decision.kind, "reason": decision.reason, "time": observed.now}
-    wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain_s, timeout_s, observed.now_s)
-    return Outcome(status, desired, tuple(events), spec, report, decision, wake)
+    wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain, timeout_s, observed.now_s)
+    return Outcome(status, desired, tuple(events), spec, report, decision, wake, problem)
 
 
 def _corrections(spec: ServiceSpec, problem: Problem, observed: Observed, live: LiveInput | None
@@ -365,6 +385,45 @@ def unacknowledged(observed: Observed, owner: Owner, version: str) -> str | None
     if not behind:
         return None
     return f"waiting for router pods to serve routing table {version}: {', '.join(behind)}"
+
+
+def in_flight_reports(observed: Observed, owner: Owner, version: str
+                       ) -> dict[str, dict[str, int] | None] | None:
+    """Per ready router pod, its requests in flight to each pool as it reported them for the table
+    `version` (`<pod>.in-flight` in the acknowledgement ConfigMap); None for a pod with no such report
+    (none written, or one for another table); None in all when the shell does not follow routers."""
+    if observed.routers is None:
+        return None
+    data: Mapping[str, Any] = {}
+    for obj in observed.actual:
+        if obj.get("kind") == "ConfigMap" and obj["metadata"]["name"] == router_acks_name(owner):
+            data = obj.get("data") or {}
+    reports: dict[str, dict[str, int] | None] = {}
+    for pod in observed.routers:
+        try:
+            report = json.loads(data.get(pod + IN_FLIGHT_SUFFIX) or "null")
+            pools = report.get("pools") if isinstance(report, dict) and report.get("version") == version else None
+            reports[pod] = None if not isinstance(pools, dict) else {str(k): int(v) for k, v in pools.items()}
+        except (ValueError, TypeError, AttributeError):
+            reports[pod] = None
+    return reports
+
+
+def termination_grace_s(actual: Sequence[Mapping[str, Any]], pools: Sequence[str]) -> float:
+    """The longest terminationGracePeriodSeconds of these pools' Deployments (Kubernetes' default, 30 s,
+    where none says)."""
+    graces = [float(((obj.get("spec") or {}).get("template") or {}).get("spec", {}).get(
+                  "terminationGracePeriodSeconds") or FALLBACK_GRACE_S)
+              for obj in actual if obj.get("kind") == "Deployment"
+              and (obj.get("metadata", {}).get("labels") or {}).get(OPTION_LABEL) in pools]
+    return max(graces, default=FALLBACK_GRACE_S)
+
+
+def _drain(observed: Observed, owner: Owner, move: Move, version: str, drain_s: float | None) -> Drain:
+    """What a draining move waits on: the routers' reports, within the bound (`drain_s`, else the
+    removed pools' termination grace)."""
+    bound = drain_s if drain_s is not None else termination_grace_s(observed.actual, removed(move))
+    return Drain(in_flight_reports(observed, owner, version), bound)
 
 
 def node_pool_names(actual: Sequence[Mapping[str, Any]], desired: Sequence[Mapping[str, Any]] | None) -> list[str]:
@@ -466,7 +525,7 @@ def _status(observed: Observed, owner: Owner, spec: ServiceSpec, problem: Proble
     gen, now, previous = observed.generation, observed.now, observed.status.get("conditions") or []
     if move is not None:
         message = f"{move.step}: {describe_mix(move.source)} -> {describe_mix(move.target)}"
-        if waiting_for and move.step == "switching":
+        if waiting_for and move.step in ("switching", "draining"):
             message += f"; {waiting_for}"
         progressing = condition("Progressing", True, "Moving", message, now, gen, previous)
     elif failure is not None:

@@ -30,7 +30,7 @@ KARPENTER_DURATION = re.compile(r"^(([0-9]+(s|m|h))+|Never)$")
 KARPENTER_BUDGET_NODES = re.compile(r"^((100|[0-9]{1,2})%|[0-9]+)$")
 KARPENTER_BUDGET_DURATION = re.compile(r"^((([0-9]+(h|m))|([0-9]+h[0-9]+m))(0s)?)$")
 KARPENTER_REASONS = ("Underutilized", "Empty", "Drifted")
-DEFAULT_TARGET_UTILISATION = 0.85  # 15% headroom: estimated profiles err by 10-15% (README, calibration)
+DEFAULT_TARGET_UTILISATION = 0.85  # 15% headroom: estimated profiles err by 10-15% (docs/cli.md, calibration)
 
 
 @dataclass(frozen=True)

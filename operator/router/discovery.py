@@ -25,6 +25,8 @@ from typing import Any
 import kubernetes
 from kubernetes.client.rest import ApiException
 
+from melange.solver.routing import IN_FLIGHT_SUFFIX
+
 log = logging.getLogger("melange.router")
 
 SERVICE_LABEL = "melange.ai/service"
@@ -170,24 +172,57 @@ def config_map_watch(api: kubernetes.client.ApiClient, namespace: str, name: str
                  field_selector=f"metadata.name={name}")
 
 
+REPORT_INTERVAL_S = 1.0  # in-flight counts are written at most this often (a new table's acknowledgement at once)
+
+
 class Acknowledger(threading.Thread):
     """Writes the table version this router pod serves into the acknowledgement ConfigMap (its own key,
-    the pod's name), so the operator knows when every router serves a new table; the latest version
-    wins, failed writes are retried."""
+    the pod's name), so the operator knows when every router serves a new table, and beside it
+    (`<pod>.in-flight`, IN_FLIGHT_SUFFIX) its requests still in flight to pools that table no longer
+    routes to, so the operator's drain knows when the old pools are idle. Both go in one patch with
+    each acknowledgement; afterwards only a change of the counts is written, at most once per
+    REPORT_INTERVAL_S (the router reports only while such requests finish, the last report being
+    none left). The latest state wins, failed writes are retried. `core`: a CoreV1Api (or a stand-in)."""
 
-    def __init__(self, api: kubernetes.client.ApiClient, namespace: str, config_map: str, pod: str) -> None:
+    def __init__(self, core: Any, namespace: str, config_map: str, pod: str,
+                 report_interval_s: float = REPORT_INTERVAL_S) -> None:
         super().__init__(name="acknowledge", daemon=True)
-        self.core = kubernetes.client.CoreV1Api(api)
+        self.core = core
         self.namespace, self.config_map, self.pod = namespace, config_map, pod
+        self.report_interval_s = report_interval_s
         self.wanted: str | None = None
         self.written: str | None = None
+        self.wanted_counts: dict[str, int] = {}
+        self.written_counts: dict[str, int] | None = None
+        self.counts_written_at = float("-inf")  # monotonic time of the last write
         self.changed = threading.Condition()
         self.stopped = False
 
-    def acknowledge(self, version: str) -> None:
+    def acknowledge(self, version: str, in_flight: Mapping[str, int] | None = None) -> None:
+        """Serving table `version`, with these requests in flight to pools it does not route to."""
         with self.changed:
             self.wanted = version
+            if in_flight is not None:
+                self.wanted_counts = dict(in_flight)
             self.changed.notify()
+
+    def report(self, in_flight: Mapping[str, int]) -> None:
+        """The requests now in flight to pools the table served does not route to."""
+        with self.changed:
+            if dict(in_flight) != self.wanted_counts:
+                self.wanted_counts = dict(in_flight)
+                self.changed.notify()
+
+    def _due(self) -> float | None:
+        """With the lock held: 0 when a write is due now, the seconds to wait for one that the rate limit
+        holds back, None when nothing is to be written."""
+        if self.wanted is None:
+            return None
+        if self.wanted != self.written:
+            return 0.0
+        if self.wanted_counts == self.written_counts:
+            return None
+        return max(0.0, self.counts_written_at + self.report_interval_s - time.monotonic())
 
     def stop(self) -> None:
         with self.changed:
@@ -198,15 +233,20 @@ class Acknowledger(threading.Thread):
         failures = 0
         while True:
             with self.changed:
-                while not self.stopped and self.wanted == self.written:
-                    self.changed.wait()
+                while not self.stopped and (wait := self._due()) != 0.0:
+                    self.changed.wait(wait)
                 if self.stopped:
                     return
-                version = self.wanted
+                version, counts = self.wanted, dict(self.wanted_counts)
+            report = json.dumps({"version": version, "pools": counts}, sort_keys=True, separators=(",", ":"))
             try:
-                self.core.patch_namespaced_config_map(self.config_map, self.namespace,
-                                                      {"data": {self.pod: version}}, _request_timeout=(5, 30))
-                self.written, failures = version, 0
+                self.core.patch_namespaced_config_map(
+                    self.config_map, self.namespace, {"data": {self.pod: version, self.pod + IN_FLIGHT_SUFFIX: report}},
+                    _request_timeout=(5, 30))
+                with self.changed:
+                    self.written, self.written_counts = version, counts
+                    self.counts_written_at = time.monotonic()
+                failures = 0
             except Exception as error:  # the ConfigMap not there yet, a dropped connection: try again
                 log.warning("acknowledging routing table %s: %s", version, error)
                 failures += 1

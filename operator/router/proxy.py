@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import kubernetes
 from aiohttp import web
 from yarl import URL
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -175,7 +176,29 @@ class Router:
             self.metrics.reloads.labels("ok").inc()
             log.info("routing table %s from ConfigMap %s", table.version or "(unversioned)", self.cluster.config_map)
         if self.acknowledger is not None and table.version:
-            self.acknowledger.acknowledge(table.version)
+            self.acknowledger.acknowledge(table.version, self.in_flight_elsewhere())
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests in flight per pool: every pool of the table, and any other still holding requests."""
+        counts = {pool: 0 for pool in (self.table.pools if self.table is not None else ())}
+        for pool, state in self.pools.items():
+            count = sum(state.outstanding.values())
+            if count or pool in counts:
+                counts[pool] = count
+        return counts
+
+    def in_flight_elsewhere(self) -> dict[str, int]:
+        """Requests in flight to pools the table no longer routes to (sent before it changed); those
+        with none left out."""
+        pools = self.table.pools if self.table is not None else {}
+        return {pool: count for pool, state in self.pools.items()
+                if pool not in pools and (count := sum(state.outstanding.values()))}
+
+    def finished_elsewhere(self) -> None:
+        """A request to a pool the table no longer routes to finished: tell the acknowledger (it writes
+        the counts at most once a second, and none left as the last)."""
+        if self.acknowledger is not None:
+            self.acknowledger.report(self.in_flight_elsewhere())
 
     def on_endpoint_slices(self, slices: list[dict[str, Any]]) -> None:
         """A new state of the pools' EndpointSlices."""
@@ -408,6 +431,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         finally:
             state.outstanding[url] -= 1
             series.in_flight.dec()
+            if router.table is not None and pool not in router.table.pools:  # sent before a new table
+                router.finished_elsewhere()
     router.metrics.no_pool.inc()
     return _error(503, "the GPU pools for this request size did not answer", "upstream_unavailable")
 
@@ -463,12 +488,14 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def routing(request: web.Request) -> web.Response:
-    """What the router serves: the table's version and each pool's endpoints."""
+    """What the router serves: the table's version, each pool's endpoints, and the requests in flight per
+    pool (also to pools the table no longer routes to, until they finish)."""
     router: Router = request.app[ROUTER_KEY]
     table = router.table
     return web.json_response({
         "version": table.version if table is not None else None,
         "pools": {pool: list(router.pool_urls(pool)) for pool in (table.pools if table is not None else {})},
+        "in_flight": router.in_flight(),
         "ready": router.not_ready() is None})
 
 
@@ -498,7 +525,8 @@ def start_watches(router: Router, loop: asyncio.AbstractEventLoop) -> list:
 
     watches: list = []
     if source.ack_config_map and source.pod:
-        router.acknowledger = Acknowledger(api, source.namespace, source.ack_config_map, source.pod)
+        router.acknowledger = Acknowledger(kubernetes.client.CoreV1Api(api), source.namespace, source.ack_config_map,
+                                           source.pod)
         watches.append(router.acknowledger)
     watches.append(config_map_watch(api, source.namespace, source.config_map, on_loop(router.on_config_maps)))
     if source.service is not None:
@@ -548,8 +576,8 @@ def serve(router: Router, host: str, port: int) -> None:
     web.run_app(build_app(router), host=host, port=port, loop=loop, print=None, **SERVER_OPTIONS)
 
 
-def main() -> None:
-    """Run the router until interrupted; a bad table or flag at start is one line and exit 2."""
+def build_parser() -> OneLineParser:
+    """The router's flags (`melange-router`, `python -m melange.operator.router`)."""
     parser = OneLineParser(prog="python -m melange.operator.router",
                            description="Size-aware OpenAI-compatible router for Mélange GPU pools.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -569,6 +597,12 @@ def main() -> None:
     parser.add_argument("--model-name", default="", help="model_name label on the router's metrics (default: empty)")
     parser.add_argument("--tokenize", action="store_true",
                         help="count input tokens exactly through the upstream's /tokenize (vLLM) instead of estimating")
+    return parser
+
+
+def main() -> None:
+    """Run the router until interrupted; a bad table or flag at start is one line and exit 2."""
+    parser = build_parser()
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if (args.discover_service or args.acknowledge_configmap) and not args.table_configmap:

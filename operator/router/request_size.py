@@ -3,7 +3,7 @@ and the output tokens the client asked for. The router buckets requests with the
 
 The estimate counts characters by script, because tokens per character differ by an order of
 magnitude between English and Korean. The rates were measured with a 32,000-token SentencePiece
-BPE vocabulary of the Llama-2 kind (`bench/calibrate_token_estimate.py`, figures in the README);
+BPE vocabulary of the Llama-2 kind (`bench/calibrate_token_estimate.py`, figures in docs/router.md);
 larger vocabularies (Llama-3, Qwen2.5) need fewer tokens, so the estimate errs towards longer.
 """
 from __future__ import annotations

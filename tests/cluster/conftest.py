@@ -39,7 +39,7 @@ NODES = {"m5.xlarge": 2, "g6.xlarge": 3, "g6.12xlarge": 1, "g5.xlarge": 3, "g5.1
 # The paper's Table 3 at 4 req/s for the Arena example: 1 x L4 + 1 x A100.
 TABLE3_RATE_4 = {"l4": 1, "a10g": 0, "a100-80gb": 1, "h100": 0}
 CHART_VALUES = ["--set", "image.repository=registry.invalid/melange-operator",
-                "--set", "defaults.drainSeconds=2", "--set", "nodePools.karpenter.enabled=true",
+                "--set", "nodePools.karpenter.enabled=true",
                 "--set", "podMonitors.labels.release=kube-prometheus-stack",
                 # test_reallocation's live service reads its Prometheus token from a Secret
                 "--set", "secrets.read=true"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import signal
 import threading
 import time
@@ -16,7 +17,7 @@ import pytest
 import requests
 from aiohttp import web
 
-from melange.testing.openai_upstream import serve_app, upstream_app
+from melange.testing.openai_upstream import SLOW_PROMPT, TOKEN_TEXT, serve_app, upstream_app
 
 from .conftest import TABLE3_RATE_4, arena, settled, wait_until
 
@@ -31,12 +32,24 @@ class Upstreams:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.runners: list[web.AppRunner] = []
+        self.by_name: dict[str, web.AppRunner] = {}
 
-    def start(self, name: str) -> str:
+    def start(self, name: str, **options) -> str:
+        """Serve an upstream called `name` (`options` for upstream_app); its URL. Stopping it (a pod that
+        goes) cuts its requests in flight after 0.1 s."""
         runner, url = asyncio.run_coroutine_threadsafe(
-            serve_app(upstream_app(name), handler_cancellation=True), self.loop).result(10)
+            serve_app(upstream_app(name, **options), handler_cancellation=True, shutdown_timeout=0.1),
+            self.loop).result(10)
         self.runners.append(runner)
+        self.by_name[name] = runner
         return url
+
+    def stop_one(self, name: str) -> None:
+        """Stop the upstream of a pod that went: what it still serves is cut."""
+        runner = self.by_name.pop(name, None)
+        if runner is not None:
+            self.runners.remove(runner)
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), self.loop).result(10)
 
     def stop(self) -> None:
         for runner in self.runners:
@@ -193,3 +206,102 @@ def settled_any(cluster, name: str, namespace: str) -> bool:
     status = (cluster.get("llmservice", name, namespace).get("status") or {})
     return bool(status.get("allocation")) and any(c["type"] == "Ready" and c["status"] == "True"
                                                   for c in status.get("conditions", []))
+
+
+TABLE3_RATE_1 = {"l4": 1, "a10g": 1, "a100-80gb": 0, "h100": 0}  # the paper's Table 3 at 1 req/s
+
+
+def only_pool_cell(cluster, namespace: str, service: str, pool: str) -> tuple[int, int]:
+    """(input, output) tokens of a request the service's routing table sends to `pool` alone."""
+    table = json.loads(cluster.get("configmap", f"{service}-routing", namespace)["data"]["routing.json"])
+    edges = table["grid"]["input_edges"], table["grid"]["output_edges"]
+    for i, row in enumerate(table["joint_weights"]):
+        for j, weights in enumerate(row):
+            if set(weights) == {pool}:
+                return edges[0][i] // 2, edges[1][j]
+    raise AssertionError(f"no cell of {table['joint_weights']} goes to {pool} alone")
+
+
+def test_a_move_drains_a_request_in_flight_to_the_pool_it_removes(cluster, operator, router_pods, namespace,
+                                                                  upstreams):
+    """4 -> 1 req/s moves the Arena example from 1 L4 + 1 A100 to 1 L4 + 1 A10G: the A100 pool goes. A
+    long request in flight to it keeps the move in `draining` (the router reports it with its
+    acknowledgement) until it completes, then the pool is scaled down; the request is not cut, although
+    its pod's upstream stops the moment the pod is deleted."""
+    manifest = arena(namespace)
+    name = manifest["metadata"]["name"]
+    cluster.apply(manifest)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_4), "the Table 3 mix", timeout_s=120)
+    router = the_router(router_pods, namespace, name)
+    slow_s = 25.0
+    (a100_pod, a100_address), = ready_pool_pods(cluster, namespace, name, "a100-80gb").items()
+    mapping = {a100_address: upstreams.start(a100_pod, slow_seconds=slow_s)}
+    mapping.update({address: upstreams.start(pod) for pod, address in
+                    ready_pool_pods(cluster, namespace, name, "l4").items()})
+    follow(router_pods, router, mapping)
+
+    done = threading.Event()
+
+    def pod_goes() -> None:  # as a kubelet would: the pod's server stops once the pod is being deleted
+        while a100_pod in upstreams.by_name and not done.wait(0.2):
+            pods = {p["metadata"]["name"]: p for p in cluster.get("pods", namespace=namespace)["items"]}
+            if a100_pod not in pods or pods[a100_pod]["metadata"].get("deletionTimestamp"):
+                upstreams.stop_one(a100_pod)
+    watcher = threading.Thread(target=pod_goes, daemon=True)
+    watcher.start()
+    try:
+        drain_a_long_request(cluster, router, upstreams, name, namespace, a100_pod, manifest, slow_s)
+    finally:
+        done.set()
+        watcher.join(5)
+
+
+def drain_a_long_request(cluster, router, upstreams, name: str, namespace: str, a100_pod: str, manifest: dict,
+                         slow_s: float) -> None:
+    """The request sent to the A100 pool alone, the move, and what the drain does while it runs."""
+    input_tokens, max_tokens = only_pool_cell(cluster, namespace, name, "a100-80gb")
+    answer: dict = {}
+
+    def send() -> None:
+        prompt = " ".join([SLOW_PROMPT] * max(1, input_tokens // 2))  # "slow slow ...": 5 characters a word
+        reply = requests.post(f"{router.url}/v1/completions", timeout=120,
+                              json={"model": "m", "prompt": prompt, "max_tokens": max_tokens})
+        answer.update(status=reply.status_code, body=reply.json() if reply.ok else reply.text, at=time.time())
+    client = threading.Thread(target=send)
+    client.start()
+    wait_until(lambda: routing(router)["in_flight"].get("a100-80gb") == 1, "the long request on the A100 pool")
+
+    manifest["spec"]["workload"]["static"]["rate"] = 1.0
+    cluster.apply(manifest)
+    steps: list[tuple[float, str | None]] = []  # (wall time, step) as the service's status said, on each change
+
+    def status() -> dict:
+        return cluster.get("llmservice", name, namespace).get("status") or {}
+
+    def draining() -> dict | None:
+        now = status()
+        step = (now.get("move") or {}).get("step")
+        if not steps or steps[-1][1] != step:
+            steps.append((time.time(), step))
+        return now if step == "draining" else None
+    now = wait_until(draining, "the move to drain", timeout_s=slow_s - 5)
+    progressing = next(c for c in now["conditions"] if c["type"] == "Progressing")["message"]
+    assert f"waiting for requests in flight to a100-80gb: {router.pod} has 1 to a100-80gb" in progressing
+    while client.is_alive():  # the request runs: the move stays in draining, the A100 pod stays
+        assert draining() is not None, steps
+        assert cluster.get("deployment", f"{name}-a100-80gb", namespace)["spec"]["replicas"] == 1
+        assert a100_pod in upstreams.by_name
+        time.sleep(0.5)
+    client.join()
+    assert answer["status"] == 200, answer
+    assert answer["body"]["served_by"] == a100_pod
+    assert answer["body"]["choices"][0]["text"] == TOKEN_TEXT * max_tokens  # the whole answer
+    wait_until(lambda: draining() is None and steps[-1][1] in ("scaling-down", None),
+               "the drain to end once the request is done", timeout_s=15)
+    ended = steps[-1][0]
+    assert ended >= answer["at"] - 0.5, steps  # not before the request completed
+    assert ended - answer["at"] < 10, steps  # and soon after (the router reports within 1 s, polls 2 s)
+    wait_until(settled(cluster, name, namespace, TABLE3_RATE_1), "the 1 req/s mix, the A100 pool gone",
+               timeout_s=60)
+    acks = cluster.get("configmap", f"{name}-router-acks", namespace)["data"]
+    assert json.loads(acks[f"{router.pod}.in-flight"]) == {"version": routing(router)["version"], "pools": {}}

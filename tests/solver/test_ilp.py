@@ -7,6 +7,7 @@ import random
 import pulp
 import pytest
 
+import melange.solver.ilp as ilp_module
 from melange.solver.errors import InfeasibleError, InputError
 from melange.solver.ilp import (IlpSettings, Item, OptionSpec, _gap, _needed, _round_slices, _solver, check_settings,
                                 solve_ilp)
@@ -326,13 +327,14 @@ def test_an_infeasible_answer_places_nothing(solver_runs):
 def test_whole_slices_can_be_infeasible_where_fractions_are_not(solver_runs):
     # 1.5 req/s in one slice; spot may carry at most half, and on demand has one replica (load 1).
     # Half on each fits (0.75 on demand), but the whole slice fits neither: infeasible, which only
-    # the exact model (the third run) can tell.
+    # the exact model (the last run) can tell, after the relaxation, the split of least load, the
+    # LP-guided rounding and the feasibility MIP.
     items = [Item("b", 1.5, (1.0, 1.0))]
     options = [OptionSpec("spot", 0.3, spot=True), OptionSpec("od", 1.0, max_replicas=1)]
     solution = solve_ilp(items, options, IlpSettings(slice_factor=1, max_spot_share=0.5))
     assert (solution.status, solution.replicas, solution.slices, solution.loads) == ("infeasible", (0, 0), ((0, 0),), (0.0, 0.0))
     assert math.isnan(solution.cost_per_hour)
-    assert [run[3] for run in solver_runs] == [False, True, True]
+    assert [run[3] for run in solver_runs] == [False, False, True, True, True]
 
 
 def test_replicas_carry_the_load_at_the_target_utilisation():
@@ -401,6 +403,18 @@ def solver_runs(monkeypatch):
         return solve(model, solver, **options)
 
     monkeypatch.setattr(pulp.LpProblem, "solve", recording)
+    branch, groups = ilp_module.branch_and_bound, ilp_module.round_by_groups
+
+    def recording_branch(model, *args, **kwargs):
+        runs.append(("branch_and_bound", None, True, False))
+        return branch(model, *args, **kwargs)
+
+    def recording_groups(model, *args, **kwargs):
+        runs.append(("round_by_groups", None, False, True))
+        return groups(model, *args, **kwargs)
+
+    monkeypatch.setattr(ilp_module, "branch_and_bound", recording_branch)
+    monkeypatch.setattr(ilp_module, "round_by_groups", recording_groups)
     return runs
 
 
@@ -410,7 +424,9 @@ def test_a_relaxation_that_rounds_is_the_answer(solver_runs, solver, solver_clas
     solution = solve_ilp([Item("b", 2.0, (2.0,))], [OptionSpec("g", 1.0)],
                          IlpSettings(slice_factor=2, solver=solver, time_limit_s=60))
     assert (solution.status, solution.replicas, solution.slices, solution.cost_per_hour) == ("optimal", (4,), ((2,),), 4.0)
-    assert solver_runs == [(solver_class, 60, True, False)]  # one run: the relaxation with fractional slices
+    # one run: the relaxation with fractional slices (HiGHS: by our own branch and bound on its LP)
+    relaxation = ("branch_and_bound", None, True, False) if solver == "highs" else (solver_class, 60, True, False)
+    assert solver_runs == [relaxation]
 
 
 @pytest.mark.parametrize("solver,solver_class", [("highs", "HiGHS"), ("cbc", "PULP_CBC_CMD")])
@@ -422,9 +438,17 @@ def test_a_relaxation_that_does_not_round_goes_to_the_exact_model(solver_runs, s
     solution = solve_ilp([Item("b", 3.0, (2.0, 0.5))], [OptionSpec("g0", 2.0), OptionSpec("g1", 5.0)],
                          IlpSettings(slice_factor=1, solver=solver, time_limit_s=60))
     assert (solution.status, solution.replicas, solution.slices, solution.cost_per_hour) == ("optimal", (0, 2), ((0, 1),), 10.0)
-    assert [run[0] for run in solver_runs] == [solver_class] * 3 and all(run[2] for run in solver_runs)
-    relaxed, fit, exact = solver_runs
-    assert relaxed[1:] == (60, True, False) and fit[1:] == (60, True, True)
+    if solver == "highs":
+        # the relaxation by branch and bound; the split of least load (an LP), then the LP-guided
+        # rounding and the feasibility MIP on the fit model; the exact model
+        assert [run[0] for run in solver_runs] == ["branch_and_bound", "HiGHS", "round_by_groups", "HiGHS", "HiGHS"]
+        relaxed, least_load, dive, fit, exact = solver_runs
+        assert least_load[1:] == (None, False, False)
+    else:
+        assert [run[0] for run in solver_runs] == [solver_class] * 4
+        relaxed, least_load, fit, exact = solver_runs
+        assert relaxed[1:] == (60, True, False) and least_load[1:] == (None, False, False)
+    assert fit[1:] == (60, True, True)
     assert exact[3] and 0.01 <= exact[1] <= 60  # what is left of the limit (at least 10 ms)
 
 
@@ -514,3 +538,22 @@ def test_node_pricing_matches_brute_force(solver):
         assert_consistent(solution, items, priced, settings)
         assert solution.cost_per_hour == pytest.approx(sum(o.cost(n) for o, n in zip(priced, solution.replicas)))
     assert checked > 80
+
+
+def test_an_answer_past_a_billion_replicas_is_refused_and_one_below_costs_no_more_than_one_type():
+    """Two options, two items (the Arena example's kind of trade-off): g0 cheap and fast on short
+    requests, g1 on long ones. One replica of g0 serves 7.6 req/s of the first item, so at 1e10 req/s
+    every answer needs at least 1e10 / 7.6 + ... > 1e9 replicas: refused ("no_solution", not a made-up
+    optimum). At a millionth of that the mix is answered, and by hand it can never cost more than
+    either option serving everything alone: ceil(rate x seconds per request) x price summed per item."""
+    options = [OptionSpec("g0", 0.86), OptionSpec("g1", 4.88)]
+
+    def items(rate: float) -> list[Item]:
+        return [Item("short", 0.6 * rate, (1 / 7.6, 1 / 0.49)), Item("long", 0.4 * rate, (1 / 0.41, 1 / 2.56))]
+
+    refused = solve_ilp(items(1e10), options, IlpSettings(solver="highs"))
+    assert refused.status == "no_solution" and refused.replicas == (0, 0)
+    rate = 1e4
+    answer = solve_ilp(items(rate), options, IlpSettings(solver="highs"))
+    alone = [math.ceil(0.6 * rate / 7.6 + 0.4 * rate / 0.41) * 0.86, math.ceil(0.6 * rate / 0.49 + 0.4 * rate / 2.56) * 4.88]
+    assert answer.status == "optimal" and answer.cost_per_hour <= min(alone) + 1e-6

@@ -304,3 +304,60 @@ def test_the_switch_ends_when_every_ready_router_serves_the_new_table_and_names_
     done = reconcile(OWNER, Observed(with_rate(8.0), 2, waiting.status, held, NOW + 601, routers=["router-a"]),
                      default_inputs())
     assert done.status["move"]["step"] == "draining" and done.status["move"]["since"] == iso(NOW + 601)
+
+
+def test_the_drain_ends_when_every_router_reports_no_request_in_flight_to_the_removed_pool():
+    """Arena at 4 req/s (1 L4 + 1 A100) edited to 1 req/s (1 L4 + 1 A10G, Table 3): the A100 pool goes.
+    The drain reads each ready router's `<pod>.in-flight` report for the new table from the
+    acknowledgement ConfigMap, and is bounded by the A100 Deployment's terminationGracePeriodSeconds."""
+    first = reconcile(OWNER, observe(ARENA["spec"]), default_inputs())
+    up = reconcile(OWNER, observe(with_rate(1.0), first.status, ready(first.desired), generation=2), default_inputs())
+    assert mix(up.status["move"]["from"]) == TABLE3 and mix(up.status["move"]["to"]) == {"l4": 1, "a10g": 1}
+    switch = reconcile(OWNER, Observed(with_rate(1.0), 2, up.status, ready(up.desired), NOW + 60), default_inputs())
+    version = json.loads(next(o for o in switch.desired if o["metadata"]["name"] == "llama2-arena-routing")
+                         ["data"]["routing.json"])["version"]
+    grace = next(o for o in switch.desired if o["metadata"]["name"] == "llama2-arena-a100-80gb"
+                 )["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace == 262  # preStop 10 s + 10 s + TTFT 2 s + 2000 tokens x 120 ms
+
+    def report(pods: dict) -> list:
+        data = {}
+        for pod, (served, pools) in pods.items():
+            data[pod] = version
+            if pools is not None:
+                data[f"{pod}.in-flight"] = json.dumps({"version": served, "pools": pools})
+        return acks(ready(switch.desired), data)
+
+    routers = ["router-a", "router-b"]
+    held = report({"router-a": (version, {"a100-80gb": 1}), "router-b": (version, {})})
+    draining = reconcile(OWNER, Observed(with_rate(1.0), 2, switch.status, held, NOW + 70, routers=routers),
+                         default_inputs(), drain_s=None)
+    assert draining.status["move"]["step"] == "draining"
+    start = NOW + 70
+    waiting = reconcile(OWNER, Observed(with_rate(1.0), 2, draining.status, held, start + 100, routers=routers),
+                        default_inputs(), drain_s=None)
+    assert waiting.status["move"]["step"] == "draining"
+    progressing = next(c for c in waiting.status["conditions"] if c["type"] == "Progressing")
+    assert progressing["message"].endswith("waiting for requests in flight to a100-80gb: router-a has 1 to "
+                                           "a100-80gb (at most 162 s more, the pools' termination grace)")
+    assert waiting.wake_s == start + 102.0
+    assert {o["metadata"]["name"]: o["spec"]["replicas"] for o in waiting.desired if o["kind"] == "Deployment"
+            }["llama2-arena-a100-80gb"] == 1  # still serving its request
+    # A report for another table (the one before) is no report: the drain waits.
+    stale = report({"router-a": ("older", {}), "router-b": (version, {})})
+    assert reconcile(OWNER, Observed(with_rate(1.0), 2, draining.status, stale, start + 100, routers=routers),
+                     default_inputs(), drain_s=None).status["move"]["step"] == "draining"
+    # Both report zero: scaling down at once.
+    done = report({"router-a": (version, {}), "router-b": (version, {"l4": 3})})
+    down = reconcile(OWNER, Observed(with_rate(1.0), 2, waiting.status, done, start + 101, routers=routers),
+                     default_inputs(), drain_s=None)
+    assert down.status["move"]["step"] == "scaling-down"
+    assert any(e.reason == "MoveStep" and "no request in flight" in e.message for e in down.events)
+    # A router that never reports holds it until the A100 pool's grace has passed since the drain began.
+    silent = report({"router-a": (version, {}), "router-b": (version, None)})
+    assert reconcile(OWNER, Observed(with_rate(1.0), 2, waiting.status, silent, start + 261, routers=routers),
+                     default_inputs(), drain_s=None).status["move"]["step"] == "draining"
+    bounded = reconcile(OWNER, Observed(with_rate(1.0), 2, waiting.status, silent, start + 262, routers=routers),
+                        default_inputs(), drain_s=None)
+    assert bounded.status["move"]["step"] == "scaling-down"
+    assert any(e.reason == "MoveStep" and "bound of 262 s passed" in e.message for e in bounded.events)

@@ -285,3 +285,46 @@ async def test_a_failed_pool_is_skipped_for_the_health_window(cluster, tmp_path,
         await runner.cleanup()
         broken.close()
         await broken.wait_closed()
+
+
+async def test_requests_in_flight_per_pool_also_to_a_pool_the_table_dropped(cluster):
+    """`/routing` and the `melange_router_pool_in_flight` gauge count each pool's requests in flight; a
+    request sent before a new table dropped its pool still counts, and when it finishes the router tells
+    its acknowledger that none is left (the operator's drain waits for that)."""
+    router, url, urls, path, session = cluster
+    reports = []
+
+    class Recorder:  # the acknowledger's side the router calls
+        def report(self, counts):
+            reports.append(dict(counts))
+
+    router.acknowledger = Recorder()
+
+    async def slow():
+        async with session.post(f"{url}/v1/completions", json={"prompt": SLOW_PROMPT}) as response:
+            return response.status, await response.json()
+
+    async def in_flight():
+        async with session.get(f"{url}/routing") as response:
+            return (await response.json())["in_flight"]
+
+    async def gauge(pool):
+        async with session.get(f"{url}/metrics") as response:
+            text = await response.text()
+        return float(text.split(f'melange_router_pool_in_flight{{pool="{pool}"}} ')[1].split()[0])
+
+    client = asyncio.create_task(slow())
+    pool, outcome = await session.slow_requests.get()  # the upstream is named as its pool
+    assert outcome == STARTED
+    other = "b" if pool == "a" else "a"
+    assert (await in_flight())[pool] == 1 and (await in_flight())[other] == 0
+    assert await gauge(pool) == 1
+    path.write_text(json.dumps(table({other: urls[other]}, [{other: 1.0}, {other: 1.0}])))
+    await until(lambda: pool not in router.table.pools, "the table without the busy pool")
+    assert await in_flight() == {other: 0, pool: 1}
+    assert router.in_flight_elsewhere() == {pool: 1}
+    assert reports == []  # nothing finished yet
+    status, answer = await client
+    assert status == 200 and answer["served_by"] == pool  # not cut
+    assert reports == [{}]  # none left: the last report
+    assert await in_flight() == {other: 0} and await gauge(pool) == 0

@@ -269,3 +269,12 @@ def test_a_correction_for_an_unknown_option_is_refused(capsys):
     assert code == 2 and "--correction" in err and "'tpu' is not one of the options" in err
     code, _, err = run(capsys, "solve", ARENA / "bundle.yaml", "--correction", "l4=0")
     assert code == 2 and "--correction l4" in err
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b.yaml", "arena-llama2-7b.yaml"])
+def test_an_llmservice_manifest_points_to_melange_plan(capsys, name):
+    manifest = EXAMPLES / "operator" / name
+    code, out, err = run(capsys, "solve", manifest)
+    assert (code, out) == (2, "")
+    assert err == (f"melange: error: {manifest}: an LLMService manifest, not a solve bundle: use melange plan "
+                   f"{manifest}, which checks and solves it as the operator would\n")

@@ -125,12 +125,12 @@ def test_a_tighter_slo_never_raises_a_bucket_rate(gpu):
                 assert tight is None or (loose is not None and tight <= loose)
 
 
-# The README's calibration table (shipped constants): median and p90 of |estimate - measured| /
+# The calibration table in docs/cli.md (shipped constants): median and p90 of |estimate - measured| /
 # measured per GPU, rounded to whole percent there; here each bound is that figure plus the rounding.
-README_CALIBRATION = {"l4": (0.10, 0.19), "a10g": (0.05, 0.14), "a100-80gb": (0.14, 0.27), "h100": (0.12, 0.37)}
+STATED_CALIBRATION = {"l4": (0.10, 0.19), "a10g": (0.05, 0.14), "a100-80gb": (0.14, 0.27), "h100": (0.12, 0.37)}
 
 
-@pytest.mark.parametrize("gpu", sorted(README_CALIBRATION))
+@pytest.mark.parametrize("gpu", sorted(STATED_CALIBRATION))
 def test_estimate_is_within_the_stated_error_of_the_measured_llama_2_tables(gpu):
     """Against an independent reference: the Mélange authors' measured Llama-2-7B tables (vLLM 0.2.7,
     120 ms mean TPOT) shipped in the example, on their own 6x6 grid."""
@@ -140,7 +140,7 @@ def test_estimate_is_within_the_stated_error_of_the_measured_llama_2_tables(gpu)
               for e, m in zip(est_row, meas_row)]
     assert len(errors) == 36
     median, p90 = np.median(errors), np.percentile(errors, 90)
-    stated_median, stated_p90 = README_CALIBRATION[gpu]
+    stated_median, stated_p90 = STATED_CALIBRATION[gpu]
     assert median <= stated_median + 0.005 and p90 <= stated_p90 + 0.005, (median, p90)
 
 

@@ -1,0 +1,93 @@
+"""Each service's slot in its interval: stable, spread over uids, never more than an interval apart.
+
+The phase of a known uid is checked against SHA-256 computed outside Python (`printf svc-uid-0001 |
+sha256sum`: 4468877a9a735745..., 0x4468877a9a735745 / 2^64 x 60 s = 16.0332 s)."""
+from __future__ import annotations
+
+import random
+import uuid
+
+import pytest
+
+from melange.operator.core.schedule import interval_due, next_interval_pass_s, next_slot_s, phase_s
+
+NOW = 1_790_000_000.0
+
+
+def test_the_phase_of_a_uid_is_its_hash_as_a_fraction_of_the_interval():
+    assert phase_s("svc-uid-0001", 60.0) == pytest.approx(16.03319935412131, abs=1e-9)
+    assert phase_s("svc-uid-0001", 30.0) == pytest.approx(16.03319935412131 / 2, abs=1e-9)
+
+
+def test_the_phase_is_stable_and_other_uids_get_other_phases():
+    assert phase_s("svc-uid-0001", 60.0) == phase_s("svc-uid-0001", 60.0)
+    assert phase_s("svc-uid-0002", 60.0) != phase_s("svc-uid-0001", 60.0)
+
+
+def test_phases_spread_evenly_over_the_interval():
+    # 1,000 uids as Kubernetes makes them (random UUIDs; seeded here): each tenth of the interval gets
+    # 100 +- 30 (three standard deviations of a binomial count, sqrt(1000 x 0.1 x 0.9) = 9.5).
+    rng = random.Random(7)
+    phases = [phase_s(str(uuid.UUID(int=rng.getrandbits(128), version=4)), 60.0) for _ in range(1000)]
+    assert all(0 <= p < 60 for p in phases)
+    counts = [sum(6 * k <= p < 6 * (k + 1) for p in phases) for k in range(10)]
+    assert all(70 <= c <= 130 for c in counts), counts
+    # and a burst of uids created together is not due together: no second holds more than 5 of them
+    # (1,000 over 60 s: about 17 per second; not one second with more than 40)
+    per_second = [sum(s <= p < s + 1 for p in phases) for s in range(60)]
+    assert max(per_second) <= 40, max(per_second)
+
+
+@pytest.mark.parametrize("after", [NOW, NOW + 0.5, NOW + 16.0332, NOW + 59.99])
+def test_the_next_slot_is_the_first_one_after(after):
+    slot = next_slot_s(after, "svc-uid-0001", 60.0)
+    assert after < slot <= after + 60.0
+    assert (slot - 16.03319935412131) % 60.0 == pytest.approx(0.0, abs=1e-6) or \
+        (slot - 16.03319935412131) % 60.0 == pytest.approx(60.0, abs=1e-6)
+
+
+def test_due_at_first_then_at_its_slot_then_one_interval_after_the_last():
+    uid, interval = "svc-uid-0001", 60.0
+    assert interval_due(NOW, None, False, uid, interval)  # never read its traffic
+    created = NOW  # the create pass read the traffic, off its phase: the next comes at its slot
+    slot = next_slot_s(created, uid, interval)
+    assert not interval_due(slot - 0.001, created, False, uid, interval)
+    assert interval_due(slot, created, False, uid, interval)
+    # that slot's pass started 0.7 s late (the tick, a wait for a core): the next is an interval after it
+    started = slot + 0.7
+    assert next_interval_pass_s(started, True, uid, interval) == started + interval
+    assert not interval_due(started + interval - 0.001, started, True, uid, interval)
+    assert interval_due(started + interval, started, True, uid, interval)
+
+
+def test_services_created_together_are_spread_over_the_interval_after_their_first_slot():
+    # 200 services created in the same second (seeded uuids): their interval passes fall due at their
+    # phases, so no 1 s of the interval holds more than 15 of them (200 / 60 = 3.3 per second on average),
+    # and within one interval of the burst.
+    rng = random.Random(11)
+    uids = [str(uuid.UUID(int=rng.getrandbits(128), version=4)) for _ in range(200)]
+    due = [next_interval_pass_s(NOW, False, uid, 60.0) for uid in uids]
+    assert all(NOW < d <= NOW + 60.0 for d in due)
+    per_second = [sum(s <= (d - NOW) < s + 1 for d in due) for s in range(60)]
+    assert max(per_second) <= 15, max(per_second)
+
+
+def test_passes_driven_by_a_one_second_tick_are_never_more_than_an_interval_and_a_tick_apart():
+    """A tick every second from a random start, passes taking up to 0.3 s, a few passes started by other
+    causes (spec edits, which read the traffic too) in between: passes follow each other within
+    interval + tick + pass, and a service never goes a whole interval without one."""
+    rng = random.Random(3)
+    for service in range(50):
+        uid, interval = f"uid-{service}", rng.choice([5.0, 30.0, 60.0, 300.0])
+        now, last, on_phase, starts = NOW + rng.random(), None, False, []
+        while now < NOW + 20 * interval:
+            if rng.random() < 0.01:
+                starts.append(now)  # an edit: a pass with a fresh reading now, off the phase
+                last, on_phase = now, False
+            elif interval_due(now, last, on_phase, uid, interval):
+                starts.append(now)
+                last, on_phase = now, last is not None
+                now += rng.uniform(0.01, 0.3)
+            now = now + 1.0 - (now - NOW) % 1.0 if rng.random() < 0.5 else now + 1.0
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert gaps and max(gaps) <= interval + 1.0 + 0.3, (uid, interval, max(gaps))
