@@ -14,7 +14,7 @@ from melange.operator.core.reconcile import LiveInput
 from melange.operator.core.spec import ServiceSpec
 from melange.solver.buckets import BucketGrid
 from melange.solver.errors import UnavailableError
-from melange.solver.metrics.metric_names import MODEL_LABEL, POOL_LABEL
+from melange.solver.metrics.metric_names import MODEL_LABEL, POOL_LABEL, VLLM_REQUEST_SUCCESS, vllm_name_regex
 from melange.solver.metrics.prometheus_source import (LiveWorkload, PrometheusConfig, PrometheusSource,
                                                       pool_latency)
 from melange.solver.profiles import Slo
@@ -81,6 +81,15 @@ def read_pool(config: PrometheusConfig, option: str, grid: BucketGrid, slo: Slo,
         end_s=now_s, window_s=live.span_s or config.window_s)
 
 
+def pools_with_series(config: PrometheusConfig) -> set[str]:
+    """The pools (values of `melange_ai_option`) whose request counter has a current series: one query,
+    so a service whose pods carry no pool label costs no more."""
+    source = PrometheusSource(config)
+    selector = source._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))
+    return {item["metric"].get(POOL_LABEL) for item in source.query(f"count by ({POOL_LABEL}) ({selector})")
+            if item["metric"].get(POOL_LABEL)}
+
+
 def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, pools: Sequence[str] = (),
               slo: Slo | None = None) -> LiveInput:
     """Query Prometheus (blocking: run it in a thread) and interpret the answer; with `pools` (option
@@ -97,7 +106,13 @@ def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, po
         return live
     now = time.time()
     seen = {}
+    try:
+        present = pools_with_series(config)
+    except UnavailableError:
+        return live
     for option in pools:
+        if option not in present:
+            continue
         try:
             observation = read_pool(config, option, grid, slo, now)
         except UnavailableError:
