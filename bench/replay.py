@@ -22,9 +22,15 @@ outside bursts and more than the start-up time after a shift; minutes from each 
 change or a document batch starting) until the ready replicas serve (median / worst); moves within
 an hour after a shift, per shift.
 
+Mis-profiled (`--misprofiled a10g=0.7`): one GPU type truly sustains 0.7 x its profile. The pools'
+latency comes from melange.testing.latency_model (latency reaches the SLO where the load reaches the true
+capacity, 3% noise on each window's statistic), the short minutes and hindsight are judged on the true
+capacities, and the operator runs with and without `profileCorrection`.
+
 Usage: python bench/replay.py [--quick] [--seed 1] [--days 7] [--models 8b,70b]
                               [--workloads chat-heavy,mixed,document-heavy] [--plot docs/replay.png]
        python bench/replay.py --sensitivity [--days 2]
+       python bench/replay.py --misprofiled a10g=0.7 [--quick]
 """
 from __future__ import annotations
 
@@ -55,6 +61,7 @@ from melange.solver.metrics.traffic_player import DOCUMENTS
 from melange.solver.problem import Problem
 from melange.solver.solve import allocate, single_type_replicas, solve
 from melange.solver.workload import make_workload
+from melange.testing.latency_model import LatencyModel, PoolSimulator
 from melange.testing.replay import (MINUTE_S, REGIMES, START_S, Run, Schedule, Traffic, TrafficShape,
                                     bill, replay, week_traffic)
 
@@ -129,13 +136,15 @@ class Oracle:
     """The true traffic's side: the optimum and the capacity of replicas for a regime at a rate, under
     the model's options (all of them), each answer cached; both are monotone in the rate."""
 
-    def __init__(self, model: Model, settings: Settings, mix: Mapping[str, np.ndarray]) -> None:
+    def __init__(self, model: Model, settings: Settings, mix: Mapping[str, np.ndarray],
+                 capacity: Mapping[str, float] | None = None) -> None:
         spec = parse_spec(service_spec(model, settings))
         self.mode = spec.routing_mode
         self.settings = solver_settings(spec)
         self.full_load = IlpSettings(target_utilisation=1.0)
-        self.problems = {r: build_problem(spec, make_workload(1.0, GRID, mix[r].tolist(), "replay"), default_inputs())
-                         for r in REGIMES}
+        # `capacity`: each option's true capacity as a share of its profile (mis-profiled GPU types).
+        self.problems = {r: build_problem(spec, make_workload(1.0, GRID, mix[r].tolist(), "replay"), default_inputs(),
+                                          capacity) for r in REGIMES}
         self.prices = {o.name: o.replica_price for o in self.problems["chat"].options}
         self.gpus = {o.name: o.gpus_per_replica for o in self.problems["chat"].options}
         self._served: dict[tuple, tuple[float, float]] = {}
@@ -310,6 +319,9 @@ class Job:
     seed: int
     option: str | None = None
     static: Mapping[str, int] | None = None
+    capacity: tuple[tuple[str, float], ...] = ()  # true capacity per option, as a share of its profile
+    correct: bool = True  # spec.profileCorrection.enabled
+    known: bool = False  # the operator plans with the true capacities from the start (a fixed correction)
 
 
 def traffic_for(model: Model, workload: str, days: int, seed: int) -> tuple[TrafficShape, Traffic]:
@@ -322,7 +334,7 @@ def run_job(job: Job) -> tuple[Job, Scores, float]:
     began = time.process_time()
     model = MODELS[job.model]
     shape, traffic = traffic_for(model, job.workload, job.days, job.seed)
-    oracle = Oracle(model, job.settings, mixes())
+    oracle = Oracle(model, job.settings, mixes(), dict(job.capacity))
     startup = {name: model.startup_s for name, _, _ in model.options}
     if job.kind == "static":
         ready = {k: v for k, v in (job.static or {}).items()}
@@ -331,17 +343,42 @@ def run_job(job: Job) -> tuple[Job, Scores, float]:
                   tuple(ready for _ in range(traffic.minutes)))
     else:
         spec = service_spec(model, job.settings, [job.option] if job.option else None, job.kind != "no-hyst")
+        observe, reconcile_fn = None, reconcile_module.reconcile
+        if job.known:
+            reconcile_fn = functools.partial(_known_capacity, dict(job.capacity))
+        elif job.capacity:
+            spec["profileCorrection"] = {"enabled": job.correct}
+            profiles = Oracle(model, job.settings, mixes()).problems["chat"]
+            simulator = PoolSimulator(traffic, round(job.settings.window_s / MINUTE_S),
+                                      {o.name: p.max_rps for o, p in zip(profiles.options, profiles.profiles)},
+                                      dict(job.capacity), 120.0, LatencyModel(noise=0.03), job.seed)
+            observe = simulator.observe
         run = replay(spec, default_inputs(), traffic, GRID, job.settings.interval_s, job.settings.window_s, startup,
-                     counted=job.kind != "no-hyst")
+                     counted=job.kind != "no-hyst", observe_pools=observe, reconcile_fn=reconcile_fn)
+        if job.capacity:
+            RUNS[job] = run
     scores = score(run, oracle, traffic, shifts(shape, traffic), model.startup_s)
     return job, scores, time.process_time() - began
 
 
-def hindsight(model_key: str, workload: str, settings: Settings, days: int, seed: int) -> tuple[float, np.ndarray, dict, str]:
+RUNS: dict[Job, Run] = {}  # (in the process that ran the job)
+
+
+def _known_capacity(capacity: Mapping[str, float], owner, observed, inputs, **kwargs):
+    """The operator's reconcile with the true capacities stored as its corrections every pass (no window
+    ever updates them: their time lies in the future), as `melange solve --correction` would plan."""
+    stored = {name: {"factor": factor, "samples": 1, "updated": "2100-01-01T00:00:00Z", "announced": factor}
+              for name, factor in capacity.items()}
+    status = {**observed.status, "profileCorrections": stored}
+    return reconcile_module.reconcile(owner, replace(observed, status=status), inputs, **kwargs)
+
+
+def hindsight(model_key: str, workload: str, settings: Settings, days: int, seed: int,
+              capacity: Mapping[str, float] | None = None) -> tuple[float, np.ndarray, dict, str]:
     """Hindsight $ and per-minute $/h, the static allocation, and the best single type."""
     model = MODELS[model_key]
     _, traffic = traffic_for(model, workload, days, seed)
-    oracle = Oracle(model, settings, mixes())
+    oracle = Oracle(model, settings, mixes(), capacity)
     per_minute = np.zeros(traffic.minutes)
     for k, regime in enumerate(REGIMES):
         at = np.flatnonzero(traffic.regimes == k)
@@ -461,6 +498,52 @@ def _chunks(items: Sequence, sizes: Sequence[int]) -> list[Sequence]:
     return out
 
 
+def run_misprofiled(job: Job) -> tuple[Job, Scores, float, list[float]]:
+    """A mis-profiled run and the mis-profiled option's factor after each interval pass."""
+    job, scores, cpu = run_job(job)
+    option = job.capacity[0][0]
+    factors = [float((c.get(option) or {}).get("factor", 1.0)) for c in RUNS.pop(job).corrections]
+    return job, scores, cpu, factors
+
+
+def misprofiled(args: argparse.Namespace) -> None:
+    """The operator with one GPU type below its profile, with and without profile corrections."""
+    option, _, value = args.misprofiled.partition("=")
+    capacity = ((option, float(value or 0.7)),)
+    settings = Settings()
+    for model_key in args.models.split(","):
+        if option not in {name for name, _, _ in MODELS[model_key].options}:
+            print(f"{MODELS[model_key].name} has no option {option!r}: skipped", file=sys.stderr)
+            continue
+        for workload in args.workloads.split(","):
+            began = time.perf_counter()
+            best = hindsight(model_key, workload, settings, args.days, args.seed, dict(capacity))[0]
+            jobs = [Job(model_key, workload, "operator", settings, args.days, args.seed, capacity=capacity, correct=c)
+                    for c in (False, True)] + [Job(model_key, workload, "operator", settings, args.days, args.seed,
+                                                   capacity=capacity, known=True)]
+            if args.workers <= 1:
+                results = [run_misprofiled(j) for j in jobs]
+            else:
+                with ProcessPoolExecutor(args.workers) as pool:
+                    results = list(pool.map(run_misprofiled, jobs))
+            print(f"\n{MODELS[model_key].name}, {workload}, {args.days} day(s), seed {args.seed}, {option} at "
+                  f"{capacity[0][1]:g} x its profile: hindsight ${best:,.0f} on the true capacities "
+                  f"({time.perf_counter() - began:.0f} s wall)")
+            rows = []
+            for job, scores, _, factors in results:
+                label = ("operator, true capacity known" if job.known else
+                         "operator, corrections" if job.correct else "operator, no correction")
+                tail = factors[len(factors) // 2:]
+                shown = f"{min(factors):.2f} / {statistics.median(tail):.2f} / {factors[-1]:.2f}" if job.correct else "1"
+                rows.append(row(label, scores, best) + [f"{capacity[0][1]:g} (fixed)" if job.known else shown])
+            print_table(HEADERS + [f"{option} factor (min / median 2nd half / end)"], rows)
+            plain, corrected = results[0][1], results[1][1]
+            print(f"short minutes {plain.short_minutes} -> {corrected.short_minutes}; "
+                  f"${plain.dollars:,.0f} -> ${corrected.dollars:,.0f} "
+                  f"({100 * (corrected.dollars / plain.dollars - 1):+.1f}%)")
+            sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -471,13 +554,15 @@ def main() -> None:
     parser.add_argument("--workloads", default="chat-heavy,mixed,document-heavy")
     parser.add_argument("--plot", default=None, help="write the $/h over time to this PNG (matplotlib)")
     parser.add_argument("--sensitivity", action="store_true", help="the tuning table instead of the main one")
+    parser.add_argument("--misprofiled", metavar="OPTION=FACTOR", default=None,
+                        help="one GPU type sustains FACTOR x its profile: the operator with and without corrections")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes")
     args = parser.parse_args()
     if args.quick:
         args.models, args.workloads = "8b", "mixed"
     args.days = args.days or (1 if args.quick else 7)
     began = time.perf_counter()
-    (sensitivity if args.sensitivity else main_table)(args)
+    (misprofiled if args.misprofiled else sensitivity if args.sensitivity else main_table)(args)
     print(f"\n{time.perf_counter() - began:.0f} s in all")
 
 

@@ -5,14 +5,19 @@ is an idle service (it falls to its floors after the cooldown).
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from melange.operator.core.corrections import PoolObservation
 from melange.operator.core.reconcile import LiveInput
 from melange.operator.core.spec import ServiceSpec
 from melange.solver.buckets import BucketGrid
 from melange.solver.errors import UnavailableError
-from melange.solver.metrics.metric_names import MODEL_LABEL
-from melange.solver.metrics.prometheus_source import LiveWorkload, PrometheusConfig, PrometheusSource
+from melange.solver.metrics.metric_names import MODEL_LABEL, POOL_LABEL, VLLM_REQUEST_SUCCESS, vllm_name_regex
+from melange.solver.metrics.prometheus_source import (LiveWorkload, PrometheusConfig, PrometheusSource,
+                                                      pool_latency)
+from melange.solver.profiles import Slo
 from melange.solver.workload import make_workload
 
 
@@ -57,12 +62,61 @@ def interpret(live: LiveWorkload, grid: BucketGrid, window: str) -> LiveInput:
     return LiveInput(None, f"{live.status.replace('_', ' ')}: {notes}" if notes else live.status, window)
 
 
-def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str) -> LiveInput:
-    """Query Prometheus (blocking: run it in a thread) and interpret the answer."""
+def read_pool(config: PrometheusConfig, option: str, grid: BucketGrid, slo: Slo,
+              now_s: float) -> PoolObservation | None:
+    """One pool's window, for its capacity correction (operator/core/corrections.py): the service's
+    series narrowed to the pool's pods (`melange_ai_option`), their rate and size mix as the service's
+    workload is read, the SLO's latency statistic and the waiting queue. None when the pool has no
+    series or no request in the window. Its replicas are left to the operator (the ready ones)."""
+    source = PrometheusSource(replace(config, selector={**config.selector, POOL_LABEL: option}, min_requests=1))
+    live = source.workload(grid)
+    if live.workload is None or live.status not in ("ok", "too_few_requests"):
+        return None
+    latency = pool_latency(source, slo.percentile)
+    return PoolObservation(
+        requests=live.requests_in_window, rate=live.rate, distribution=live.workload.distribution, replicas=None,
+        tpot_ms=None if latency.tpot_s is None else 1e3 * latency.tpot_s,
+        ttft_ms=None if latency.ttft_s is None else 1e3 * latency.ttft_s,
+        waiting_per_replica=None if latency.waiting is None or not latency.pods else latency.waiting / latency.pods,
+        end_s=now_s, window_s=live.span_s or config.window_s)
+
+
+def pools_with_series(config: PrometheusConfig) -> set[str]:
+    """The pools (values of `melange_ai_option`) whose request counter has a current series: one query,
+    so a service whose pods carry no pool label costs no more."""
+    source = PrometheusSource(config)
+    selector = source._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))
+    return {item["metric"].get(POOL_LABEL) for item in source.query(f"count by ({POOL_LABEL}) ({selector})")
+            if item["metric"].get(POOL_LABEL)}
+
+
+def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, pools: Sequence[str] = (),
+              slo: Slo | None = None) -> LiveInput:
+    """Query Prometheus (blocking: run it in a thread) and interpret the answer; with `pools` (option
+    names) and the SLO, also each pool's window. A pool that cannot be read is left out (its
+    correction then decays); it never makes the workload unavailable."""
     if config is None:
         return LiveInput(None, "no Prometheus URL: set spec.workload.prometheus.url or the operator's "
                                "--prometheus-url", window)
     try:
-        return interpret(PrometheusSource(config).workload(grid), grid, window)
+        live = interpret(PrometheusSource(config).workload(grid), grid, window)
     except UnavailableError as error:
         return LiveInput(None, str(error), window)
+    if live.workload is None or not pools or slo is None:
+        return live
+    now = time.time()
+    seen = {}
+    try:
+        present = pools_with_series(config)
+    except UnavailableError:
+        return live
+    for option in pools:
+        if option not in present:
+            continue
+        try:
+            observation = read_pool(config, option, grid, slo, now)
+        except UnavailableError:
+            continue
+        if observation is not None:
+            seen[option] = observation
+    return replace(live, pools=seen)

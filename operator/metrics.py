@@ -6,6 +6,8 @@
     melange_service_replicas{namespace,service,option}                replicas per GPU option (running mix)
     melange_service_metrics_available{namespace,service}              1 when the live workload was read
     melange_service_move_in_progress{namespace,service}               1 while a make-before-break move runs
+    melange_profile_correction_factor{namespace,service,option}       capacity factor the option is planned with
+    melange_profile_correction_samples{namespace,service,option}      windows that informed it
     melange_solve_seconds, melange_reconcile_seconds                  histograms of one solve / one pass
     melange_decisions_total{kind}                                     initial, scale-up, rebalance, keep
     melange_reconcile_errors_total{reason}                            InvalidSpec, Infeasible, MetricsUnavailable, Exception
@@ -38,6 +40,10 @@ class OperatorMetrics:
                                        "1 when the service's live workload could be read", SERVICE, registry=r)
         self.moving = Gauge("melange_service_move_in_progress", "1 while a make-before-break move runs", SERVICE,
                             registry=r)
+        self.correction = Gauge("melange_profile_correction_factor", "capacity factor an option's profile is "
+                                "planned with (status.profileCorrections)", SERVICE + ("option",), registry=r)
+        self.correction_samples = Gauge("melange_profile_correction_samples", "windows that informed the "
+                                        "option's capacity factor", SERVICE + ("option",), registry=r)
         self.solve_seconds = Histogram("melange_solve_seconds", "wall time of one ILP solve", buckets=_SECONDS,
                                        registry=r)
         self.reconcile_seconds = Histogram("melange_reconcile_seconds", "wall time of one reconcile pass "
@@ -63,6 +69,12 @@ class OperatorMetrics:
             self.savings.labels(*labels).set(status["savingsPercent"])
         for option in options:
             self.replicas.labels(namespace, service, option).set((status.get("allocation") or {}).get(option, 0))
+        corrections = status.get("profileCorrections")
+        if isinstance(corrections, Mapping):
+            for option, state in corrections.items():
+                if isinstance(state, Mapping) and state.get("factor") is not None:
+                    self.correction.labels(namespace, service, option).set(state["factor"])
+                    self.correction_samples.labels(namespace, service, option).set(state.get("samples") or 0)
         if "move" in status:
             self.moving.labels(*labels).set(1 if status["move"] else 0)
         for condition in status.get("conditions") or []:
@@ -76,5 +88,6 @@ class OperatorMetrics:
                 gauge.remove(namespace, service)
             except KeyError:
                 pass
-        for labels in [key for key in self.replicas._metrics if key[:2] == (namespace, service)]:
-            self.replicas.remove(*labels)
+        for gauge in (self.replicas, self.correction, self.correction_samples):
+            for labels in [key for key in gauge._metrics if key[:2] == (namespace, service)]:
+                gauge.remove(*labels)

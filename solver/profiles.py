@@ -2,8 +2,9 @@
 for each bucket within the SLO. A bucket the replica cannot serve is None, never zero."""
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from melange.solver.buckets import BucketGrid, grid_from_dict
@@ -84,6 +85,17 @@ class Profile:
         return {"model": self.model, "gpu": self.gpu, "gpus_per_replica": self.gpus_per_replica,
                 "slo": self.slo.to_dict() if self.slo else None, "grid": self.grid.to_dict(),
                 "provenance": dict(self.provenance), "max_rps": [list(row) for row in self.max_rps]}
+
+
+def scale_profile(profile: Profile, factor: float) -> Profile:
+    """`profile` with every max rate multiplied by `factor` (a capacity correction: 0.8 means a replica
+    sustains 80% of what the profile says); the provenance records the factor."""
+    if not (math.isfinite(factor) and factor > 0):
+        raise InputError("correction", f"must be a positive number, got {factor!r}")
+    if factor == 1.0:
+        return profile
+    rows = tuple(tuple(None if v is None else v * factor for v in row) for row in profile.max_rps)
+    return replace(profile, max_rps=rows, provenance={**profile.provenance, "correction": factor})
 
 
 def make_max_rps(matrix: Any, grid: BucketGrid, where: str) -> tuple[tuple[float | None, ...], ...]:

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from melange.operator.core.corrections import PoolObservation
 from melange.operator.core.planner import OPTION_LABEL, Owner
 from melange.operator.core.problem import Inputs
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
@@ -248,6 +249,7 @@ class Run:
     moves: tuple[tuple[float, str, str], ...]
     ready: tuple[Mapping[str, int], ...]
     asked: tuple[Mapping[str, int], ...] = field(default=())
+    corrections: tuple[Mapping[str, Any], ...] = field(default=())  # status.profileCorrections per interval pass
 
 
 def _deployments(desired: Sequence[Mapping[str, Any]] | None, replicas: Sequence[Replica],
@@ -270,10 +272,14 @@ def asked_replicas(desired: Sequence[Mapping[str, Any]] | None) -> dict[str, int
 
 def replay(spec: Mapping[str, Any], inputs: Inputs, traffic: Traffic, grid: BucketGrid, interval_s: float,
            window_s: float, startup_s: Mapping[str, float], drain_s: float = 90.0,
-           counted: bool = True, reconcile_fn: Callable[..., Outcome] = reconcile) -> Run:
+           counted: bool = True, reconcile_fn: Callable[..., Outcome] = reconcile,
+           observe_pools: Callable[[int, Sequence[Mapping[str, Any]] | None, Sequence[Mapping[str, int]]],
+                                   Mapping[str, PoolObservation]] | None = None) -> Run:
     """Drive `reconcile` over the traffic (see the module docstring). The interval and window must be
     whole minutes; passes between interval ticks reuse the last window read. `counted` False withholds
-    the count from the operator, so it takes the rate read as exact (no noise margins)."""
+    the count from the operator, so it takes the rate read as exact (no noise margins). `observe_pools`
+    (minute, the objects asked for, the ready replicas of every minute so far) gives each pool's window
+    as the per-pool queries would read it (melange.testing.latency_model); None: no pool is observed."""
     step, window = round(interval_s / MINUTE_S), round(window_s / MINUTE_S)
     if step < 1 or window < 1 or step * MINUTE_S != interval_s or window * MINUTE_S != window_s:
         raise ValueError("interval and window must be whole minutes")
@@ -285,6 +291,7 @@ def replay(spec: Mapping[str, Any], inputs: Inputs, traffic: Traffic, grid: Buck
     moves: list[tuple[float, str, str]] = []
     ready_log: list[Mapping[str, int]] = []
     asked_log: list[Mapping[str, int]] = []
+    correction_log: list[Mapping[str, Any]] = []
     extra: list[float] = []  # pass times besides the interval ticks (a pool became ready, a move's wake)
     next_tick = START_S
 
@@ -318,10 +325,12 @@ def replay(spec: Mapping[str, Any], inputs: Inputs, traffic: Traffic, grid: Buck
                 run_pass(at)
         if tick >= next_tick:
             workload, requests = window_workload(traffic, minute, window, grid)
+            pools = observe_pools(minute, desired, ready_log) if observe_pools is not None else {}
             live = LiveInput(workload, f"{requests} requests in {window_s:g}s", f"{window_s:g}s",
-                             float(requests) if counted else None)
+                             float(requests) if counted else None, pools)
             run_pass(tick)
             next_tick = tick + interval_s
             asked_log.append(asked_replicas(desired))
+            correction_log.append(copy.deepcopy(status.get("profileCorrections") or {}))
         ready_log.append(ready_counts(replicas, tick))
-    return Run(replicas, tuple(moves), tuple(ready_log), tuple(asked_log))
+    return Run(replicas, tuple(moves), tuple(ready_log), tuple(asked_log), tuple(correction_log))

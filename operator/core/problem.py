@@ -16,7 +16,7 @@ from melange.solver.errors import InputError
 from melange.solver.ilp import IlpSettings
 from melange.solver.options import GpuOption
 from melange.solver.problem import Problem
-from melange.solver.profiles import Profile, profile_from_dict
+from melange.solver.profiles import Profile, profile_from_dict, scale_profile
 from melange.solver.profiling.catalog import Catalog, GpuSpec, shipped_catalog
 from melange.solver.profiling.catalog_inputs import catalog_profile
 from melange.solver.workload import Workload, make_workload, parse_trace, workload_from_trace
@@ -158,15 +158,20 @@ def _option(spec: ServiceSpec, k: int, option: GpuOptionSpec, profile: Profile |
                      gpus_per_node=gpus_per_node, node_price_per_hour=node_price), profile
 
 
-def build_problem(spec: ServiceSpec, workload: Workload | None, inputs: Inputs) -> Problem:
+def build_problem(spec: ServiceSpec, workload: Workload | None, inputs: Inputs,
+                  corrections: Mapping[str, float] | None = None) -> Problem:
     """The Problem for `spec`: one solver option per `gpuOptions[]` entry with its profile (inline,
-    ConfigMap, shipped or estimated). `workload` None means the spec's static workload."""
+    ConfigMap, shipped or estimated), its max rates multiplied by the option's capacity correction
+    (`corrections[name]`, operator/core/corrections.py; absent: 1). `workload` None means the spec's
+    static workload."""
     explicit = explicit_profiles(spec, inputs)
     grid = workload.grid if workload is not None else service_grid(spec, explicit)
     if workload is None:
         workload = static_workload(spec, inputs, grid)
     pairs = [_option(spec, k, o, explicit.get(o.name), inputs, grid) for k, o in enumerate(spec.options)]
-    return Problem(workload, tuple(p[0] for p in pairs), tuple(p[1] for p in pairs))
+    factors = corrections or {}
+    return Problem(workload, tuple(p[0] for p in pairs),
+                   tuple(scale_profile(p[1], factors.get(p[0].name, 1.0)) for p in pairs))
 
 
 def solver_settings(spec: ServiceSpec, current: Mapping[str, int] | None = None, move_cost: float = 0.0) -> IlpSettings:

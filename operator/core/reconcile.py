@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from melange.operator.core.corrections import Correction, PoolObservation, announce, update
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
 from melange.operator.core.moves import (DEFAULT_DRAIN_S, FALLBACK_GRACE_S, Drain, Move, advance, drain_waits,
                                          next_wake_s, peak, removed, stage)
@@ -28,6 +29,7 @@ from melange.solver.allocation import Allocation, OptionUse, SolveReport
 from melange.solver.errors import InfeasibleError, InputError
 from melange.solver.ilp import IlpSettings
 from melange.solver.problem import Problem
+from melange.solver.profiles import scale_profile
 from melange.solver.routing import IN_FLIGHT_SUFFIX, TABLE_KEY, routing_table
 from melange.solver.solve import allocate, solve
 from melange.solver.workload import Workload
@@ -63,6 +65,9 @@ class LiveInput:
     reason: str
     window: str | None = None
     requests: float | None = None
+    # Per pool (option name) over the same window: what the capacity corrections learn from
+    # (operator/core/corrections.py). Empty: not read; every option's correction then decays.
+    pools: Mapping[str, PoolObservation] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -215,13 +220,17 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
     except InputError as error:
         return _refused(observed, "InvalidSpec", error, "Infeasible")
     previous = observed.status
+    corrections, correction_events = _corrections(spec, problem, observed, live)
+    if corrections:
+        problem = replace(problem, profiles=tuple(
+            scale_profile(p, corrections[o.name].factor) for o, p in zip(problem.options, problem.profiles)))
     # Options the spec no longer has are not part of the service: the planner renders none of them.
     offered = {o.name for o in problem.options}
     current = {k: int(v) for k, v in (previous.get("allocation") or {}).items() if k in offered} or None
     move = Move.from_status(previous.get("move"))
     edited = observed.generation != previous.get("observedGeneration")
     failure = _failure(previous, edited)
-    events: list[Event] = []
+    events: list[Event] = list(correction_events)
     decision = None
     last_change = from_iso(previous.get("lastChange"))
     timeout_s = spec.reallocation.move_timeout_s
@@ -325,12 +334,41 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
     pools = node_pool_names(observed.actual, desired)
     if pools or observed.status.get("nodePools"):
         status["nodePools"] = pools or None
+    status["profileCorrections"] = ({name: c.to_status() for name, c in corrections.items()} if corrections
+                                    else None)
     status["lastChange"] = None if last_change is None else iso(last_change)
     status["lastMoveFailure"] = failure
     if decision is not None:
         status["lastDecision"] = {"kind": decision.kind, "reason": decision.reason, "time": observed.now}
     wake = None if move is None or spec.mode != "apply" else next_wake_s(move, drain, timeout_s, observed.now_s)
     return Outcome(status, desired, tuple(events), spec, report, decision, wake, problem)
+
+
+def _corrections(spec: ServiceSpec, problem: Problem, observed: Observed, live: LiveInput | None
+                 ) -> tuple[dict[str, Correction], list[Event]]:
+    """Each option's capacity correction after this pass's window (operator/core/corrections.py), from
+    the state in status; none for a static workload or with `profileCorrection.enabled` false. A pool
+    observation without replicas counts the pool's ready replicas now."""
+    settings = spec.profile_correction
+    if not settings.enabled or spec.workload.source != "prometheus" or live is None:
+        return {}, []
+    stored = observed.status.get("profileCorrections") or {}
+    ready = ready_replicas(observed.actual)
+    states: dict[str, Correction] = {}
+    events: list[Event] = []
+    for option, profile in zip(problem.options, problem.profiles):
+        before = Correction.from_status(stored.get(option.name) if isinstance(stored, Mapping) else None)
+        seen = live.pools.get(option.name)
+        if seen is not None and not seen.replicas:
+            seen = replace(seen, replicas=float(ready.get(option.name, 0))) if ready.get(option.name) else None
+        state = update(before, seen, profile.max_rps, spec.slo, settings, observed.now_s)
+        state, due = announce(state)
+        if due:
+            events.append(Event("Normal" if state.factor >= before.announced else "Warning", "ProfileCorrected",
+                                f"{option.name}: capacity factor {before.announced:.2f} -> {state.factor:.2f} "
+                                f"({state.reason})"))
+        states[option.name] = state
+    return states, events
 
 
 def unacknowledged(observed: Observed, owner: Owner, version: str) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 from melange.solver.buckets import BucketGrid, grid_from_dict
 from melange.solver.checks import integer, number, require_keys, require_mapping, sequence, text
 from melange.solver.errors import InputError
+from melange.operator.core.corrections import CorrectionSettings
 from melange.solver.metrics.prometheus_source import parse_duration
 from melange.solver.options import check_node_shape
 from melange.solver.profiles import Slo, slo_from_dict
@@ -148,13 +149,14 @@ class ServiceSpec:
     serving: ServingSpec = ServingSpec()
     router_image: str | None = None
     router_replicas: int = 2
+    profile_correction: CorrectionSettings = CorrectionSettings()
 
     def option(self, name: str) -> GpuOptionSpec:
         return next(o for o in self.options if o.name == name)
 
 
 _SPEC_FIELDS = ["model", "catalogModel", "slo", "gpuOptions", "workload", "reallocation", "mode", "routingMode",
-                "nodePools", "serving", "router"]
+                "nodePools", "serving", "router", "profileCorrection"]
 _OPTION_FIELDS = ["name", "gpu", "pricePerHour", "gpusPerReplica", "minReplicas", "maxReplicas", "spot",
                   "nodeSelector", "tolerations", "profile", "affinity", "pricing", "gpusPerNode", "nodePricePerHour"]
 
@@ -208,6 +210,27 @@ def parse_spec(spec: Any, where: str = "spec") -> ServiceSpec:
         serving=serving,
         router_image=_optional_text(router, "image", f"{where}.router"),
         router_replicas=integer(router.get("replicas", 2), f"{where}.router.replicas", minimum=1),
+        profile_correction=_profile_correction(data.get("profileCorrection", {}), f"{where}.profileCorrection"),
+    )
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(where, f"expected true or false, got {value!r}")
+    return value
+
+
+def _profile_correction(value: Any, where: str) -> CorrectionSettings:
+    """`spec.profileCorrection` (operator/core/corrections.py)."""
+    data = require_mapping(value, where)
+    require_keys(data, where, [], ["enabled", "allowUpward", "maxUpward", "minRequests", "halfLife"])
+    default = CorrectionSettings()
+    return CorrectionSettings(
+        enabled=_flag(data.get("enabled", default.enabled), f"{where}.enabled"),
+        allow_upward=_flag(data.get("allowUpward", default.allow_upward), f"{where}.allowUpward"),
+        max_upward=number(data.get("maxUpward", default.max_upward), f"{where}.maxUpward", minimum=1, maximum=2),
+        min_requests=integer(data.get("minRequests", default.min_requests), f"{where}.minRequests", minimum=1),
+        half_life_s=parse_duration(str(data.get("halfLife", "1h")), f"{where}.halfLife"),
     )
 
 

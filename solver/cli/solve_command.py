@@ -23,7 +23,7 @@ from melange.solver.metrics.metric_names import DEFAULT_MIN_REQUESTS, MODEL_LABE
 from melange.solver.inputs import (LoadedInputs, assemble, check_profile_grids, load_bundle, load_document,
                                    load_options, load_profile_files, load_trace_workload, load_workload)
 from melange.solver.problem import Problem
-from melange.solver.profiles import Profile, Slo
+from melange.solver.profiles import Profile, Slo, scale_profile
 from melange.solver.solve import MODES, solve
 from melange.solver.workload import Workload
 
@@ -119,8 +119,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, single_solve: bool) 
         model.add_argument("--current", help="current replicas as NAME=N,NAME=N; needs --move-cost (default: none)")
         model.add_argument("--move-cost", type=float,
                            help="$/h charged per replica added or removed vs --current (default 0)")
+        model.add_argument("--correction", action="append", default=[], metavar="OPTION=FACTOR",
+                           help="multiply the option's profile (its max rates) by FACTOR, as the operator's "
+                                "status.profileCorrections does; repeatable (default: none)")
     else:
-        parser.set_defaults(current=None, move_cost=None)
+        parser.set_defaults(current=None, move_cost=None, correction=[])
 
 
 # Flags that only a given input source reads: given without it, they would be silently ignored.
@@ -174,6 +177,42 @@ def _parse_current(value: str | None, option_names: list[str], aliases: Mapping[
         except ValueError:
             raise InputError("--current", f"{count!r} is not a whole number", "NAME=N with N >= 0") from None
     return current
+
+
+def _parse_corrections(values: list[str] | None, option_names: list[str], aliases: Mapping[str, str] | None = None
+                       ) -> dict[str, float]:
+    """--correction NAME=FACTOR (repeatable, or comma-separated): each NAME an option's name or one of
+    its GPU's aliases, FACTOR a positive number."""
+    aliases = aliases or {}
+    factors: dict[str, float] = {}
+    for part in [p for value in values or [] for p in value.split(",") if p.strip()]:
+        typed, sep, text = part.partition("=")
+        typed = typed.strip()
+        if not sep or not typed:
+            raise InputError("--correction", f"cannot read {part!r}", "OPTION=FACTOR, e.g. a10g=0.8")
+        name = typed if typed in option_names else aliases.get(typed.lower(), typed)
+        if name not in option_names:
+            raise InputError("--correction", f"{typed!r} is not one of the options", ", ".join(option_names))
+        try:
+            factor = float(text)
+        except ValueError:
+            raise InputError("--correction", f"{text!r} is not a number", "OPTION=FACTOR with FACTOR > 0") from None
+        factors[name] = number(factor, f"--correction {name}", minimum=0, strict_minimum=True, maximum=10)
+    return factors
+
+
+def apply_corrections(args: argparse.Namespace, loaded: LoadedInputs) -> LoadedInputs:
+    """The inputs with each --correction applied to its option's profile."""
+    factors = _parse_corrections(getattr(args, "correction", None), [o.name for o in loaded.problem.options],
+                                 loaded.aliases)
+    if not factors:
+        return loaded
+    problem = loaded.problem
+    profiles = tuple(scale_profile(p, factors.get(o.name, 1.0)) for o, p in zip(problem.options, problem.profiles))
+    notes = tuple(problem.workload.notes) + (
+        "capacity corrections: " + ", ".join(f"{name} x{factor:g}" for name, factor in factors.items()),)
+    workload = dataclasses.replace(problem.workload, notes=notes)
+    return dataclasses.replace(loaded, problem=dataclasses.replace(problem, workload=workload, profiles=profiles))
 
 
 def _live_workload(args: argparse.Namespace, grid: BucketGrid) -> Workload:
@@ -340,7 +379,7 @@ def mode_from(args: argparse.Namespace, loaded: LoadedInputs) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Solve and print the report (table or JSON)."""
-    loaded = read_inputs(args)
+    loaded = apply_corrections(args, read_inputs(args))
     settings = settings_from(args, loaded)
     report = solve(loaded.problem, settings, mode=mode_from(args, loaded))
     if not report.allocation.solved:

@@ -18,6 +18,21 @@ VLLM_PROMPT_TOKENS = "request_prompt_tokens"
 VLLM_GENERATION_TOKENS = "request_generation_tokens"
 MODEL_LABEL = "model_name"
 
+# Latency and load, per `model_name` (vLLM v1 `vllm/v1/metrics/loggers.py`): histograms of each
+# request's time to first token and of its mean time per output token (the paper's TPOT: one
+# observation per request), the per-token inter-token latency (v1; it replaced v0's
+# `time_per_output_token_seconds`, kept here for older servers), and the gauge of requests waiting.
+# TPOT is read from the first of VLLM_TPOT_HISTOGRAMS with data.
+VLLM_TTFT = "time_to_first_token_seconds"
+VLLM_REQUEST_TPOT = "request_time_per_output_token_seconds"
+VLLM_INTER_TOKEN = "inter_token_latency_seconds"
+VLLM_TPOT_V0 = "time_per_output_token_seconds"
+VLLM_TPOT_HISTOGRAMS = (VLLM_REQUEST_TPOT, VLLM_INTER_TOKEN, VLLM_TPOT_V0)
+VLLM_WAITING = "num_requests_waiting"
+# The label each scraped pool pod carries with its GPU option (the PodMonitor's relabeling of the
+# pod label melange.ai/option; operator/core/planner.py), which selects one pool's series.
+POOL_LABEL = "melange_ai_option"
+
 # The size-aware router's joint counter: requests by (input tokens, output tokens), one series per
 # cell (input_le, output_le), where a cell holds requests with tokens in (previous edge, le] on
 # each axis ("+Inf" beyond the last edge). It carries `model_name` like vLLM's metrics.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from melange.solver.errors import InputError, UnavailableError
 from melange.solver.metrics.histograms import cumulative_to_intervals, rebin, rebin_joint
 from melange.solver.metrics.metric_names import (DEFAULT_MIN_REQUESTS, ROUTER_INPUT_LABEL, ROUTER_JOINT_REQUESTS,
                                          ROUTER_OUTPUT_LABEL, ROUTER_SIZE_EDGES, VLLM_GENERATION_TOKENS,
-                                         VLLM_PROMPT_TOKENS, VLLM_REQUEST_SUCCESS, vllm_name_regex)
+                                         VLLM_PROMPT_TOKENS, VLLM_REQUEST_SUCCESS, VLLM_TPOT_HISTOGRAMS, VLLM_TTFT,
+                                         VLLM_WAITING, vllm_name_regex)
 from melange.solver.workload import Workload, make_workload
 
 SELECTOR_LABELS = ("model_name", "namespace", "job", "pod", "service", "instance")
@@ -290,6 +291,55 @@ class PrometheusSource:
         workload = make_workload(rate, grid, [[v / placed for v in row] for row in matrix], "prometheus",
                                  notes=notes, rate_source=f"measured by Prometheus at {self.config.url}")
         return LiveWorkload(status, rate, requests_seen, window, source, workload, tuple(notes), span)
+
+
+@dataclass(frozen=True)
+class PoolLatency:
+    """One pool's latency over the window at the SLO's statistic (seconds; None: no series or no
+    request), the histogram TPOT was read from, requests waiting (the pods' means over the window,
+    summed), and how many pods reported in the window."""
+
+    tpot_s: float | None
+    ttft_s: float | None
+    tpot_metric: str | None
+    waiting: float | None
+    pods: int
+
+
+def latency_query(selector_for: Callable[[str], str], window: str, percentile: float | None) -> str:
+    """PromQL for a latency histogram's statistic over `window`: the mean (rate of `_sum` over rate of
+    `_count`, summed over the pods), or the percentile by `histogram_quantile` over the pods' buckets
+    summed by `le`. `selector_for(suffix)` is the series selector of the histogram's `suffix` series."""
+    if percentile is None:
+        return f"sum(rate({selector_for('_sum')}[{window}])) / sum(rate({selector_for('_count')}[{window}]))"
+    return f"histogram_quantile({percentile / 100:g}, sum by (le) (rate({selector_for('_bucket')}[{window}])))"
+
+
+def pool_latency(source: PrometheusSource, percentile: float | None) -> PoolLatency:
+    """The latency statistic and waiting queue of the series `source` selects (one pool: its selector
+    carries the pool label). NaN (no request in the window) reads as None."""
+    window = source._window()
+
+    def statistic(metric: str) -> float | None:
+        result = source.query(latency_query(lambda suffix: source._selector(vllm_name_regex(metric, suffix)),
+                                            window, percentile))
+        if not result:
+            return None
+        value = float(result[0]["value"][1])
+        return value if math.isfinite(value) and value >= 0 else None
+
+    tpot, tpot_metric = None, None
+    for metric in VLLM_TPOT_HISTOGRAMS:
+        tpot = statistic(metric)
+        if tpot is not None:
+            tpot_metric = metric
+            break
+    ttft = statistic(VLLM_TTFT)
+    waiting_selector = source._selector(vllm_name_regex(VLLM_WAITING))
+    means = source.query(f"avg_over_time({waiting_selector}[{window}])")
+    values = [float(item["value"][1]) for item in means]
+    values = [v for v in values if math.isfinite(v)]
+    return PoolLatency(tpot, ttft, tpot_metric, sum(values) if values else None, len(values))
 
 
 def _independent(inputs: tuple[list[float], float], outputs: tuple[list[float], float]) -> tuple[list[list[float]], float]:

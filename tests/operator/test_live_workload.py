@@ -58,3 +58,34 @@ def test_prometheus_down_is_no_workload_and_names_the_url():
     config = prometheus_config(spec({"url": url}), PrometheusDefaults(), None, None)
     live = read_live(replace(config, retries=0, timeout_s=0.5), GRID, "10m")
     assert live.workload is None and url in live.reason
+
+
+def test_only_pools_with_series_are_read_and_a_service_without_them_costs_one_query(monkeypatch):
+    """Per-pool windows for the capacity corrections: one `count by (melange_ai_option)` query finds
+    the pools with series; only those are read, and a pool that fails is left out."""
+    from melange.operator import live_workload
+    from melange.solver.errors import UnavailableError
+    from melange.solver.metrics.prometheus_source import MetricsError, PrometheusSource
+    from melange.solver.profiles import Slo
+    queries: list[str] = []
+    pools_answer: list[dict] = []
+    monkeypatch.setattr(PrometheusSource, "workload",
+                        lambda self, grid: LiveWorkload("ok", 3.0, 1800, 600, "router", WORKLOAD))
+    monkeypatch.setattr(PrometheusSource, "query", lambda self, promql: queries.append(promql) or pools_answer)
+    read: list[str] = []
+
+    def fake_read_pool(config, option, grid, slo, now):
+        read.append(option)
+        if option == "h100":
+            raise MetricsError("down")
+        return option
+
+    monkeypatch.setattr(live_workload, "read_pool", fake_read_pool)
+    config = prometheus_config(spec({"url": "http://prom:9090"}), PrometheusDefaults(), None, None)
+    live = read_live(config, GRID, "10m", ["l4", "a10g", "h100"], Slo(tpot_ms=100.0))
+    assert live.workload is WORKLOAD and live.pools == {} and read == []
+    assert len(queries) == 1 and queries[0].startswith("count by (melange_ai_option) (")
+    pools_answer.extend([{"metric": {"melange_ai_option": "l4"}, "value": [0, "2"]},
+                         {"metric": {"melange_ai_option": "h100"}, "value": [0, "1"]}])
+    live = read_live(config, GRID, "10m", ["l4", "a10g", "h100"], Slo(tpot_ms=100.0))
+    assert read == ["l4", "h100"] and live.pools == {"l4": "l4"} and issubclass(MetricsError, UnavailableError)

@@ -243,6 +243,34 @@ def test_catalog_gpus_can_be_priced_by_the_instance(capsys, tmp_path):
     assert code == 2 and "--pricing" in err and "no instance type" in err
 
 
+def test_a_correction_solves_as_the_profile_scaled_by_hand(tmp_path, capsys):
+    """`--correction a100-80gb=0.8` gives what a copy of the A100 profile with every rate x 0.8 gives
+    (the operator's status.profileCorrections, reproduced offline); the default mix moves off the A100."""
+    profile = yaml.safe_load((ARENA / "profiles" / "a100-80gb.yaml").read_text())
+    profile["max_rps"] = [[None if v is None else v * 0.8 for v in row] for row in profile["max_rps"]]
+    (tmp_path / "a100-80gb.yaml").write_text(yaml.safe_dump(profile))
+    others = [p for p in sorted((ARENA / "profiles").glob("*.yaml")) if p.name != "a100-80gb.yaml"]
+    base = ["solve", "--workload", ARENA / "workload.yaml", "--options", ARENA / "options.yaml", "--output", "json"]
+    code, out, _ = run(capsys, *base, "--profiles", *others, tmp_path / "a100-80gb.yaml")
+    by_hand = json.loads(out)
+    code2, out2, _ = run(capsys, *base, "--profiles", *sorted((ARENA / "profiles").glob("*.yaml")),
+                         "--correction", "a100-80gb=0.8")
+    corrected = json.loads(out2)
+    assert code == code2 == 0
+    replicas = lambda doc: {o["name"]: o["replicas"] for o in doc["options"]}  # noqa: E731
+    assert replicas(corrected) == replicas(by_hand)
+    assert corrected["cost_per_hour"] == pytest.approx(by_hand["cost_per_hour"])
+    # The paper's 1 x L4 + 1 x A100 ($4.37/h) no longer holds: the A100 at 0.8 serves less than its share.
+    assert replicas(corrected)["a100-80gb"] == 0 and corrected["cost_per_hour"] > 4.37
+
+
+def test_a_correction_for_an_unknown_option_is_refused(capsys):
+    code, _, err = run(capsys, "solve", ARENA / "bundle.yaml", "--correction", "tpu=0.8")
+    assert code == 2 and "--correction" in err and "'tpu' is not one of the options" in err
+    code, _, err = run(capsys, "solve", ARENA / "bundle.yaml", "--correction", "l4=0")
+    assert code == 2 and "--correction l4" in err
+
+
 @pytest.mark.parametrize("name", ["llama-3-8b.yaml", "arena-llama2-7b.yaml"])
 def test_an_llmservice_manifest_points_to_melange_plan(capsys, name):
     manifest = EXAMPLES / "operator" / name
