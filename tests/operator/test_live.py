@@ -262,7 +262,9 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
             await kube.wait_for(lambda: condition(kube, name, "MetricsAvailable").get("status") == "True",
                                 timeout_s=40)
         lap("c: metrics back")
-        assert settled(kube, "flow", DOCUMENTS_MIX)() and settled(kube, "steady", STEADY_MIX)()
+        for name, mix in (("flow", DOCUMENTS_MIX), ("steady", STEADY_MIX)):
+            assert settled(kube, name, mix)(), (status(kube, name), [(e["reason"], e["message"]) for e in
+                                                                     kube.events(name, "default")][-4:])
 
     print("timings (s since start):", timings)
 
