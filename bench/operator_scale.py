@@ -266,7 +266,7 @@ class Row:
 
 async def measure(url: str, prometheus_url: str | None, services: int, interval_s: int, window_s: float,
                   others: dict[str, int], say: Callable[[str], None], queries: Connection,
-                  memo: bool = True) -> Row:
+                  memo: bool = True, clean_up: bool = True) -> Row:
     """Start an operator on a fresh namespace, create the services, wait until all are settled, then
     record the cycles and this process's CPU over `window_s`."""
     namespace = f"scale-{services}"
@@ -321,12 +321,13 @@ async def measure(url: str, prometheus_url: str | None, services: int, interval_
             window = [c for c in cycles[first:] if started <= c.ended <= ended]
         finally:
             await operator.stop()
-        try:  # the emulator deletes the namespace's objects one by one: minutes for 1,000 services
-            async with session.delete(f"{url}/api/v1/namespaces/{namespace}",
-                                      timeout=aiohttp.ClientTimeout(total=1800)) as r:
-                r.raise_for_status()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-            say(f"{services} services: deleting namespace {namespace} failed ({error!r}); measured all the same")
+        if clean_up:  # not after the last row: the emulator goes with the bench (deleting 1,000 services takes it minutes)
+            try:
+                async with session.delete(f"{url}/api/v1/namespaces/{namespace}",
+                                          timeout=aiohttp.ClientTimeout(total=600)) as r:
+                    r.raise_for_status()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                say(f"{services} services: deleting namespace {namespace} failed ({error!r}); measured all the same")
     return Row(services, interval_s, window_s, cpu_s, window, solves, moves, side, calls, rss_growth, memo_used,
                started, ended)
 
@@ -464,7 +465,7 @@ def main() -> None:
                 others["Prometheus"] = prometheus.process.pid
             rows.append(asyncio.run(measure(url, prometheus.url if prometheus else None, services, interval_s,
                                             window_s, others, lambda line: print(line, file=stdout, flush=True),
-                                            queries, memo=not args.no_memo)))
+                                            queries, memo=not args.no_memo, clean_up=services != counts[-1])))
     finally:
         if prometheus is not None:
             prometheus.stop()
