@@ -153,6 +153,21 @@ def refuse_unused_flags(args: argparse.Namespace) -> None:
                          "--move-cost USD_PER_HOUR with --current")
 
 
+def _option_assignment(flag: str, part: str, form: str, option_names: list[str], aliases: Mapping[str, str],
+                       known: str) -> tuple[str, str]:
+    """One NAME=VALUE of a per-option flag: the option's name (NAME may be a GPU alias) and the value's
+    text; an unreadable part or an unknown name is refused naming the flag (`form`: what is readable,
+    `known`: the options as the message lists them)."""
+    typed, sep, text = part.partition("=")
+    typed = typed.strip()
+    if not sep or not typed:
+        raise InputError(flag, f"cannot read {part!r}", form)
+    name = typed if typed in option_names else aliases.get(typed.lower(), typed)
+    if name not in option_names:
+        raise InputError(flag, f"{typed!r} is not one of the options", known)
+    return name, text
+
+
 def _parse_current(value: str | None, option_names: list[str], aliases: Mapping[str, str] | None = None
                    ) -> dict[str, int]:
     """--current NAME=N,...: each NAME an option's name or (catalog options) one of its GPU's aliases."""
@@ -160,18 +175,13 @@ def _parse_current(value: str | None, option_names: list[str], aliases: Mapping[
         return {}
     aliases = aliases or {}
     current = {}
+    def also(option: str) -> str:
+        other = sorted(k for k, v in aliases.items() if v == option and k != option and ":" not in k)
+        return f"{option} (also {', '.join(other)})" if other else option
+
     for part in value.split(","):
-        typed, sep, count = part.partition("=")
-        typed = typed.strip()
-        if not sep or not typed:
-            raise InputError("--current", f"cannot read {part!r}", "NAME=N,NAME=N")
-        name = typed if typed in option_names else aliases.get(typed.lower(), typed)
-        if name not in option_names:
-            def also(option: str) -> str:
-                other = sorted(k for k, v in aliases.items() if v == option and k != option and ":" not in k)
-                return f"{option} (also {', '.join(other)})" if other else option
-            raise InputError("--current", f"{typed!r} is not one of the options",
-                             ", ".join(also(option) for option in option_names))
+        name, count = _option_assignment("--current", part, "NAME=N,NAME=N", option_names, aliases,
+                                         ", ".join(also(option) for option in option_names))
         try:
             current[name] = integer(int(count), f"--current {name}", minimum=0)
         except ValueError:
@@ -186,13 +196,8 @@ def _parse_corrections(values: list[str] | None, option_names: list[str], aliase
     aliases = aliases or {}
     factors: dict[str, float] = {}
     for part in [p for value in values or [] for p in value.split(",") if p.strip()]:
-        typed, sep, text = part.partition("=")
-        typed = typed.strip()
-        if not sep or not typed:
-            raise InputError("--correction", f"cannot read {part!r}", "OPTION=FACTOR, e.g. a10g=0.8")
-        name = typed if typed in option_names else aliases.get(typed.lower(), typed)
-        if name not in option_names:
-            raise InputError("--correction", f"{typed!r} is not one of the options", ", ".join(option_names))
+        name, text = _option_assignment("--correction", part, "OPTION=FACTOR, e.g. a10g=0.8", option_names, aliases,
+                                        ", ".join(option_names))
         try:
             factor = float(text)
         except ValueError:
