@@ -10,12 +10,15 @@ a hash of its uid (stable across operator restarts, spread evenly over uids), on
     slots:  phase + m * interval   (m integer),   phase = hash(uid) / 2^64 * interval
 
 and a service that read its traffic off its phase (created, resumed after an operator restart, or
-edited: those passes read the traffic too) has its next interval pass at its next slot; from there on,
-one interval after the start of the last. So the gap between two interval passes is at most one
-interval (plus the timer's tick and the wait for a free core), a burst of creations is spread over the
-interval within one interval of the burst, and the passes of one service then keep the spacing of the
-old rule (the start of a pass plus the interval), drifting by the tick like every timer rather than
-being locked to the wall clock. Pure functions; the shell (operator/handlers.py) keeps the times.
+edited: those passes read the traffic too) has its next interval pass at its first slot at least half
+an interval later; from there on, one interval after the start of the last. So two readings of the
+traffic are never less than half an interval apart (one a second after the other reads nearly the same
+window: a thin, noisy reading of a new service's first requests, and a pass for nothing) nor more than
+one and a half (plus the timer's tick and the wait for a free core); a burst of creations is spread
+over the interval within one and a half intervals of the burst, and the passes of one service then
+keep the spacing of the old rule (the start of a pass plus the interval), drifting by the tick like
+every timer rather than being locked to the wall clock. Pure functions; the shell
+(operator/handlers.py) keeps the times.
 """
 from __future__ import annotations
 
@@ -39,11 +42,11 @@ def next_slot_s(after_s: float, uid: str, interval_s: float) -> float:
 def next_interval_pass_s(last_fresh_s: float, on_phase: bool, uid: str, interval_s: float) -> float:
     """When the service's next interval pass falls due (seconds since the epoch), after a pass that read
     fresh traffic and started at `last_fresh_s`: one interval later when that pass was itself an
-    interval pass (`on_phase`), else at the first slot of the service's phase after it (which comes
-    within one interval)."""
+    interval pass (`on_phase`), else at the first slot of the service's phase at least half an interval
+    after it (which comes within one and a half intervals)."""
     if on_phase:
         return last_fresh_s + interval_s
-    return next_slot_s(last_fresh_s, uid, interval_s)
+    return next_slot_s(last_fresh_s + interval_s / 2, uid, interval_s)
 
 
 def interval_due(now_s: float, last_fresh_s: float | None, on_phase: bool, uid: str, interval_s: float) -> bool:
