@@ -40,6 +40,7 @@ from melange.solver.errors import InputError
 from melange.solver.ilp import use_memo
 from melange.solver.memo import SolveMemo
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
+from melange.solver.workload import Workload
 
 PLURAL = "llmservices"
 TICK_S = 1.0
@@ -166,6 +167,7 @@ class Passes:
     fresh_on_phase: bool = False  # whether that pass was an interval pass (else: create, resume, edit)
     interval: tuple[int | None, float] | None = None  # (generation, its reallocation interval in seconds)
     live: tuple[int | None, LiveInput | None] | None = None  # (generation, reading) of that read
+    trusted: Workload | None = None  # the workload of the last reading with enough requests for its mix
     wake_s: float | None = None  # wall time a move waits for
     retry_s: float | None = None  # loop time to retry a failed pass
     failures: int = 0
@@ -303,8 +305,10 @@ async def _live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, names
     reading of the last pass (a pool becoming ready is no reason to query Prometheus)."""
     if not fresh and passes.live is not None and passes.live[0] == generation:
         return passes.live[1]
-    live = await _read_live(spec, inputs, config, namespace)
+    live = await _read_live(spec, inputs, config, namespace, passes.trusted)
     passes.live = (generation, live)
+    if live is not None and live.mix_trusted:
+        passes.trusted = live.workload
     return live
 
 
@@ -322,8 +326,10 @@ def _count(metrics: OperatorMetrics, owner: Owner, outcome: Outcome, options: li
             metrics.errors.labels("MetricsUnavailable").inc()
 
 
-async def _read_live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, namespace: str) -> LiveInput | None:
-    """The service's live workload from Prometheus; None when the spec itself is wrong (reported then)."""
+async def _read_live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, namespace: str,
+                     trusted: Workload | None) -> LiveInput | None:
+    """The service's live workload from Prometheus (`trusted`: the last with enough requests, whose mix a
+    window with too few uses); None when the spec itself is wrong (reported then)."""
     try:
         grid = service_grid(spec, explicit_profiles(spec, inputs))
     except InputError:
@@ -342,7 +348,7 @@ async def _read_live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, 
             return LiveInput(None, f"ConfigMap {prometheus.ca_ref.name} has no key {prometheus.ca_ref.key}", window)
     source = prometheus_config(spec, config.prometheus, token, ca_bundle)
     pools = [o.name for o in spec.options] if spec.profile_correction.enabled else []
-    return await asyncio.to_thread(read_live, source, grid, window, pools, spec.slo)
+    return await asyncio.to_thread(read_live, source, grid, window, pools, spec.slo, trusted)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

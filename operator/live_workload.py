@@ -1,7 +1,9 @@
 """The live workload of a service with `workload.source: prometheus`: which Prometheus and series to
-read, and what the answer means for the operator. Unknown is never idle: missing, stale or too few
-metrics give no workload (the last good allocation stays); zero requests on healthy, current series
-is an idle service (it falls to its floors after the cooldown).
+read, and what the answer means for the operator. Unknown is never idle: missing or stale metrics give
+no workload (the last good allocation stays); zero requests on healthy, current series is an idle
+service (it falls to its floors after the cooldown). Fewer requests than `minRequests` still count
+the rate (its noise is in the bounds, operator/core/noise.py) but not the size mix: the mix of the
+last window that had enough is used with it, and with none yet there is no workload either.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from melange.solver.metrics.metric_names import MODEL_LABEL, POOL_LABEL, VLLM_RE
 from melange.solver.metrics.prometheus_source import (LiveWorkload, PrometheusConfig, PrometheusSource,
                                                       pool_latency)
 from melange.solver.profiles import Slo
-from melange.solver.workload import make_workload
+from melange.solver.workload import Workload, make_workload
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,22 @@ def prometheus_config(spec: ServiceSpec, defaults: PrometheusDefaults, bearer_to
     return config
 
 
-def interpret(live: LiveWorkload, grid: BucketGrid, window: str) -> LiveInput:
-    """The operator's reading of a Prometheus answer."""
+def interpret(live: LiveWorkload, grid: BucketGrid, window: str, trusted: Workload | None = None) -> LiveInput:
+    """The operator's reading of a Prometheus answer. `trusted`: the workload of the last reading with
+    enough requests, whose size mix stands in for a window with too few (a service winding down to
+    idle, or one whose traffic is a trickle); None, or on another grid: such a window gives nothing."""
     notes = "; ".join(live.notes)
     if live.status == "ok" and live.workload is not None:
         return LiveInput(live.workload, f"{live.requests_in_window:.0f} requests in {window} "
                                         f"({live.rate:.3g} req/s, mix from {live.mix_source})", window,
-                         live.requests_in_window)
+                         live.requests_in_window, mix_trusted=True)
+    if live.status == "too_few_requests" and live.workload is not None and trusted is not None \
+            and trusted.grid == grid:
+        borrowed = "the size mix of the last window that had enough requests"
+        workload = replace(trusted, rate=live.rate, notes=(*live.notes, f"{borrowed} is used"),
+                           rate_source=live.workload.rate_source)
+        return LiveInput(workload, f"{live.requests_in_window:.1f} requests in {window} ({live.rate:.3g} req/s; "
+                                   f"too few for a size mix: {borrowed})", window, live.requests_in_window)
     if live.status == "ok" and live.rate == 0 and live.requests_in_window == 0:
         rows, columns = grid.shape
         idle = make_workload(0.0, grid, [[1.0 / (rows * columns)] * columns for _ in range(rows)], "prometheus",
@@ -91,15 +102,15 @@ def pools_with_series(config: PrometheusConfig) -> set[str]:
 
 
 def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, pools: Sequence[str] = (),
-              slo: Slo | None = None) -> LiveInput:
-    """Query Prometheus (blocking: run it in a thread) and interpret the answer; with `pools` (option
-    names) and the SLO, also each pool's window. A pool that cannot be read is left out (its
-    correction then decays); it never makes the workload unavailable."""
+              slo: Slo | None = None, trusted: Workload | None = None) -> LiveInput:
+    """Query Prometheus (blocking: run it in a thread) and interpret the answer (`trusted`: see
+    `interpret`); with `pools` (option names) and the SLO, also each pool's window. A pool that cannot
+    be read is left out (its correction then decays); it never makes the workload unavailable."""
     if config is None:
         return LiveInput(None, "no Prometheus URL: set spec.workload.prometheus.url or the operator's "
                                "--prometheus-url", window)
     try:
-        live = interpret(PrometheusSource(config).workload(grid), grid, window)
+        live = interpret(PrometheusSource(config).workload(grid), grid, window, trusted)
     except UnavailableError as error:
         return LiveInput(None, str(error), window)
     if live.workload is None or not pools or slo is None:

@@ -68,6 +68,9 @@ class LiveInput:
     # Per pool (option name) over the same window: what the capacity corrections learn from
     # (operator/core/corrections.py). Empty: not read; every option's correction then decays.
     pools: Mapping[str, PoolObservation] = field(default_factory=dict)
+    # Whether the workload's size mix was read from enough requests (the mix a later window with too
+    # few may use: operator/live_workload.py).
+    mix_trusted: bool = False
 
 
 @dataclass(frozen=True)

@@ -286,7 +286,9 @@ class PrometheusSource:
         requests_seen = count or 0.0
         if status == "ok" and requests_seen < self.config.min_requests:
             status = "too_few_requests"
-            notes.append(f"only {requests_seen:.0f} requests in the window (< {self.config.min_requests}): "
+            # floored, so that 9.96 does not read as "only 10 (< 10)"
+            notes.append(f"only {math.floor(10 * requests_seen) / 10:g} requests in the window "
+                         f"(< {self.config.min_requests}): "
                          "the mix is not trustworthy")
         workload = make_workload(rate, grid, [[v / placed for v in row] for row in matrix], "prometheus",
                                  notes=notes, rate_source=f"measured by Prometheus at {self.config.url}")

@@ -196,9 +196,10 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
 
     async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=config)):
         url = traffic.prometheus.url
-        # 30 requests at least (half of flow's 10 s window): a service's first interval pass comes at its
-        # phase, maybe a second after its creation, and a mix read from a handful of requests may be
-        # another than the chat mix this test starts from.
+        # 30 requests at least before the first allocation (half of flow's 10 s window): it is sized at the
+        # rate's upper bound for its count (operator/core/noise.py: 1.44 x the rate at 30 requests, 1.86 x
+        # at 10, which at 6 req/s is 2 x small), and at 60 requests a window rebalances only on a saving
+        # that holds at 2.1 x the rate: a first mix sized on 10 requests would stay.
         await kube.create(live_service("flow", FLOW_OPTIONS, url, min_savings=5, min_requests=30))
         await kube.create(live_service("steady", STEADY_OPTIONS, url, min_savings=5, min_requests=30))
 
@@ -274,7 +275,9 @@ async def test_the_operator_follows_live_traffic(kube, operator_runner, recorder
 async def test_no_traffic_falls_to_the_floor_after_the_cooldown(kube, operator_runner, traffic):
     kube.emulator.auto_ready = True
     async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig(drain_s=1.0))):
-        service = live_service("flow", FLOW_OPTIONS, traffic.prometheus.url, min_savings=5)
+        # 30 requests before the first allocation (test_the_operator_follows_live_traffic says why); on the
+        # way down, the windows with fewer count their rate with the chat mix
+        service = live_service("flow", FLOW_OPTIONS, traffic.prometheus.url, min_savings=5, min_requests=30)
         service["spec"]["reallocation"]["cooldown"] = "20s"
         await kube.create(service)
         await kube.wait_for(settled(kube, "flow", CHAT_MIX), timeout_s=60)

@@ -51,6 +51,27 @@ def test_unknown_is_never_idle():
         assert live.workload is None and status.replace("_", " ") in live.reason
     few = interpret(LiveWorkload("too_few_requests", 0.1, 12, 600, "router", WORKLOAD, ("only 12",)), GRID, "10m")
     assert few.workload is None and "too few requests" in few.reason
+    assert not few.mix_trusted
+    # a trustworthy answer's mix is one a later thin window may use; an unknown one is not
+    assert interpret(LiveWorkload("ok", 3.0, 1800, 600, "router", WORKLOAD), GRID, "10m").mix_trusted
+    for status in ("no_series", "stale"):
+        assert interpret(LiveWorkload(status, 0.0, 0.0, 600, None, None, ("why",)), GRID, "10m", WORKLOAD).workload is None
+
+
+def test_too_few_requests_count_the_rate_with_the_last_trusted_mix():
+    """A window with fewer than minRequests requests (a service winding down, a trickle): its rate with
+    the size mix of the last window that had enough; its count stays, so the bounds are as wide as 12
+    requests make them."""
+    thin_mix = make_workload(0.1, GRID, [[0.0], [1.0]], "thin")  # 12 requests, all in the second bucket
+    few = interpret(LiveWorkload("too_few_requests", 0.1, 12, 600, "router", thin_mix, ("only 12",)), GRID, "10m",
+                    trusted=WORKLOAD)
+    assert few.workload.rate == 0.1 and few.workload.distribution == ((0.5,), (0.5,))  # the trusted 50/50
+    assert few.requests == 12 and not few.mix_trusted
+    assert "12.0 requests in 10m" in few.reason and "last window that had enough" in few.reason
+    # a mix on another grid (the spec's grid changed since) is no stand-in
+    other = make_workload(3.0, BucketGrid((100, 1000, 5000), (100,)), [[0.2], [0.3], [0.5]], "w")
+    assert interpret(LiveWorkload("too_few_requests", 0.1, 12, 600, "router", thin_mix, ("only 12",)), GRID, "10m",
+                     trusted=other).workload is None
 
 
 def test_prometheus_down_is_no_workload_and_names_the_url():

@@ -437,3 +437,13 @@ def test_a_young_series_keeps_its_span_when_there_is_no_mix():
         all_beyond = source(prometheus).workload(GRID)
     for live in (without_histograms, all_beyond):
         assert (live.rate, live.requests_in_window, live.span_s, live.workload) == (3.0, 0.0, 300.001, None)
+
+
+def test_a_count_just_under_min_requests_is_not_printed_as_reaching_it():
+    # increase() extrapolates, so counts are fractional: 9.96 of a minimum of 10 reads "only 9.9", never "only 10 (< 10)"
+    answers = {**full_window(0.0166, 9.96), PROMPT_BUCKETS: [sample(9.96, le="100"), sample(9.96, le="+Inf")],
+               GENERATION_BUCKETS: [sample(9.96, le="50"), sample(9.96, le="+Inf")]}
+    with PrometheusStandIn(answers) as prometheus:
+        live = source(prometheus, min_requests=10).workload(GRID)
+    assert live.status == "too_few_requests"
+    assert "only 9.9 requests in the window (< 10): the mix is not trustworthy" in live.notes
