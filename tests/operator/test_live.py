@@ -293,3 +293,21 @@ async def test_no_traffic_falls_to_the_floor_after_the_cooldown(kube, operator_r
         assert current["lastDecision"]["kind"] == "rebalance"
         assert from_iso(current["lastDecision"]["time"]) - deployed_at >= 20  # not before the cooldown
         assert "no requests" in condition(kube, "flow", "MetricsAvailable")["message"]
+
+
+async def test_a_trickle_counts_its_rate_with_the_last_trusted_mix(kube, operator_runner, traffic):
+    """Chat at 6 req/s, then at 1 req/s: 10 requests in a 10 s window, fewer than minRequests 30. The
+    rate is still counted (its bounds as wide as 10 requests make them: 18.6 requests, 1.86 req/s, one
+    small) with the chat mix of the windows before, so metrics stay available and the mix stays."""
+    kube.emulator.auto_ready = True
+    async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig(drain_s=1.0))):
+        await kube.create(live_service("flow", FLOW_OPTIONS, traffic.prometheus.url, min_savings=5, min_requests=30))
+        await kube.wait_for(settled(kube, "flow", CHAT_MIX), timeout_s=60)
+        traffic.flow.set_rate(1.0)
+        await kube.wait_for(lambda: "too few for a size mix" in condition(kube, "flow", "MetricsAvailable")
+                            .get("message", "") or condition(kube, "flow", "MetricsAvailable").get("status") == "False",
+                            timeout_s=40)
+        available = condition(kube, "flow", "MetricsAvailable")
+        assert available["status"] == "True", available
+        assert status(kube, "flow")["workload"]["rate"] == pytest.approx(1.0, rel=0.3)
+        assert settled(kube, "flow", CHAT_MIX)()
