@@ -116,6 +116,7 @@ class Settings:
     target_utilisation: float = 0.85
     min_savings_percent: float = 5.0
     cooldown_s: float = 600.0
+    scale_up_window_s: float = 120.0  # 0: none
 
 
 def service_spec(model: Model, settings: Settings, options: Sequence[str] | None = None,
@@ -124,7 +125,9 @@ def service_spec(model: Model, settings: Settings, options: Sequence[str] | None
     chosen = [o for o in model.options if options is None or o[0] in options]
     return {"model": model.catalog, "catalogModel": model.catalog, "slo": {"tpotMs": 120},
             "gpuOptions": [{"name": n, "gpu": g, "gpusPerReplica": k} for n, g, k in chosen],
-            "workload": {"source": "prometheus", "prometheus": {"window": f"{settings.window_s:g}s"},
+            "workload": {"source": "prometheus",
+                         "prometheus": {"window": f"{settings.window_s:g}s",
+                                        "scaleUpWindow": f"{settings.scale_up_window_s:g}s"},
                          "grid": {"inputEdges": list(GRID.input_edges), "outputEdges": list(GRID.output_edges)}},
             "reallocation": {"interval": f"{settings.interval_s:g}s",
                              "targetUtilisation": settings.target_utilisation,
@@ -467,6 +470,7 @@ SENSITIVITY = {  # each around the defaults (the defaults' own row is the first)
     "cooldown": [("cooldown_s", v) for v in (1.0, 1800.0)],  # (a cooldown is positive: 1 s is none)
     "window": [("window_s", v) for v in (180.0, 1200.0)],
     "targetUtilisation": [("target_utilisation", v) for v in (0.75, 0.95)],
+    "scaleUpWindow": [("scale_up_window_s", v) for v in (0.0, 300.0)],
 }
 
 
@@ -483,7 +487,8 @@ def sensitivity(args: argparse.Namespace) -> None:
         rows = []
         for (name, values), chunk in zip(SENSITIVITY.items(), _chunks(results, [len(v) for v in SENSITIVITY.values()])):
             for (_, value), (job, scores, _) in zip(values, chunk):
-                shown = (f"{value / 60:g}m" if value >= 60 else f"{value:g}s") if name in ("cooldown", "window") \
+                shown = (f"{value / 60:g}m" if value >= 60 else f"{value:g}s") if name in ("cooldown", "window",
+                                                                                         "scaleUpWindow") \
                     else f"{value:g}"
                 rows.append(row("defaults" if name == "defaults" else f"{name} {shown}", scores, reference))
         print_table(HEADERS, rows)

@@ -348,7 +348,8 @@ async def _read_live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, 
             return LiveInput(None, f"ConfigMap {prometheus.ca_ref.name} has no key {prometheus.ca_ref.key}", window)
     source = prometheus_config(spec, config.prometheus, token, ca_bundle)
     pools = [o.name for o in spec.options] if spec.profile_correction.enabled else []
-    return await asyncio.to_thread(read_live, source, grid, window, pools, spec.slo, trusted)
+    scale_up = prometheus.scale_up if prometheus else None
+    return await asyncio.to_thread(read_live, source, grid, window, pools, spec.slo, trusted, scale_up)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)

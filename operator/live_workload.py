@@ -101,11 +101,26 @@ def pools_with_series(config: PrometheusConfig) -> set[str]:
             if item["metric"].get(POOL_LABEL)}
 
 
+def _read_recent(config: PrometheusConfig, grid: BucketGrid, scale_up: tuple[str, float],
+                 trusted: Workload | None) -> LiveInput | None:
+    """The scale-up window's reading, its mix borrowed from `trusted` when it holds too few requests;
+    None when it gives no workload."""
+    text, seconds = scale_up
+    try:
+        recent = interpret(PrometheusSource(replace(config, window_s=seconds)).workload(grid), grid, text, trusted)
+    except UnavailableError:
+        return None
+    return recent if recent.workload is not None else None
+
+
 def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, pools: Sequence[str] = (),
-              slo: Slo | None = None, trusted: Workload | None = None) -> LiveInput:
+              slo: Slo | None = None, trusted: Workload | None = None,
+              scale_up: tuple[str, float] | None = None) -> LiveInput:
     """Query Prometheus (blocking: run it in a thread) and interpret the answer (`trusted`: see
-    `interpret`); with `pools` (option names) and the SLO, also each pool's window. A pool that cannot
-    be read is left out (its correction then decays); it never makes the workload unavailable."""
+    `interpret`); with `scale_up` (the scale-up window, as written and in seconds), the same over it;
+    with `pools` (option names) and the SLO, also each pool's window. A scale-up window or a pool that
+    cannot be read is left out (a pool's correction then decays); neither makes the workload
+    unavailable."""
     if config is None:
         return LiveInput(None, "no Prometheus URL: set spec.workload.prometheus.url or the operator's "
                                "--prometheus-url", window)
@@ -113,6 +128,8 @@ def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, po
         live = interpret(PrometheusSource(config).workload(grid), grid, window, trusted)
     except UnavailableError as error:
         return LiveInput(None, str(error), window)
+    if live.workload is not None and scale_up is not None:
+        live = replace(live, recent=_read_recent(config, grid, scale_up, live.workload if live.mix_trusted else trusted))
     if live.workload is None or not pools or slo is None:
         return live
     now = time.time()

@@ -12,7 +12,7 @@ the newest, as a ReplicaSet does (its `getPodsToDelete` ranks unready pods first
 ready replicas only; cost counts every replica that exists, ready or not.
 
 Driver (`replay`): `reconcile()` is called as the operator's shell calls it: every `interval` (the
-passes that read a new window), and in between when a Deployment's ready replicas change (the watch)
+passes that read a new window, and the spec's scale-up window with it), and in between when a Deployment's ready replicas change (the watch)
 or at the `wake_s` a move asks for (the drain's end), those passes with the last window read.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from melange.operator.core.corrections import PoolObservation
 from melange.operator.core.planner import OPTION_LABEL, Owner
 from melange.operator.core.problem import Inputs
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
+from melange.operator.core.spec import parse_spec
 from melange.operator.core.status import status_merge_patch
 from melange.solver.buckets import BucketGrid
 from melange.solver.workload import Workload, make_workload
@@ -283,6 +284,11 @@ def replay(spec: Mapping[str, Any], inputs: Inputs, traffic: Traffic, grid: Buck
     step, window = round(interval_s / MINUTE_S), round(window_s / MINUTE_S)
     if step < 1 or window < 1 or step * MINUTE_S != interval_s or window * MINUTE_S != window_s:
         raise ValueError("interval and window must be whole minutes")
+    prometheus = parse_spec(spec).workload.prometheus
+    scale_up = prometheus.scale_up if prometheus is not None else None  # read as the shell reads it
+    recent = None if scale_up is None else round(scale_up[1] / MINUTE_S)
+    if recent is not None and (recent < 1 or recent * MINUTE_S != scale_up[1]):
+        raise ValueError("the scale-up window must be whole minutes")
     end_s = START_S + traffic.minutes * MINUTE_S
     status: dict[str, Any] = {}
     desired: list[dict[str, Any]] | None = None
@@ -326,8 +332,13 @@ def replay(spec: Mapping[str, Any], inputs: Inputs, traffic: Traffic, grid: Buck
         if tick >= next_tick:
             workload, requests = window_workload(traffic, minute, window, grid)
             pools = observe_pools(minute, desired, ready_log) if observe_pools is not None else {}
+            surge = None
+            if recent is not None:
+                recent_workload, recent_requests = window_workload(traffic, minute, recent, grid)
+                surge = LiveInput(recent_workload, f"{recent_requests} requests in {scale_up[0]}", scale_up[0],
+                                  float(recent_requests) if counted else None)
             live = LiveInput(workload, f"{requests} requests in {window_s:g}s", f"{window_s:g}s",
-                             float(requests) if counted else None, pools)
+                             float(requests) if counted else None, pools, recent=surge)
             run_pass(tick)
             next_tick = tick + interval_s
             asked_log.append(asked_replicas(desired))

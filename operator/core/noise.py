@@ -12,6 +12,10 @@ minute), 2% at N = 2400. The decision uses the same mix at three bounds of the r
     high      the upper bound at `rebalance_z`: a rebalance only when the optimum for this still saves
               `minSavingsPercent`, so window noise is not a saving
 
+A second, shorter window (`scaleUpWindow`) answers growth sooner than the window's mean can: when what
+runs cannot serve even its lower bound at `surge_z` (stricter than `scale_up_z`: its count is smaller
+and it is read every pass), the service scales up at once, sized for that window (`surge`).
+
 What runs was sized at the `size_z` bound of some earlier window; a later window of the same traffic
 trips a move only when the two counts differ by `scale_up_z + size_z` (scale-up) or
 `rebalance_z - size_z` (rebalance) standard deviations. Both gaps are counted in requests, so a short
@@ -36,6 +40,7 @@ class Margins:
     size_z: float = 2.0
     scale_up_z: float = 2.0
     rebalance_z: float = 6.0
+    surge_z: float = 3.0
 
 
 MARGINS = Margins()
@@ -86,6 +91,16 @@ class Demand:
         """The rebalance bound in words: "up to 8.22 req/s (99.9999999% upper bound of the 6 req/s measured)"."""
         return (f"up to {self.high.rate:.3g} req/s ({confidence(self.margins.rebalance_z)} upper bound of the "
                 f"{self.measured.rate:.3g} req/s measured)")
+
+
+def surge_floor(workload: Workload, requests: float | None, margins: Margins | None = None) -> Workload:
+    """The scale-up window's workload at the lower bound of its rate at `surge_z`: what the traffic is
+    at least, now (exact when it is no count)."""
+    margins = margins or MARGINS
+    if requests is None or requests <= 0 or workload.rate <= 0:
+        return workload
+    return workload.with_rate(workload.rate * count_bound(requests, -margins.surge_z) / requests,
+                              workload.rate_source)
 
 
 def bounds(workload: Workload, requests: float | None, margins: Margins | None = None) -> Demand:

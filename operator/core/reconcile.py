@@ -19,7 +19,7 @@ from melange.operator.core.corrections import Correction, PoolObservation, annou
 from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
 from melange.operator.core.moves import (DEFAULT_DRAIN_S, FALLBACK_GRACE_S, Drain, Move, advance, drain_waits,
                                          next_wake_s, peak, removed, stage)
-from melange.operator.core.noise import bounds
+from melange.operator.core.noise import bounds, surge_floor
 from melange.operator.core.planner import (OPTION_LABEL, Images, Owner, plan, pool_url,
                                            router_acks_name, routing_config_name, table_version)
 from melange.operator.core.problem import Inputs, build_problem, explicit_profiles, service_grid, solver_settings
@@ -71,6 +71,9 @@ class LiveInput:
     # Whether the workload's size mix was read from enough requests (the mix a later window with too
     # few may use: operator/live_workload.py).
     mix_trusted: bool = False
+    # The same read over the shorter `scaleUpWindow` (None: not read): growth it shows beyond what runs
+    # scales the service up before the window's mean catches up (operator/core/noise.py, `surge_floor`).
+    recent: LiveInput | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +126,16 @@ def _metrics_unavailable(observed: Observed, live: LiveInput | None) -> Outcome:
     events = () if condition_status(observed.status, "MetricsAvailable") == "False" else (
         Event("Warning", "MetricsUnavailable", f"{reason}; keeping the last good allocation"),)
     return Outcome({"conditions": _conditions(observed, updates)}, None, events)
+
+
+def _surges(problem: Problem, live: LiveInput, current: Mapping[str, int], plain: IlpSettings,
+            spec: ServiceSpec) -> bool:
+    """Whether the scale-up window shows more traffic than what runs serves, beyond its noise."""
+    recent = live.recent
+    if recent is None or recent.workload is None or recent.workload.grid != problem.workload.grid:
+        return False
+    floor = surge_floor(recent.workload, recent.requests)
+    return not covers(replace(problem, workload=floor), current, plain, spec.routing_mode)
 
 
 def ready_replicas(actual: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -251,6 +264,12 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         current, move, last_change = running or None, None, observed.now_s
     plain = solver_settings(spec)
     settings = solver_settings(spec, current or {}, move_cost(problem) if current else 0.0)
+    surging = prometheus and current and move is None and not edited and _surges(problem, live, current, plain, spec)
+    if surging:
+        # What runs cannot serve the scale-up window's traffic even at its lower bound: this pass decides on
+        # that window (its rate, its mix, its count), as a scale-up (rule 2) sized for it.
+        live = live.recent
+        problem = replace(problem, workload=live.workload)
     demand = bounds(problem.workload, live.requests if prometheus else None)
     try:
         report = solve(replace(problem, workload=demand.sized), settings, mode=spec.routing_mode)
@@ -277,6 +296,8 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
                           None if last_change is None else observed.now_s - last_change, demand,
                           allocate(high, settings, spec.routing_mode) if demand.noisy and current else None)
         decision = _after_failure(decision, current, failure, observed.now_s, spec.reallocation.cooldown_s)
+        if surging and decision.moves:
+            decision = replace(decision, reason=f"over the last {live.window}: {decision.reason}")
         if decision.kind == "initial":
             applied = dict(decision.target)
             events.append(_reallocated("Reallocated", current, previous.get("costPerHour"), applied, problem))

@@ -89,6 +89,16 @@ class StaticWorkload:
     trace_ref: KeyRef | None = None
 
 
+def _turned_off(duration: str) -> bool:
+    """Whether a duration reads as zero ("0s", "0"): a window turned off."""
+    return re.fullmatch(r"0+(\.0*)?(ms|s|m|h|d)?", duration.strip()) is not None
+
+
+# The scale-up window's default: two of the default 60 s intervals, short enough to see a batch or a
+# burst within a pass or two, long enough to hold a few scrapes at Prometheus's usual 15-30 s.
+DEFAULT_SCALE_UP_WINDOW = "2m"
+
+
 @dataclass(frozen=True)
 class PrometheusWorkload:
     url: str | None = None
@@ -98,6 +108,18 @@ class PrometheusWorkload:
     min_requests: int | None = None
     bearer_token_ref: KeyRef | None = None
     ca_ref: KeyRef | None = None
+    scale_up_window: str | None = None  # None: DEFAULT_SCALE_UP_WINDOW when the window is longer
+
+    @property
+    def scale_up(self) -> tuple[str, float] | None:
+        """The shorter window read for growth, as written and in seconds; None: none is read (turned off
+        with 0s, or the default is not shorter than the window)."""
+        if self.scale_up_window is None:
+            default = parse_duration(DEFAULT_SCALE_UP_WINDOW, "default")
+            return (DEFAULT_SCALE_UP_WINDOW, default) if default < self.window_s else None
+        if _turned_off(self.scale_up_window):
+            return None
+        return self.scale_up_window, parse_duration(self.scale_up_window, "scaleUpWindow")
 
 
 @dataclass(frozen=True)
@@ -390,9 +412,16 @@ def _workload(value: Any, where: str) -> WorkloadSpec:
     prometheus = None
     if data.get("prometheus") is not None:
         raw = require_mapping(data["prometheus"], f"{where}.prometheus")
-        require_keys(raw, f"{where}.prometheus", [], ["url", "selector", "window", "minRequests",
+        require_keys(raw, f"{where}.prometheus", [], ["url", "selector", "window", "minRequests", "scaleUpWindow",
                                                       "bearerTokenSecretRef", "caConfigMapRef"])
         window = str(raw.get("window", "10m"))
+        window_s = parse_duration(window, f"{where}.prometheus.window")
+        scale_up_window = None if raw.get("scaleUpWindow") is None else str(raw["scaleUpWindow"])
+        if scale_up_window is not None and not _turned_off(scale_up_window):
+            scale_up_s = parse_duration(scale_up_window, f"{where}.prometheus.scaleUpWindow")
+            if scale_up_s >= window_s:
+                raise InputError(f"{where}.prometheus.scaleUpWindow", f"{scale_up_window} is not shorter than "
+                                 f"the window ({window})", "a shorter duration, or 0s to read no scale-up window")
         selector = require_mapping(raw.get("selector", {}), f"{where}.prometheus.selector")
         for key, label in selector.items():
             if not isinstance(label, str):
@@ -400,8 +429,9 @@ def _workload(value: Any, where: str) -> WorkloadSpec:
         prometheus = PrometheusWorkload(
             url=_optional_text(raw, "url", f"{where}.prometheus"),
             selector=dict(selector),
-            window_s=parse_duration(window, f"{where}.prometheus.window"),
+            window_s=window_s,
             window=window,
+            scale_up_window=scale_up_window,
             min_requests=None if raw.get("minRequests") is None else integer(
                 raw["minRequests"], f"{where}.prometheus.minRequests", minimum=0),
             bearer_token_ref=_key_ref(raw["bearerTokenSecretRef"], f"{where}.prometheus.bearerTokenSecretRef")

@@ -311,3 +311,23 @@ async def test_a_trickle_counts_its_rate_with_the_last_trusted_mix(kube, operato
         assert available["status"] == "True", available
         assert status(kube, "flow")["workload"]["rate"] == pytest.approx(1.0, rel=0.3)
         assert settled(kube, "flow", CHAT_MIX)()
+
+
+async def test_a_step_up_is_met_from_the_scale_up_window_before_the_window_catches_up(kube, operator_runner, traffic):
+    """Chat at 6 req/s over a 30 s window, then 18 req/s. The 5 s scale-up window shows it at the first
+    pass that reads only the new rate (90 requests: at least 11.1 req/s at 3 sigma, more than one small's
+    10), while the 30 s window's lower bound stays under 10 req/s until about 15 s after the step: the
+    first move is the scale-up window's, sized for its upper bound (111 requests, 22 req/s: 3 x small)."""
+    kube.emulator.auto_ready = True
+    async with operator_runner(handlers, namespaces=["default"], memo=kopf.Memo(config=OperatorConfig(drain_s=1.0))):
+        service = live_service("flow", FLOW_OPTIONS, traffic.prometheus.url, min_savings=5, min_requests=30)
+        service["spec"]["workload"]["prometheus"].update({"window": "30s", "scaleUpWindow": "5s"})
+        await kube.create(service)
+        await kube.wait_for(settled(kube, "flow", CHAT_MIX), timeout_s=90)
+        traffic.flow.set_rate(18.0)
+        await kube.wait_for(lambda: (status(kube, "flow").get("lastDecision") or {}).get("kind") == "scale-up",
+                            timeout_s=40)
+        decision = status(kube, "flow")["lastDecision"]
+        assert decision["reason"].startswith("over the last 5s: demand exceeds what runs"), decision
+        await kube.wait_for(lambda: pools(kube.emulator, "flow").get("small", 0) >= 2 and not status(kube, "flow").get("move"),
+                            timeout_s=60)

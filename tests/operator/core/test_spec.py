@@ -131,3 +131,21 @@ def test_model_cache_and_token_are_read():
     with pytest.raises(InputError) as error:
         parse_spec(minimal(serving={"modelCache": {"emptyDir": {}, "persistentVolumeClaim": {"claimName": "w"}}}))
     assert error.value.where == "spec.serving.modelCache"
+
+
+def test_the_scale_up_window_defaults_to_2m_below_the_window_and_0s_turns_it_off():
+    def scale_up(prometheus: dict):
+        return parse_spec({"model": "m", "catalogModel": "llama-3-8b", "slo": {"tpotMs": 100},
+                           "gpuOptions": [{"name": "l4", "gpu": "l4"}],
+                           "workload": {"source": "prometheus", "prometheus": prometheus}}).workload.prometheus.scale_up
+    assert scale_up({}) == ("2m", 120.0)  # the 10m window's default
+    assert scale_up({"window": "2m"}) is None and scale_up({"window": "90s"}) is None  # not shorter: none
+    assert scale_up({"window": "5m", "scaleUpWindow": "30s"}) == ("30s", 30.0)
+    assert scale_up({"scaleUpWindow": "0s"}) is None and scale_up({"scaleUpWindow": "0"}) is None
+    with pytest.raises(InputError) as error:
+        scale_up({"window": "5m", "scaleUpWindow": "5m"})
+    assert error.value.where == "spec.workload.prometheus.scaleUpWindow"
+    assert "not shorter than the window (5m)" in str(error.value)
+    with pytest.raises(InputError) as error:
+        scale_up({"scaleUpWindow": "soon"})
+    assert error.value.where == "spec.workload.prometheus.scaleUpWindow"

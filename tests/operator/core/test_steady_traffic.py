@@ -102,4 +102,5 @@ def test_a_real_step_up_is_served_within_two_passes(window, rate):
     assert well_above_the_noise(rate, window, before.running)
     assert any(serves(p.running, STEP * rate) for p in after), moves(after)
     [first, *_] = [p.outcome.decision for p in after if p.moved]
-    assert first.kind == "scale-up" and first.reason.startswith("demand exceeds what runs: at least ")
+    # (from the window, or from the 2m scale-up window when the window is longer and reads it first)
+    assert first.kind == "scale-up" and "demand exceeds what runs: at least " in first.reason
