@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from melange.operator.core.problem import default_inputs
+from melange.operator.core.reconcile import reconcile
 from melange.solver.buckets import BucketGrid
 from melange.testing.replay import (START_S, Replica, Schedule, Traffic, TrafficShape, bill, diurnal_rate,
                                     ready_counts, replay, scale, true_rates, week_traffic, window_workload)
@@ -139,3 +140,28 @@ def test_the_replay_bills_a_step_up_as_worked_out_by_hand():
     assert cost.dollars == pytest.approx(1.0 + 2 * (3600 - 31 * 60) / 3600)
     assert cost.started == 2 and cost.starting_gpu_hours == pytest.approx(2 * 120 / 3600)
     assert isinstance(run.replicas[0], Replica) and run.replicas[0].created_s == START_S
+
+
+def test_the_replay_reads_the_scale_up_window_and_a_step_is_met_from_it():
+    """The same step under a 10-minute window with a 2-minute scale-up window. The pass at minute 31
+    reads 3900 requests in the 10-minute window (9 x 300 + 1200) and 1500 in the last 2 minutes.
+    At 3 sigma the short window holds at least 1500 + 4.5 - 3 sqrt(1502.25) = 1388.7 requests, 11.6
+    req/s, above the 10 one replica serves, while the 10-minute window's -2 bound (3900 + 2 - 2
+    sqrt(3901) = 3777, 6.3 req/s) is not: the move at minute 31 is the scale-up window's."""
+    spec, grid = _one_bucket_service()
+    spec["workload"]["prometheus"] = {"window": "10m", "scaleUpWindow": "2m"}
+    minutes = 60
+    per_minute = np.array([300] * 30 + [1200] * 30)
+    traffic = Traffic(per_minute / 60.0, np.zeros(minutes, dtype=int), np.zeros(minutes, dtype=bool),
+                      per_minute.reshape(minutes, 1, 1))
+    seen = []
+
+    def recording(owner, observed, inputs, live=None, **kwargs):
+        seen.append((observed.now_s, live.requests, live.recent.window, live.recent.requests))
+        return reconcile(owner, observed, inputs, live=live, **kwargs)
+
+    run = replay(spec, default_inputs(), traffic, grid, 60.0, 600.0, {"a": 120.0}, reconcile_fn=recording)
+    at_31 = [s for s in seen if s[0] == START_S + 31 * 60.0][0]
+    assert at_31[1:] == (300 * 9 + 1200, "2m", 300 + 1200)
+    [(when, kind, reason)] = run.moves[:1]
+    assert (when - START_S, kind) == (31 * 60.0, "scale-up") and reason.startswith("over the last 2m: ")
