@@ -17,7 +17,7 @@ saving is the one still there at a higher upper bound (`Demand.high`, the `ceili
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from melange.operator.core.noise import Demand
@@ -88,11 +88,12 @@ def _duration(seconds: float) -> str:
 
 def decide(current: Mapping[str, int] | None, candidate: SolveReport, problem: Problem, current_covers: bool,
            min_savings_percent: float, cooldown_s: float, since_change_s: float | None,
-           demand: Demand | None = None, ceiling: Allocation | None = None) -> Decision:
+           demand: Demand | None = None, ceiling: Allocation | Callable[[], Allocation] | None = None) -> Decision:
     """What to do with `candidate` (the optimum for the observed workload, or for `demand.sized`) given
     what runs now. `current_covers`: whether what runs serves the workload (or `demand.low`).
-    `ceiling`: the optimum for `demand.high`; a rebalance must save `min_savings_percent` against it,
-    not only against the candidate (None: against the candidate). `since_change_s` None means no
+    `ceiling`: the optimum for `demand.high`, or a function solving for it (called only when a
+    rebalance is in question: most passes keep what runs); a rebalance must save `min_savings_percent`
+    against it, not only against the candidate (None: against the candidate). `since_change_s` None means no
     change was ever made (no cooldown to respect)."""
     target = dict(candidate.allocation.replicas)
     new_cost = candidate.allocation.cost_per_hour
@@ -113,6 +114,7 @@ def decide(current: Mapping[str, int] | None, candidate: SolveReport, problem: P
     saving = 100.0 * (old_cost - new_cost) / old_cost if old_cost > 0 else 0.0
     sure, bound = saving, ""
     if ceiling is not None:
+        ceiling = ceiling() if callable(ceiling) else ceiling
         bound = demand.at_most() if noisy else "the upper bound"
         if not ceiling.solved:
             return Decision("keep", dict(current), f"kept: saving {saving:.1f}% unsure: nothing within the quotas "

@@ -294,7 +294,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
                           0.0 if edited else spec.reallocation.min_savings_percent,
                           0.0 if edited else spec.reallocation.cooldown_s,
                           None if last_change is None else observed.now_s - last_change, demand,
-                          allocate(high, settings, spec.routing_mode) if demand.noisy and current else None)
+                          (lambda: allocate(high, settings, spec.routing_mode)) if demand.noisy and current else None)
         decision = _after_failure(decision, current, failure, observed.now_s, spec.reallocation.cooldown_s)
         if surging and decision.moves:
             decision = replace(decision, reason=f"over the last {live.window}: {decision.reason}")

@@ -162,3 +162,23 @@ def test_replicas_above_a_lowered_quota_or_of_a_dropped_option_move_at_once():
     dropped = Problem(p.workload, p.options[1:], p.profiles[1:])
     decision = decide({"small": 1, "big": 1}, candidate(dropped), dropped, True, 5.0, 600.0, 1.0)
     assert decision.kind == "bounds" and decision.reason.startswith("small runs 1 but is no longer an option")
+
+
+def test_the_rebalance_bound_is_solved_only_when_a_rebalance_is_in_question():
+    """The ceiling may be a function: a pass that keeps what runs as optimal never calls it, one that
+    weighs a saving calls it once and decides as with its answer."""
+    p = problem(3.0)
+    demand = bounds(p.workload, 30)
+    current = {"small": 4, "big": 1}
+    settings = IlpSettings(current=current, move_cost=move_cost(p))
+    candidate = solve(replace(p, workload=demand.sized), settings, mode="routable")
+    calls = []
+
+    def ceiling():
+        calls.append(1)
+        return allocate(replace(p, workload=demand.high), settings, "routable")
+
+    same = decide(dict(candidate.allocation.replicas), candidate, p, True, 5.0, 600.0, None, demand, ceiling)
+    assert same.kind == "keep" and same.reason.startswith("kept: already optimal") and calls == []
+    lazy = decide(current, candidate, p, True, 5.0, 600.0, None, demand, ceiling)
+    assert calls == [1] and lazy == decide(current, candidate, p, True, 5.0, 600.0, None, demand, ceiling())
