@@ -29,7 +29,7 @@ capacities, and the operator runs with and without `profileCorrection`.
 
 Usage: python bench/replay.py [--quick] [--seed 1] [--days 7] [--models 8b,70b]
                               [--workloads chat-heavy,mixed,document-heavy] [--plot docs/replay.png]
-       python bench/replay.py --sensitivity [--days 2]
+       python bench/replay.py --sensitivity [--days 1] [--seeds 1,2,3] [--rows defaults,window]
        python bench/replay.py --misprofiled a10g=0.7 [--quick]
 """
 from __future__ import annotations
@@ -475,32 +475,35 @@ SENSITIVITY = {  # each around the defaults (the defaults' own row is the first)
 
 
 def sensitivity(args: argparse.Namespace) -> None:
-    """One setting at a time around the defaults, on each model's mixed workload."""
-    for model_key in args.models.split(","):
-        workload = "mixed"
-        jobs = [Job(model_key, workload, "operator", replace(Settings(), **{field: value}), args.days, args.seed)
-                for rows in SENSITIVITY.values() for field, value in rows]
-        reference = hindsight(model_key, workload, Settings(), args.days, args.seed)[0]
-        results = run_all(jobs, args.workers)
-        print(f"\n{MODELS[model_key].name}, {workload}, {args.days} day(s), seed {args.seed}: hindsight "
-              f"${reference:,.0f} at targetUtilisation 0.85")
-        rows = []
-        for (name, values), chunk in zip(SENSITIVITY.items(), _chunks(results, [len(v) for v in SENSITIVITY.values()])):
-            for (_, value), (job, scores, _) in zip(values, chunk):
-                shown = (f"{value / 60:g}m" if value >= 60 else f"{value:g}s") if name in ("cooldown", "window",
-                                                                                         "scaleUpWindow") \
-                    else f"{value:g}"
-                rows.append(row("defaults" if name == "defaults" else f"{name} {shown}", scores, reference))
-        print_table(HEADERS, rows)
-        sys.stdout.flush()
-
-
-def _chunks(items: Sequence, sizes: Sequence[int]) -> list[Sequence]:
-    out, k = [], 0
-    for n in sizes:
-        out.append(items[k:k + n])
-        k += n
-    return out
+    """One setting at a time around the defaults (`--rows` picks the settings), each row pooled over the
+    models, workloads and seeds asked for: $ against the hindsight optimum's $ summed over the same
+    scenarios, moves, starts and short minutes summed, every shift's time to serve, moves per shift."""
+    rows = [name for name in args.rows.split(",")] if args.rows else list(SENSITIVITY)
+    unknown = sorted(set(rows) - set(SENSITIVITY))
+    if unknown:
+        raise SystemExit(f"--rows: unknown {', '.join(unknown)} (known: {', '.join(SENSITIVITY)})")
+    chosen = [(name, field, value) for name in rows for field, value in SENSITIVITY[name]]
+    scenarios = [(m, w, seed) for m in args.models.split(",") for w in args.workloads.split(",") for seed in args.seeds]
+    jobs = [Job(m, w, "operator", replace(Settings(), **{field: value}), args.days, seed)
+            for m, w, seed in scenarios for _, field, value in chosen]
+    reference = sum(hindsight(m, w, Settings(), args.days, seed)[0] for m, w, seed in scenarios)
+    results = run_all(jobs, args.workers)
+    print(f"\n{len(scenarios)} scenario(s) ({', '.join(f'{m} {w} seed {seed}' for m, w, seed in scenarios)}), "
+          f"{args.days} day(s) each: hindsight ${reference:,.0f} in all at targetUtilisation 0.85")
+    table = []
+    for k, (name, _, value) in enumerate(chosen):
+        pooled = [scores for _, scores, _ in results[k::len(chosen)]]
+        shown = (f"{value / 60:g}m" if value >= 60 else f"{value:g}s") if name in ("cooldown", "window",
+                                                                                 "scaleUpWindow") \
+            else f"{value:g}"
+        total = Scores(sum(s.dollars for s in pooled), sum(s.moves for s in pooled), sum(s.started for s in pooled),
+                       sum(s.starting_gpu_hours for s in pooled), sum(s.short_minutes for s in pooled),
+                       max(s.worst_short for s in pooled), sum(s.late_minutes for s in pooled),
+                       tuple(t for s in pooled for t in s.to_serve),
+                       statistics.mean(s.moves_per_shift for s in pooled), np.zeros(0))
+        table.append(row("defaults" if name == "defaults" else f"{name} {shown}", total, reference))
+    print_table(HEADERS, table)
+    sys.stdout.flush()
 
 
 def run_misprofiled(job: Job) -> tuple[Job, Scores, float, list[float]]:
@@ -559,6 +562,10 @@ def main() -> None:
     parser.add_argument("--workloads", default="chat-heavy,mixed,document-heavy")
     parser.add_argument("--plot", default=None, help="write the $/h over time to this PNG (matplotlib)")
     parser.add_argument("--sensitivity", action="store_true", help="the tuning table instead of the main one")
+    parser.add_argument("--rows", default=None, help="with --sensitivity: the settings to vary, of "
+                        + ", ".join(SENSITIVITY) + " (default: all)")
+    parser.add_argument("--seeds", default=None, help="with --sensitivity: seeds to pool, e.g. 1,2,3 "
+                        "(default: --seed)")
     parser.add_argument("--misprofiled", metavar="OPTION=FACTOR", default=None,
                         help="one GPU type sustains FACTOR x its profile: the operator with and without corrections")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes")
@@ -566,6 +573,7 @@ def main() -> None:
     if args.quick:
         args.models, args.workloads = "8b", "mixed"
     args.days = args.days or (1 if args.quick else 7)
+    args.seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [args.seed]
     began = time.perf_counter()
     (misprofiled if args.misprofiled else sensitivity if args.sensitivity else main_table)(args)
     print(f"\n{time.perf_counter() - began:.0f} s in all")
