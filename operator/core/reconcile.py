@@ -264,7 +264,8 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         current, move, last_change = running or None, None, observed.now_s
     plain = solver_settings(spec)
     settings = solver_settings(spec, current or {}, move_cost(problem) if current else 0.0)
-    surging = prometheus and current and move is None and not edited and _surges(problem, live, current, plain, spec)
+    surging = (prometheus and spec.mode == "apply" and current and move is None and not edited
+               and _surges(problem, live, current, plain, spec))
     if surging:
         # What runs cannot serve the scale-up window's traffic even at its lower bound: this pass decides on
         # that window (its rate, its mix, its count), as a scale-up (rule 2) sized for it.
