@@ -366,13 +366,14 @@ def test_the_drain_ends_when_every_router_reports_no_request_in_flight_to_the_re
     assert any(e.reason == "MoveStep" and "bound of 262 s passed" in e.message for e in bounded.events)
 
 
-def surge_pass(recent_rate: float) -> tuple:
+def surge_pass(recent_rate: float, mode: str = "apply") -> tuple:
     """Arena from Prometheus: 4 req/s over the 10m window (2400 requests) deployed and ready; the next
     pass reads the same window and `recent_rate` over the 2m scale-up window."""
     spec = copy.deepcopy(ARENA["spec"])
     static = spec["workload"]
     spec["workload"] = {"source": "prometheus", "grid": static["grid"],
                         "prometheus": {"window": "10m", "scaleUpWindow": "2m"}}
+    spec["mode"] = mode
     grid = parse_spec(ARENA["spec"]).workload.grid
     arena = make_workload(4.0, grid, static["static"]["distribution"], "w")
 
@@ -411,3 +412,11 @@ def test_a_scale_up_window_within_what_runs_changes_nothing(recent_rate):
     _, _, first, later = surge_pass(recent_rate)
     assert later.decision.kind == "keep" and later.status["allocation"] == first.status["allocation"]
     assert later.status["workload"] == {"rate": 4.0, "source": "prometheus", "window": "10m"}
+
+
+def test_a_recommendation_follows_the_window_only():
+    """In mode recommend there is no hysteresis to hold a surge: the 12 req/s of the last 2 minutes do
+    not move the recommendation off the 10-minute window's 4 req/s."""
+    _, _, first, later = surge_pass(12.0, mode="recommend")
+    assert later.status["allocation"] == first.status["allocation"]
+    assert later.status["workload"]["window"] == "10m"
