@@ -382,7 +382,7 @@ def surge_pass(recent_rate: float, mode: str = "apply") -> tuple:
         return LiveInput(arena, "2400 requests in 10m", "10m", 2400, recent=recent)
 
     first = reconcile(OWNER, observe(spec), default_inputs(), live=live(4.0))
-    later = reconcile(OWNER, Observed(spec, 1, first.status, ready(first.desired), NOW + 60), default_inputs(),
+    later = reconcile(OWNER, Observed(spec, 1, first.status, ready(first.desired or []), NOW + 60), default_inputs(),
                       live=live(recent_rate))
     return spec, arena, first, later
 
