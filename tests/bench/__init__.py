@@ -1,0 +1,1 @@
+"""Tests of the benchmarks in bench/: each runs as a user runs it and prints what it claims."""
