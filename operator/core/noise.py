@@ -14,7 +14,7 @@ minute), 2% at N = 2400. The decision uses the same mix at three bounds of the r
 
 A second, shorter window (`scaleUpWindow`) answers growth sooner than the window's mean can: when what
 runs cannot serve even its lower bound at `surge_z` (stricter than `scale_up_z`: its count is smaller
-and it is read every pass), the service scales up at once, sized for that window (`surge`).
+and it is read every pass: `surge_floor`), the service scales up at once, sized for that window.
 
 What runs was sized at the `size_z` bound of some earlier window; a later window of the same traffic
 trips a move only when the two counts differ by `scale_up_z + size_z` (scale-up) or
