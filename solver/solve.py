@@ -107,6 +107,11 @@ def single_type_replicas(problem: Problem, settings: IlpSettings) -> dict[str, i
     return result
 
 
+def other_mode(mode: str) -> str:
+    """The split mode that is not `mode`."""
+    return "routable" if mode == "paper" else "paper"
+
+
 def solve(problem: Problem, settings: IlpSettings | None = None, mode: str = "paper",
           compare_modes: bool = True) -> SolveReport:
     """Solve the problem in `mode` and, with `compare_modes`, in the other mode too, so the price of
@@ -115,7 +120,7 @@ def solve(problem: Problem, settings: IlpSettings | None = None, mode: str = "pa
     allocation = allocate(problem, settings, mode)
     other = None
     if compare_modes:
-        other = allocate(problem, settings, "routable" if mode == "paper" else "paper")
+        other = allocate(problem, settings, other_mode(mode))
     return _report(problem, settings, allocation, other)
 
 

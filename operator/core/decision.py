@@ -55,16 +55,24 @@ def cost_of(problem: Problem, replicas: Mapping[str, int]) -> float:
     return sum(o.cost(replicas.get(o.name, 0)) for o in problem.options)
 
 
-def covers(problem: Problem, replicas: Mapping[str, int], settings: IlpSettings, mode: str) -> bool:
-    """Whether `replicas` can serve the problem's workload within its SLO and headroom: the ILP with
-    each option's quota cut to what runs has a solution."""
-    capped = tuple(replace(o, max_replicas=min(replicas.get(o.name, 0), o.max_replicas)
-                           if o.max_replicas is not None else replicas.get(o.name, 0),
-                           min_replicas=min(o.min_replicas, replicas.get(o.name, 0))) for o in problem.options)
+def fit(problem: Problem, replicas: Mapping[str, int], settings: IlpSettings, mode: str) -> Allocation | None:
+    """How to route the problem's workload over exactly `replicas` within its SLO and headroom; None when
+    they cannot serve it. Replicas beyond what a workload needs never make it unservable (idle replicas
+    are allowed and the spot share is a share of the traffic), so this also answers whether any subset
+    of them serves it, with no search over counts."""
+    fixed = tuple(replace(o, min_replicas=replicas.get(o.name, 0), max_replicas=replicas.get(o.name, 0))
+                  for o in problem.options)
     try:
-        return allocate(Problem(problem.workload, capped, problem.profiles), settings, mode).solved
+        allocation = allocate(Problem(problem.workload, fixed, problem.profiles),
+                              replace(settings, move_cost=0.0, current={}), mode)
     except ValueError:  # InfeasibleError: some bucket no option can serve at all
-        return False
+        return None
+    return allocation if allocation.solved else None
+
+
+def covers(problem: Problem, replicas: Mapping[str, int], settings: IlpSettings, mode: str) -> bool:
+    """Whether `replicas` can serve the problem's workload within its SLO and headroom."""
+    return fit(problem, replicas, settings, mode) is not None
 
 
 def outside_bounds(problem: Problem, replicas: Mapping[str, int]) -> str | None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from melange.operator.core.corrections import Correction, PoolObservation, announce, update
-from melange.operator.core.decision import Decision, cost_of, covers, decide, move_cost
+from melange.operator.core.decision import Decision, cost_of, covers, decide, fit, move_cost
 from melange.operator.core.moves import (DEFAULT_DRAIN_S, FALLBACK_GRACE_S, Drain, Move, advance, drain_waits,
                                          next_wake_s, peak, removed, stage)
 from melange.operator.core.noise import bounds, surge_floor
@@ -31,7 +31,7 @@ from melange.solver.ilp import IlpSettings
 from melange.solver.problem import Problem
 from melange.solver.profiles import scale_profile
 from melange.solver.routing import IN_FLIGHT_SUFFIX, TABLE_KEY, routing_table
-from melange.solver.solve import allocate, solve
+from melange.solver.solve import allocate, other_mode, solve
 from melange.solver.workload import Workload
 
 
@@ -171,26 +171,51 @@ def ready_condition(observed: Observed, desired: Sequence[Mapping[str, Any]] | N
     return condition("Ready", True, "PoolsReady", "every pool and the router are ready", now, gen, previous)
 
 
-def split_for(problem: Problem, replicas: Mapping[str, int], settings: IlpSettings, mode: str) -> Allocation:
-    """How to route the workload over exactly `replicas`: the ILP with each option fixed to its replicas
-    (at the headroom, else at full load), else, when even that cannot serve it, shares in proportion
-    to replicas (the router's fallback). Always this one solve, never the optimum's own split: the
-    optimum's split is one of several equal ones and may differ from pass to pass, which would rewrite
-    the routing table for nothing."""
-    fixed = tuple(replace(o, min_replicas=replicas.get(o.name, 0), max_replicas=replicas.get(o.name, 0))
-                  for o in problem.options)
-    for attempt in (replace(settings, move_cost=0.0, current={}),
-                    replace(settings, move_cost=0.0, current={}, target_utilisation=1.0)):
-        try:
-            allocation = allocate(Problem(problem.workload, fixed, problem.profiles), attempt, mode)
-        except InfeasibleError:
-            break
-        if allocation.solved:
-            return allocation
-    uses = tuple(OptionUse(o.name, replicas.get(o.name, 0), replicas.get(o.name, 0) * o.gpus_per_replica,
-                           o.cost(replicas.get(o.name, 0)), 0.0, 0.0, None, o.nodes(replicas.get(o.name, 0)))
-                 for o in problem.options)
-    return Allocation(mode, "proportional", cost_of(problem, replicas), uses, (), None, "none", 0.0)
+def _other_mode_due(previous: Mapping[str, Any], edited: bool, report: SolveReport) -> bool:
+    """Whether to solve the other routing mode (for `status.otherModeCostPerHour`, the price of
+    routability): on the first pass, after a spec edit and when the optimum changed, not on every pass
+    (an ILP that decides nothing); in between the status keeps the figure of the last optimum."""
+    last_optimum = previous.get("recommended") or previous.get("allocation")
+    return edited or "otherModeCostPerHour" not in previous or last_optimum != dict(report.allocation.replicas)
+
+
+class _Fits:
+    """What a set of replicas can serve of this pass's workload (the point estimate), solved once per set."""
+
+    def __init__(self, problem: Problem, settings: IlpSettings, mode: str) -> None:
+        self.problem, self.settings, self.mode = problem, settings, mode
+        self._found: dict[tuple[tuple[str, int], ...], Allocation | None] = {}
+
+    def at_headroom(self, replicas: Mapping[str, int]) -> Allocation | None:
+        """How to route the workload over exactly `replicas` within its SLO and headroom (None: they cannot)."""
+        key = tuple(sorted((name, int(n)) for name, n in replicas.items() if n))
+        if key not in self._found:
+            self._found[key] = fit(self.problem, replicas, self.settings, self.mode)
+        return self._found[key]
+
+    def serves(self, replicas: Mapping[str, int]) -> bool:
+        """Whether `replicas` serve the workload within its SLO and headroom."""
+        return self.at_headroom(replicas) is not None
+
+    def serves_lower(self, replicas: Mapping[str, int], lower: Problem) -> bool:
+        """Whether `replicas` serve `lower`, this workload at a rate no higher (the same routing carries a
+        lower rate of the same mix, so one solve answers both when they serve the workload itself)."""
+        return self.serves(replicas) or covers(lower, replicas, self.settings, self.mode)
+
+    def split(self, replicas: Mapping[str, int]) -> Allocation:
+        """How to route the workload over exactly `replicas`, for the routing table: at the headroom, else
+        at full load, else, when even that cannot serve it, shares in proportion to replicas (the
+        router's fallback). Always this solve, never the optimum's own split: the optimum's split is one
+        of several equal ones and may differ from pass to pass, which would rewrite the table for nothing."""
+        found = self.at_headroom(replicas) or fit(self.problem, replicas,
+                                                  replace(self.settings, target_utilisation=1.0), self.mode)
+        if found is not None:
+            return found
+        problem = self.problem
+        uses = tuple(OptionUse(o.name, replicas.get(o.name, 0), replicas.get(o.name, 0) * o.gpus_per_replica,
+                               o.cost(replicas.get(o.name, 0)), 0.0, 0.0, None, o.nodes(replicas.get(o.name, 0)))
+                     for o in problem.options)
+        return Allocation(self.mode, "proportional", cost_of(problem, replicas), uses, (), None, "none", 0.0)
 
 
 def _table(owner: Owner, problem: Problem, allocation: Allocation) -> dict[str, Any]:
@@ -272,14 +297,18 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         live = live.recent
         problem = replace(problem, workload=live.workload)
     demand = bounds(problem.workload, live.requests if prometheus else None)
+    sized = replace(problem, workload=demand.sized)
     try:
-        report = solve(replace(problem, workload=demand.sized), settings, mode=spec.routing_mode)
+        report = solve(sized, settings, mode=spec.routing_mode, compare_modes=False)
     except InfeasibleError as error:
         return _refused(observed, "Infeasible", error, "InvalidSpec")
     if not report.allocation.solved:
         error = InputError("spec.gpuOptions", f"no allocation within the quotas ({report.allocation.status})",
                            "raise maxReplicas or add options")
         return _refused(observed, "Infeasible", error, "InvalidSpec")
+    if _other_mode_due(previous, edited, report):
+        report = replace(report, other_mode=allocate(sized, settings, other_mode(spec.routing_mode)))
+    fits = _Fits(problem, plain, spec.routing_mode)
     applied = current or {}
     if spec.mode == "recommend":
         move = None
@@ -291,7 +320,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         # A spec edit is the user's request: it skips the savings threshold, the cooldown and the noise margins.
         demand = demand.exact() if edited else demand
         low, high = replace(problem, workload=demand.low), replace(problem, workload=demand.high)
-        decision = decide(current, report, problem, bool(current) and covers(low, current, plain, spec.routing_mode),
+        decision = decide(current, report, problem, bool(current) and fits.serves_lower(current, low),
                           0.0 if edited else spec.reallocation.min_savings_percent,
                           0.0 if edited else spec.reallocation.cooldown_s,
                           None if last_change is None else observed.now_s - last_change, demand,
@@ -314,7 +343,7 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         before = move.step
         version = None
         if move.step in ("switching", "draining") and spec.mode == "apply":
-            version = _table(owner, problem, split_for(problem, move.target, plain, spec.routing_mode))["version"]
+            version = _table(owner, problem, fits.split(move.target))["version"]
         if move.step == "switching" and version is not None:
             waiting_for = unacknowledged(observed, owner, version)
         elif move.step == "draining" and version is not None:
@@ -351,11 +380,11 @@ def reconcile(owner: Owner, observed: Observed, inputs: Inputs, images: Images =
         else:
             replicas, routed, table = applied, applied, None
         if table is None:
-            table = _table(owner, problem, split_for(problem, routed, plain, spec.routing_mode))
+            table = _table(owner, problem, fits.split(routed))
         profiles = {o.name: p for o, p in zip(problem.options, problem.profiles)}
         desired = plan(owner, spec, replicas, profiles, table, images, inputs.catalog,
                        {o.name: o.gpus_per_node for o in problem.options}, inputs.monitoring)
-    status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure, waiting_for)
+    status = _status(observed, owner, spec, problem, report, applied, move, desired, live, failure, fits, waiting_for)
     pools = node_pool_names(observed.actual, desired)
     if pools or observed.status.get("nodePools"):
         status["nodePools"] = pools or None
@@ -512,16 +541,15 @@ def _savings(best: tuple[str, float] | None, cost: float) -> float | None:
 
 def _status(observed: Observed, owner: Owner, spec: ServiceSpec, problem: Problem, report: SolveReport,
             applied: Mapping[str, int], move: Move | None, desired: list[dict[str, Any]] | None,
-            live: LiveInput | None, failure: Mapping[str, Any] | None, waiting_for: str | None = None
+            live: LiveInput | None, failure: Mapping[str, Any] | None, fits: _Fits, waiting_for: str | None = None
             ) -> dict[str, Any]:
     cost = cost_of(problem, applied)
     best = report.best_single
     optimum = dict(report.allocation.replicas)
     other = report.other_mode
-    plain = solver_settings(spec)
     # A saving is against the best single type for the same demand: a mix that cannot serve the demand
     # (what runs before a scale-up completes) saves nothing, it falls short.
-    serves = any(applied.values()) and covers(problem, applied, plain, spec.routing_mode)
+    serves = any(applied.values()) and fits.serves(applied)
     status: dict[str, Any] = {
         "allocation": {o.name: int(applied.get(o.name, 0)) for o in problem.options},
         "costPerHour": round(cost, 4),
@@ -529,7 +557,8 @@ def _status(observed: Observed, owner: Owner, spec: ServiceSpec, problem: Proble
         "recommendedCostPerHour": round(report.allocation.cost_per_hour, 4),
         "bestSingleType": None if best is None else {"name": best[0], "costPerHour": round(best[1], 4)},
         "savingsPercent": _savings(best, cost) if serves else None,
-        "otherModeCostPerHour": round(other.cost_per_hour, 4) if other is not None and other.solved else None,
+        "otherModeCostPerHour": (observed.status.get("otherModeCostPerHour") if other is None
+                                 else round(other.cost_per_hour, 4) if other.solved else None),
         "workload": {"rate": round(problem.workload.rate, 6), "source": spec.workload.source},
         "move": None,
         "observedGeneration": observed.generation,

@@ -48,6 +48,22 @@ def test_covers_by_hand():
     assert not covers(p, {"big": 1}, IlpSettings(target_utilisation=0.9), "routable")  # 4 req/s > 0.9 x 4
 
 
+def test_replicas_beyond_the_need_never_make_a_workload_unservable():
+    """Idle replicas are allowed, and the spot share caps traffic, not replicas: with spot small replicas
+    capped to half of 4 req/s, 4 x small + 1 x big serve it (2 req/s on small, 2 on big, by hand), 4 x
+    small alone cannot. With a 5% cap big must carry at least 3.8 req/s: 9 x small + 1 x big serve it at
+    full load, not at a 0.9 headroom (3.6), and do without the cap (small carries 0.4 or more)."""
+    p = problem(4.0)
+    p = replace(p, options=(replace(p.options[0], spot=True), p.options[1]))
+    spot_half = IlpSettings(max_spot_share=0.5)
+    assert covers(p, {"small": 4, "big": 1}, spot_half, "routable")
+    assert covers(p, {"small": 9, "big": 2}, spot_half, "routable")
+    assert not covers(p, {"small": 4}, spot_half, "routable")
+    assert covers(p, {"small": 9, "big": 1}, IlpSettings(max_spot_share=0.05), "routable")
+    assert not covers(p, {"small": 9, "big": 1}, IlpSettings(max_spot_share=0.05, target_utilisation=0.9), "routable")
+    assert covers(p, {"small": 9, "big": 1}, IlpSettings(target_utilisation=0.9), "routable")
+
+
 def test_first_allocation():
     decision = run(None)
     assert decision.kind == "initial" and decision.target == {"small": 0, "big": 1}

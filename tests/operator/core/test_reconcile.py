@@ -70,6 +70,23 @@ def test_ready_when_every_deployment_has_its_replicas_and_no_event_when_nothing_
     assert ready["status"] == "False" and actual[0]["metadata"]["name"] in ready["message"]
 
 
+def test_the_other_modes_cost_is_solved_again_only_when_the_optimum_or_the_spec_changed():
+    """status.otherModeCostPerHour: the other split mode's $/h for the same demand, from its own solve on a
+    first pass, a spec edit or a new optimum; kept from the status otherwise (a marker value shows which)."""
+    first = reconcile(OWNER, observe(ARENA["spec"]), default_inputs()).status
+    parsed = parse_spec(ARENA["spec"])
+    independent = solve(build_problem(parsed, None, default_inputs()), solver_settings(parsed),
+                        mode=parsed.routing_mode).other_mode.cost_per_hour
+    assert parsed.routing_mode == "paper" and first["otherModeCostPerHour"] == round(independent, 4)
+    marked = dict(first, otherModeCostPerHour=123.0)
+    assert reconcile(OWNER, observe(ARENA["spec"], marked), default_inputs()).status["otherModeCostPerHour"] == 123.0
+    new_optimum = dict(marked, recommended={"l4": 0, "a10g": 5, "a100-80gb": 0, "h100": 0})
+    again = reconcile(OWNER, observe(ARENA["spec"], new_optimum), default_inputs()).status
+    assert again["otherModeCostPerHour"] == first["otherModeCostPerHour"]
+    edited = reconcile(OWNER, observe(ARENA["spec"], marked, generation=2), default_inputs()).status
+    assert edited["otherModeCostPerHour"] == first["otherModeCostPerHour"]
+
+
 def test_recommend_mode_writes_no_objects():
     spec = dict(ARENA["spec"], mode="recommend")
     outcome = reconcile(OWNER, observe(spec), default_inputs())
