@@ -59,15 +59,11 @@ from melange.solver.buckets import BucketGrid
 from melange.solver.ilp import IlpSettings
 from melange.solver.metrics.traffic_player import DOCUMENTS
 from melange.solver.problem import Problem
-from melange.solver.solve import allocate, single_type_replicas, solve
+from melange.solver.solve import allocate, single_type_replicas
 from melange.solver.workload import make_workload
 from melange.testing.latency_model import LatencyModel, PoolSimulator
 from melange.testing.replay import (MINUTE_S, REGIMES, START_S, Run, Schedule, Traffic, TrafficShape,
                                     bill, replay, week_traffic)
-
-# The status field "otherModeCostPerHour" costs a second ILP per pass in the other routing mode and
-# decides nothing: the replay leaves it out (every decision is the operator's own).
-reconcile_module.solve = functools.partial(solve, compare_modes=False)
 
 # Inputs up to 8000 tokens: Llama-3's 8192-token context holds no longer prompt (the Arena trace's
 # rows above 8000 are folded into the last row).

@@ -216,6 +216,12 @@ async def test_label_and_field_selectors_filter_lists(kube):
     assert await names("tier in (gpu, cpu)") == ["a", "b"]
     assert await names("!tier") == ["c"]
     assert await names("tier,tier notin (cpu)") == ["a"]
+    # Equality selectors read an index of the labels: a relabelled, new or deleted object is seen at once.
+    await kube.patch(CONFIGMAPS, "b", {"metadata": {"labels": {"tier": "gpu"}}}, namespace="default")
+    assert await names("tier=gpu") == ["a", "b"] and await names("tier==cpu") == []
+    await kube.create(dict(configmap("d"), metadata={"name": "d", "labels": {"tier": "gpu"}}), namespace="default")
+    await kube.delete(CONFIGMAPS, "a", namespace="default")
+    assert await names("tier=gpu") == ["b", "d"] and await names("tier=gpu,tier!=gpu") == []
 
 
 async def test_the_kubernetes_client_works_against_it(kube):
