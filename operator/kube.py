@@ -59,6 +59,13 @@ def call(method: Any, *args: Any, **kwargs: Any) -> Any:
     raise AssertionError("unreachable")
 
 
+def call_plain(method: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`call`, answering the API server's JSON as plain dicts: the client's typed models cost more to
+    build (and to turn back into dicts) than the rest of a pass's reading."""
+    response = call(method, *args, _preload_content=False, **kwargs)
+    return json.loads(response.data) if response.data else {}
+
+
 class Refused(RuntimeError):
     """A call the API server refused, with what to do about it: (reason, message) as describe_error gives."""
 
@@ -159,12 +166,6 @@ class Cluster:
         """Whether the Prometheus Operator's PodMonitor CRD is installed."""
         return self.serves(MONITORING_GROUP, MONITORING_VERSION, POD_MONITOR_PLURAL)
 
-    def _plain(self, obj: Any, api_version: str, kind: str) -> dict[str, Any]:
-        data = self.api.sanitize_for_serialization(obj)
-        data.setdefault("apiVersion", api_version)
-        data.setdefault("kind", kind)
-        return data
-
     def read_config_data(self, namespace: str, refs: Iterable[KeyRef]) -> ConfigData:
         """The referenced ConfigMap keys that exist (a missing one is reported by the reconcile)."""
         data: dict[tuple[str, str], str] = {}
@@ -216,8 +217,8 @@ class Cluster:
         selector = _owned_selector(owner)
         found = []
         for kind, (api_version, api, suffix) in self._kinds.items():
-            listed = call(getattr(api, f"list_namespaced_{suffix}"), owner.namespace, label_selector=selector)
-            found += [self._plain(o, api_version, kind) for o in listed.items]
+            listed = call_plain(getattr(api, f"list_namespaced_{suffix}"), owner.namespace, label_selector=selector)
+            found += [{"apiVersion": api_version, "kind": kind, **o} for o in listed.get("items") or []]
         if node_pools:
             found += self.node_pools(owner)
         if pod_monitors:
@@ -235,19 +236,21 @@ class Cluster:
     def ready_routers(self, owner: Owner) -> list[str]:
         """The names of the service's ready router pods (not being deleted)."""
         selector = f"{SERVICE_LABEL}={owner.name},app.kubernetes.io/component=router"
-        pods = call(self.core.list_namespaced_pod, owner.namespace, label_selector=selector).items
-        return sorted(p.metadata.name for p in pods if p.metadata.deletion_timestamp is None
-                      and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])))
+        pods = call_plain(self.core.list_namespaced_pod, owner.namespace, label_selector=selector).get("items") or []
+        return sorted(p["metadata"]["name"] for p in pods if not p["metadata"].get("deletionTimestamp")
+                      and any(c.get("type") == "Ready" and c.get("status") == "True"
+                              for c in (p.get("status") or {}).get("conditions") or []))
 
     def pod_problems(self, owner: Owner) -> dict[str, str]:
         """Why the pools' pods are not ready, one line per option: the scheduler's message for a pod
         that is not placed ("0/6 nodes are available: 6 Insufficient nvidia.com/gpu"), else a waiting
         or failing container's reason."""
-        pods = call(self.core.list_namespaced_pod, owner.namespace, label_selector=_owned_selector(owner)).items
+        pods = call_plain(self.core.list_namespaced_pod, owner.namespace,
+                          label_selector=_owned_selector(owner)).get("items") or []
         problems: dict[str, str] = {}
-        for pod in sorted(pods, key=lambda p: p.metadata.name):
-            option = (pod.metadata.labels or {}).get(OPTION_LABEL)
-            why = pod_problem(self.api.sanitize_for_serialization(pod))
+        for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+            option = (pod["metadata"].get("labels") or {}).get(OPTION_LABEL)
+            why = pod_problem(pod)
             if option and why and option not in problems:
                 problems[option] = why
         return problems
@@ -296,7 +299,8 @@ class Cluster:
         options = {"field_manager": FIELD_MANAGER, "force": True, "_content_type": APPLY}
         if kind in self._kinds:
             _, api, suffix = self._kinds[kind]
-            stored = call(getattr(api, f"patch_namespaced_{suffix}"), meta["name"], meta["namespace"], obj, **options)
+            return call_plain(getattr(api, f"patch_namespaced_{suffix}"), meta["name"], meta["namespace"], obj,
+                              **options)
         elif kind == "NodePool":
             return call(self.custom.patch_cluster_custom_object, NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL,
                         meta["name"], obj, **options)
@@ -305,7 +309,6 @@ class Cluster:
                         meta["namespace"], POD_MONITOR_PLURAL, meta["name"], obj, **options)
         else:
             raise ValueError(f"cannot apply {kind}")
-        return self.api.sanitize_for_serialization(stored)
 
     def _delete(self, key: ObjectKey) -> None:
         try:
