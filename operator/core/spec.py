@@ -97,6 +97,7 @@ def _turned_off(duration: str) -> bool:
 # The scale-up window's default: two of the default 60 s intervals, short enough to see a batch or a
 # burst within a pass or two, long enough to hold a few scrapes at Prometheus's usual 15-30 s.
 DEFAULT_SCALE_UP_WINDOW = "2m"
+DEFAULT_SCALE_UP_WINDOW_S = parse_duration(DEFAULT_SCALE_UP_WINDOW, "DEFAULT_SCALE_UP_WINDOW")
 
 
 @dataclass(frozen=True)
@@ -108,18 +109,24 @@ class PrometheusWorkload:
     min_requests: int | None = None
     bearer_token_ref: KeyRef | None = None
     ca_ref: KeyRef | None = None
-    scale_up_window: str | None = None  # None: DEFAULT_SCALE_UP_WINDOW when the window is longer
+    # The shorter window read for growth, as written and in seconds; None: none is read (turned off
+    # with 0s, or the default is not shorter than the window).
+    scale_up: tuple[str, float] | None = (DEFAULT_SCALE_UP_WINDOW, DEFAULT_SCALE_UP_WINDOW_S)
 
-    @property
-    def scale_up(self) -> tuple[str, float] | None:
-        """The shorter window read for growth, as written and in seconds; None: none is read (turned off
-        with 0s, or the default is not shorter than the window)."""
-        if self.scale_up_window is None:
-            default = parse_duration(DEFAULT_SCALE_UP_WINDOW, "default")
-            return (DEFAULT_SCALE_UP_WINDOW, default) if default < self.window_s else None
-        if _turned_off(self.scale_up_window):
-            return None
-        return self.scale_up_window, parse_duration(self.scale_up_window, "scaleUpWindow")
+
+def _scale_up(written: Any, window: str, window_s: float, where: str) -> tuple[str, float] | None:
+    """The scale-up window a spec asks for (see PrometheusWorkload.scale_up); refused unless shorter than
+    the window."""
+    if written is None:
+        return (DEFAULT_SCALE_UP_WINDOW, DEFAULT_SCALE_UP_WINDOW_S) if DEFAULT_SCALE_UP_WINDOW_S < window_s else None
+    text = str(written)
+    if _turned_off(text):
+        return None
+    seconds = parse_duration(text, where)
+    if seconds >= window_s:
+        raise InputError(where, f"{text} is not shorter than the window ({window})",
+                         "a shorter duration, or 0s to read no scale-up window")
+    return text, seconds
 
 
 @dataclass(frozen=True)
@@ -416,12 +423,7 @@ def _workload(value: Any, where: str) -> WorkloadSpec:
                                                       "bearerTokenSecretRef", "caConfigMapRef"])
         window = str(raw.get("window", "10m"))
         window_s = parse_duration(window, f"{where}.prometheus.window")
-        scale_up_window = None if raw.get("scaleUpWindow") is None else str(raw["scaleUpWindow"])
-        if scale_up_window is not None and not _turned_off(scale_up_window):
-            scale_up_s = parse_duration(scale_up_window, f"{where}.prometheus.scaleUpWindow")
-            if scale_up_s >= window_s:
-                raise InputError(f"{where}.prometheus.scaleUpWindow", f"{scale_up_window} is not shorter than "
-                                 f"the window ({window})", "a shorter duration, or 0s to read no scale-up window")
+        scale_up = _scale_up(raw.get("scaleUpWindow"), window, window_s, f"{where}.prometheus.scaleUpWindow")
         selector = require_mapping(raw.get("selector", {}), f"{where}.prometheus.selector")
         for key, label in selector.items():
             if not isinstance(label, str):
@@ -431,7 +433,7 @@ def _workload(value: Any, where: str) -> WorkloadSpec:
             selector=dict(selector),
             window_s=window_s,
             window=window,
-            scale_up_window=scale_up_window,
+            scale_up=scale_up,
             min_requests=None if raw.get("minRequests") is None else integer(
                 raw["minRequests"], f"{where}.prometheus.minRequests", minimum=0),
             bearer_token_ref=_key_ref(raw["bearerTokenSecretRef"], f"{where}.prometheus.bearerTokenSecretRef")

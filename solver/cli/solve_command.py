@@ -179,9 +179,9 @@ def _parse_current(value: str | None, option_names: list[str], aliases: Mapping[
         other = sorted(k for k, v in aliases.items() if v == option and k != option and ":" not in k)
         return f"{option} (also {', '.join(other)})" if other else option
 
+    known = ", ".join(also(option) for option in option_names)
     for part in value.split(","):
-        name, count = _option_assignment("--current", part, "NAME=N,NAME=N", option_names, aliases,
-                                         ", ".join(also(option) for option in option_names))
+        name, count = _option_assignment("--current", part, "NAME=N,NAME=N", option_names, aliases, known)
         try:
             current[name] = integer(int(count), f"--current {name}", minimum=0)
         except ValueError:
