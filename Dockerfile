@@ -9,6 +9,7 @@ WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY solver/ solver/
 COPY operator/ operator/
+COPY crds/ crds/
 COPY testing/ testing/
 COPY demo/ demo/
 # One wheel for the project and one for each pinned dependency (binary wheels: no compiler needed).

@@ -11,7 +11,6 @@ Usage: python bench/solver_speed.py [--runs 7] [--solvers highs,cbc] [--parts a,
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -19,27 +18,7 @@ import time
 from common import print_table, require_paper_data
 
 from melange.solver.ilp import SOLVERS, IlpSettings, Item, OptionSpec, solve_ilp
-
-PAPER_PRICES = {"L4": 0.70, "A10G": 1.01, "A100": 3.67, "H100": 7.516}
-
-
-def paper_instance(rate: float) -> tuple[list[Item], list[OptionSpec]]:
-    data = require_paper_data() / "early-profiles"
-    profiles = json.loads((data / "llama2-7b_tputs_2024-02-22.json").read_text())["gpu_info"]
-    share = json.loads((data / "arena_distribution_from_trace.json").read_text())["arena_10x6"]["share"]
-    names = list(PAPER_PRICES)
-    items = []
-    for i, row in enumerate(share):
-        for j, p in enumerate(row):
-            seconds = []
-            for name in names:
-                table = profiles[name]["tputs"]
-                value = table[i][j] if i < len(table) and j < len(table[i]) else 0
-                seconds.append(1 / value if value > 0 else None)
-            if p > 0 and any(s is not None for s in seconds):
-                items.append(Item(f"{i},{j}", rate * p, tuple(seconds)))
-    return items, [OptionSpec(n, PAPER_PRICES[n]) for n in names]
-
+from melange.testing.paper_instance import paper_instance
 
 def large_instance(seed: int, options_count: int = 16, buckets: int = 100) -> tuple[list[Item], list[OptionSpec]]:
     rng = random.Random(seed)
@@ -74,7 +53,7 @@ def main() -> None:
     rows = []
     if "a" in parts:
         for rate in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64):
-            items, options = paper_instance(rate)
+            items, options = paper_instance(rate, require_paper_data() / "early-profiles")
             row = [f"(a) paper 4x60 S=8, rate {rate}"]
             for solver in solvers:
                 ms, status = median_ms(items, options, IlpSettings(slice_factor=8, solver=solver), args.runs)

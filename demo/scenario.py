@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from melange.demo.view import Snapshot, View
 from melange.operator import handlers
 from melange.operator.handlers import OperatorConfig
+from melange.operator.plan_command import CRD_FILE
 from melange.solver.buckets import BucketGrid
 from melange.solver.metrics.traffic_player import MIXES, Stream, VllmMetrics
 from melange.testing.kopf_runner import start_operator
@@ -35,7 +36,6 @@ from melange.testing.prometheus_server import PrometheusServer
 NAMESPACE, NAME = "default", "llama3-demo"
 MODEL = "meta-llama/Meta-Llama-3-8B-Instruct"
 GRID = BucketGrid((250, 1000, 2000, 4000, 8000), (100, 250, 500))
-CRD_FILE = Path(__file__).resolve().parents[1] / "crds" / "llmservice.yaml"
 LLMSERVICES, DEPLOYMENTS = "melange.ai/v1alpha1/llmservices", "apps/v1/deployments"
 OWNED = ("apps/v1/deployments", "v1/services", "v1/configmaps")
 DRAIN_S = 10.0  # the demo's pools are imaginary: a short drain keeps the move watchable

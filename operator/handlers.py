@@ -5,8 +5,8 @@ A pass runs when something it depends on changed: the spec (create, update, resu
 the service's Deployments (a watch: pods became ready or went away, someone scaled or edited it), a
 time a move waits for (the routers' acknowledgements and requests in flight, the drain's bound, the move's
 deadline), or the service's `reallocation.interval` (new traffic; the first such pass after a create,
-resume or edit at the service's own phase within the interval, operator/core/schedule.py, so services
-created together do not tick together). A one-second timer runs the pass that is due; between them a
+resume or edit half an interval plus the service's own phase later, operator/core/schedule.py, so
+services created together do not tick together). A one-second timer runs the pass that is due; between them a
 service costs no API call. At most `max_passes` passes run at once (one per core by default): a burst
 of due passes queues for a core instead of sharing the cores all at once, so each pass takes what its
 own work takes. A failed pass sets `Reconciled=False` with the reason, posts one Warning (not one per

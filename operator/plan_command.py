@@ -24,7 +24,8 @@ from melange.solver.errors import InputError
 from melange.solver.inputs import load_document
 
 OUTPUTS = ("table", "yaml", "json")
-CRD_FILE = Path(__file__).resolve().parents[1] / "crds" / "llmservice.yaml"
+# The LLMService CRD, shipped in the package (a link to the checkout's crds/ that a wheel holds as a file).
+CRD_FILE = Path(__file__).resolve().parent / "crds" / "llmservice.yaml"
 YAML_HEADER = ("# What melange-operator would apply for {service} on its first pass ({summary}).\n"
                "# ownerReferences are left out: they name the LLMService's uid, which exists only once the\n"
                "# API server has created it (with a made-up one the garbage collector would delete these).\n")
@@ -85,7 +86,7 @@ def config_maps(values: list[str]) -> dict[tuple[str, str], str]:
 def _crd() -> dict[str, Any]:
     if not CRD_FILE.is_file():
         raise InputError("melange plan", f"the LLMService CRD is not at {CRD_FILE}",
-                         "an install from a checkout of the project (pip install -e .), which has crds/")
+                         "an install of melange-operator that ships it: reinstall the package")
     return yaml.safe_load(CRD_FILE.read_text())
 
 

@@ -11,7 +11,6 @@ import json
 import sys
 from pathlib import Path
 from collections.abc import Mapping
-from typing import Any
 
 from melange.solver.allocation import SolveReport
 from melange.solver.buckets import BucketGrid, grid_from_dict, paper_grid

@@ -11,7 +11,10 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
+
+import pytest
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -143,3 +146,28 @@ def test_every_runtime_dependency_is_pinned():
     pinned = pins()
     missing = _runtime_closure(pinned) - set(pinned)
     assert not missing, f"not in constraints.txt: {sorted(missing)} (regenerate it, see its header)"
+
+
+@pytest.mark.integration
+def test_a_wheel_built_from_what_the_build_copies_ships_the_crd(tmp_path):
+    """`melange plan` and `melange demo` read the LLMService CRD from the package: a wheel built, as the
+    image's build stage builds it, from only what the Dockerfile copies holds it, equal to crds/'s."""
+    context = tmp_path / "context"
+    for op, args in instructions():
+        parts = args.split()
+        if op != "COPY" or any(p.startswith("--from") for p in parts):
+            continue
+        for source in (s.rstrip("/") for s in parts[:-1] if not s.startswith("--")):
+            target = context / source
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, symlinks=True,  # as COPY keeps links
+                                ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            else:
+                shutil.copy2(ROOT / source, target)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "--wheel-dir", str(tmp_path / "w"),
+                    str(context)], check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "w").glob("melange_operator-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("melange/operator/crds/llmservice.yaml")
+    assert shipped == (ROOT / "crds" / "llmservice.yaml").read_bytes()

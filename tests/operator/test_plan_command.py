@@ -266,7 +266,7 @@ def test_without_the_plan_extra_it_says_what_to_install(monkeypatch, capsys):
     assert err == "melange: error: melange plan: cel-python not installed (allowed: pip install -e '.[plan]')\n"
 
 
-def test_without_the_crd_of_a_checkout_it_says_so(monkeypatch, tmp_path, capsys):
+def test_without_the_packaged_crd_it_says_so(monkeypatch, tmp_path, capsys):
     from melange.operator import plan_command
     monkeypatch.setattr(plan_command, "CRD_FILE", tmp_path / "crds" / "llmservice.yaml")
     code, _, err = run(capsys, "plan", ARENA)

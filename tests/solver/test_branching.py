@@ -7,7 +7,6 @@ and on random models with few integer columns (brute force covers small instance
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
@@ -17,28 +16,10 @@ import pytest
 
 from melange.solver import ilp
 from melange.solver.branching import branch_and_bound, round_by_groups
-from melange.solver.ilp import IlpSettings, Item, OptionSpec, solve_ilp
+from melange.solver.ilp import IlpSettings, solve_ilp
+from melange.testing.paper_instance import paper_instance
 
 DATA = Path(__file__).resolve().parents[2] / "bench" / "data" / "early-profiles"
-PRICES = {"L4": 0.70, "A10G": 1.01, "A100": 3.67, "H100": 7.516}
-
-
-def paper_instance(rate: float) -> tuple[list[Item], list[OptionSpec]]:
-    profiles = json.loads((DATA / "llama2-7b_tputs_2024-02-22.json").read_text())["gpu_info"]
-    share = json.loads((DATA / "arena_distribution_from_trace.json").read_text())["arena_10x6"]["share"]
-    items = []
-    for i, row in enumerate(share):
-        for j, p in enumerate(row):
-            seconds = []
-            for name in PRICES:
-                table = profiles[name]["tputs"]
-                value = table[i][j] if i < len(table) and j < len(table[i]) else 0
-                seconds.append(1 / value if value > 0 else None)
-            if p > 0 and any(s is not None for s in seconds):
-                items.append(Item(f"{i},{j}", rate * p, tuple(seconds)))
-    return items, [OptionSpec(name, price) for name, price in PRICES.items()]
-
-
 def whole_model_cost(items, options, settings) -> float:
     """The counting-form MIP in one piece, by HiGHS's MIP solver (no stages, no rounding)."""
     model, n, _ = ilp._build(items, options, settings, integer_slices=True)
@@ -49,7 +30,7 @@ def whole_model_cost(items, options, settings) -> float:
 
 @pytest.mark.parametrize("rate", [1, 2, 4, 8, 12, 16, 24, 32, 48, 64])
 def test_paper_instance_costs_match_the_whole_model(rate):
-    items, options = paper_instance(rate)
+    items, options = paper_instance(rate, DATA)
     settings = IlpSettings(slice_factor=8)
     solution = solve_ilp(items, options, settings)
     assert solution.status == "optimal"
@@ -91,7 +72,7 @@ def test_branch_and_bound_matches_the_mip_solver(seed):
 
 
 def test_a_node_limit_gives_up_rather_than_guessing():
-    items, options = paper_instance(48)
+    items, options = paper_instance(48, DATA)
     model, *_ = ilp._build(items, options, IlpSettings(slice_factor=8), integer_slices=False)
     with ilp._quiet_stdout():
         assert branch_and_bound(model, 1e-9, 1e-7, node_limit=1).status == "limit"
