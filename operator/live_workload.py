@@ -101,13 +101,13 @@ def pools_with_series(config: PrometheusConfig) -> set[str]:
             if item["metric"].get(POOL_LABEL)}
 
 
-def _read_recent(config: PrometheusConfig, grid: BucketGrid, scale_up: tuple[str, float],
+def _read_recent(source: PrometheusSource, within: LiveWorkload, grid: BucketGrid, scale_up: tuple[str, float],
                  trusted: Workload | None) -> LiveInput | None:
-    """The scale-up window's reading, its mix borrowed from `trusted` when it holds too few requests;
-    None when it gives no workload."""
+    """The scale-up window's reading (inside the window just read, `within`), its mix borrowed from
+    `trusted` when it holds too few requests; None when it gives no workload."""
     text, seconds = scale_up
     try:
-        recent = interpret(PrometheusSource(replace(config, window_s=seconds)).workload(grid), grid, text, trusted)
+        recent = interpret(source.over(seconds).workload(grid, within), grid, text, trusted)
     except UnavailableError:
         return None
     return recent if recent.workload is not None else None
@@ -125,11 +125,14 @@ def read_live(config: PrometheusConfig | None, grid: BucketGrid, window: str, po
         return LiveInput(None, "no Prometheus URL: set spec.workload.prometheus.url or the operator's "
                                "--prometheus-url", window)
     try:
-        live = interpret(PrometheusSource(config).workload(grid), grid, window, trusted)
+        source = PrometheusSource(config)
+        reading = source.workload(grid)
+        live = interpret(reading, grid, window, trusted)
     except UnavailableError as error:
         return LiveInput(None, str(error), window)
     if live.workload is not None and scale_up is not None:
-        live = replace(live, recent=_read_recent(config, grid, scale_up, live.workload if live.mix_trusted else trusted))
+        live = replace(live, recent=_read_recent(source, reading, grid, scale_up,
+                                                 live.workload if live.mix_trusted else trusted))
     if live.workload is None or not pools or slo is None:
         return live
     now = time.time()

@@ -8,11 +8,12 @@ requests are reported in `LiveWorkload.status` for the caller to decide.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,8 +240,16 @@ class PrometheusSource:
         rebinned = rebin(cumulative_to_intervals(buckets), edges)
         return list(rebinned.counts), rebinned.beyond
 
-    def workload(self, grid: BucketGrid) -> LiveWorkload:
-        """The live workload on `grid`. Raises MetricsError when Prometheus fails."""
+    def over(self, window_s: float) -> PrometheusSource:
+        """The same server and selector over another window, on the same connection."""
+        other = copy.copy(self)
+        other.config = replace(self.config, window_s=window_s)
+        return other
+
+    def workload(self, grid: BucketGrid, within: LiveWorkload | None = None) -> LiveWorkload:
+        """The live workload on `grid`; `within`: the reading of a longer window just taken, whose
+        liveness and series' age this shorter window shares (two queries fewer). Raises MetricsError
+        when Prometheus fails."""
         rate, count = self.request_rate()
         window = self.config.window_s
         if rate is None:
@@ -248,13 +257,17 @@ class PrometheusSource:
                                 (f"no series match {self._selector(vllm_name_regex(VLLM_REQUEST_SUCCESS))} "
                                  f"at {self.config.url}",))
         notes: list[str] = []
-        span = self.covered_span()
+        if within is None:
+            span = self.covered_span()
+        else:
+            span = within.span_s if within.span_s is not None and within.span_s < window else None
         if span is not None:
             rate, count = self.request_rate(span)
             rate = rate or 0.0
             notes.append(f"the request counter's series cover only the last {span:.0f} s of the {window:g} s "
                          f"window (a new service or a Prometheus restart): the rate is measured over those {span:.0f} s")
-        status = "ok" if self.is_live() else "stale"
+        live = self.is_live() if within is None else within.status != "stale"
+        status = "ok" if live else "stale"
         if status == "stale":
             notes.append("the request counter has no current sample: the service or its scrape target is gone")
         elif not rate and not count:

@@ -269,6 +269,34 @@ def test_a_young_series_that_vanishes_has_rate_zero():
     assert live.notes[-1] == "no requests in the window: the service is idle" and live.span_s is not None
 
 
+def test_a_shorter_window_within_one_just_read_shares_its_liveness_and_age():
+    """The scale-up window is read right after the window, on the same connection: its rate and mix
+    queries only; stale when the window was, measured over the window's span when that is shorter."""
+    short_rate, short_increase = f"sum(rate({SUCCESS}[120s]))", f"sum(increase({SUCCESS}[120s]))"
+    short_joint = f"sum by (input_le, output_le) (increase({ROUTER}[120s]))"
+    answers = {**full_window(2.0, 1200), JOINT: [sample(1200, input_le="50", output_le="50")],
+               short_rate: [sample(5.0)], short_increase: [sample(600)],
+               short_joint: [sample(300, input_le="50", output_le="50"), sample(300, input_le="256", output_le="50")]}
+    with PrometheusStandIn(answers) as prometheus:
+        window = source(prometheus)
+        read = window.workload(GRID)
+        recent = window.over(120.0).workload(GRID, read)
+        assert prometheus.queries == [RATE, INCREASE, NOW, RANGE, LIVE, JOINT, short_rate, short_increase, short_joint]
+    assert (recent.status, recent.rate, recent.requests_in_window, recent.window_s, recent.span_s) == \
+        ("ok", 5.0, 600, 120.0, None)
+    assert [list(row) for row in recent.workload.distribution] == [[0.5, 0.0], [0.5, 0.0]]
+    stale = LiveWorkload("stale", 0.1, 60, 600, None, None, ())
+    with PrometheusStandIn(answers) as prometheus:
+        assert source(prometheus).over(120.0).workload(GRID, stale).status == "stale"
+    # the window's series are 90 s old: the shorter window is measured over those 90 s too
+    young = LiveWorkload("ok", 1.0, 90, 600, None, None, (), span_s=90.0)
+    span_rate, span_increase = f"sum(rate({SUCCESS}[90000ms]))", f"sum(increase({SUCCESS}[90000ms]))"
+    with PrometheusStandIn({**answers, span_rate: [sample(4.0)], span_increase: [sample(360)]}) as prometheus:
+        measured = source(prometheus).over(120.0).workload(GRID, young)
+        assert prometheus.queries == [short_rate, short_increase, span_rate, span_increase, short_joint]
+    assert (measured.rate, measured.requests_in_window, measured.span_s) == (4.0, 360, 90.0)
+
+
 @pytest.mark.parametrize("first,span", [
     (9430.0, None),  # 30 s after the window's start = 2 scrape intervals: covers the window
     (9430.5, 569.501),  # just over 2 intervals: measured from the first sample
