@@ -5,6 +5,7 @@ Expected mixes come from the Mélange paper's Table 3 (Arena, Llama-2-7B, 120 ms
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import json
@@ -75,6 +76,18 @@ async def test_create_deploys_the_papers_mix_with_router_and_routing_table(kube,
             kube.mark_ready("default", name)
         ready = await status_of(kube, "llama2-arena", lambda s: condition(s, "Ready").get("status") == "True")
         assert condition(ready, "Solved")["status"] == "True"
+
+
+async def test_the_idle_ticks_write_no_log_line(kube, operator_runner, caplog):
+    """The one-second tick of every service runs kopf's timer handler, which logs a line at INFO each
+    time: those lines are left out; the handlers' other lines are not."""
+    caplog.set_level("INFO", logger="kopf.objects")
+    async with start(operator_runner):
+        await kube.create(arena())
+        await status_of(kube, "llama2-arena", lambda s: (s.get("status") or {}).get("allocation"))
+        await asyncio.sleep(3 * handlers.TICK_S + 0.5)  # three ticks at least
+    lines = [r.getMessage() for r in caplog.records if r.name == "kopf.objects"]
+    assert "Handler 'on_change' succeeded." in lines and "Timer 'on_tick' succeeded." not in lines, lines
 
 
 async def test_a_new_rate_moves_to_the_new_mix_and_the_dropped_pool_goes(kube, operator_runner):
