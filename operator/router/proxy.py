@@ -81,6 +81,15 @@ class RouterMetrics:
         self.endpoints = Gauge("melange_router_pool_endpoints", "Ready endpoints per pool.", ["pool"],
                                registry=registry)
         self._pool_series: dict[str, PoolSeries] = {}
+        self._joint_cells: dict[tuple[str, str, str], Counter] = {}
+
+    def joint_cell(self, model: str, input_cell: str, output_cell: str) -> Counter:
+        """The joint size counter's child for one cell, looked up once per cell rather than once per request."""
+        key = (model, input_cell, output_cell)
+        child = self._joint_cells.get(key)
+        if child is None:
+            child = self._joint_cells[key] = self.joint.labels(model, input_cell, output_cell)
+        return child
 
     def pool(self, name: str) -> PoolSeries:
         """The pool's labelled series, looked up once per pool rather than once per request."""
@@ -275,7 +284,8 @@ class Router:
         j = table.grid.output_bucket(output_tokens) if output_tokens is not None else None
         weights = {p: w for p, w in table.weights(i, j).items() if w > 0 and self.pool_urls(p)}
         now = time.monotonic()
-        healthy = {p: w for p, w in weights.items() if self.pools.get(p, PoolState()).unhealthy_until <= now}
+        pools = self.pools
+        healthy = {p: w for p, w in weights.items() if p not in pools or pools[p].unhealthy_until <= now}
         pool_weights = healthy or weights
         if not pool_weights:
             return []
@@ -286,11 +296,14 @@ class Router:
     def pick_url(self, pool: str) -> str:
         """The pool's endpoint with the fewest requests in flight; ties are drawn at random, so that
         endpoints equally busy (an idle pool, a new pod) share the next requests."""
-        state = self.pools.setdefault(pool, PoolState())
+        state = self.pools.get(pool)
+        if state is None:
+            state = self.pools[pool] = PoolState()
         urls = self.pool_urls(pool)
         outstanding = state.outstanding
-        fewest = min(outstanding.get(u, 0) for u in urls)
-        tied = [u for u in urls if outstanding.get(u, 0) == fewest]
+        counts = [outstanding.get(u, 0) for u in urls]
+        fewest = min(counts)
+        tied = [u for u, n in zip(urls, counts) if n == fewest]
         return tied[0] if len(tied) == 1 else self._rng.choice(tied)
 
     def upstream_url(self, base: str, path: str) -> URL:
@@ -329,7 +342,7 @@ class Router:
         """Count a request in the joint size counter as vLLM counts it: once per sequence, by its
         (input, output) tokens (`usage.sequence_sizes`)."""
         for input_tokens, output_tokens in sizes:
-            self.metrics.joint.labels(self.model_name, _size_cell(input_tokens), _size_cell(output_tokens)).inc()
+            self.metrics.joint_cell(self.model_name, _size_cell(input_tokens), _size_cell(output_tokens)).inc()
 
 
 # How the router is served: a client that disconnects cancels its handler, and with it the upstream
