@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -31,10 +30,10 @@ from melange.operator.core.moves import DEFAULT_DRAIN_S
 from melange.operator.core.planner import GROUP, MANAGED_BY, SERVICE_LABEL, VERSION, Images, Owner, PodMonitorSettings
 from melange.operator.core.problem import Inputs, config_refs, explicit_profiles, service_grid
 from melange.operator.core.reconcile import LiveInput, Observed, Outcome, reconcile
-from melange.operator.core.schedule import interval_due
+from melange.operator.core.schedule import next_interval_pass_s
 from melange.operator.core.spec import ServiceSpec, parse_spec
 from melange.operator.core.status import condition, condition_status, iso, merge_conditions, status_merge_patch
-from melange.operator.kube import Cluster, describe_error, load_config
+from melange.operator.kube import PLURAL, Cluster, describe_error, load_config
 from melange.operator.live_workload import PrometheusDefaults, prometheus_config, read_live
 from melange.operator.metrics import OperatorMetrics
 from melange.solver.errors import InputError
@@ -43,7 +42,6 @@ from melange.solver.memo import SolveMemo
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 from melange.solver.workload import Workload
 
-PLURAL = "llmservices"
 TICK_S = 1.0
 DEFAULT_INTERVAL_S = 60.0
 RETRY_S = 5.0  # the first retry of a failed pass; doubled each time, at most the interval
@@ -74,6 +72,7 @@ class OperatorConfig:
     cluster: Cluster | None = None
     clock_origin: tuple[float, float] | None = None  # (wall time, loop time) when the operator started
     woken: set[tuple[str, str]] = field(default_factory=set)  # (namespace, name) of services a watch woke
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)  # each service daemon's alarm
     max_passes: int = field(default_factory=cores)  # passes running at once, at most
     solve_memo: SolveMemo | None = field(default_factory=SolveMemo)  # answers of solves whose inputs recur
     _pass_slots: asyncio.Semaphore | None = None
@@ -86,8 +85,15 @@ class OperatorConfig:
         return self._pass_slots
 
     def wake(self, namespace: str, name: str) -> None:
-        """Ask for a pass of the service at the next tick."""
+        """Ask for a pass of the service."""
         self.woken.add((namespace, name))
+        self.look_again(namespace, name)
+
+    def look_again(self, namespace: str, name: str) -> None:
+        """Have the service's daemon work out again when its next pass is due."""
+        event = self.wakeups.get((namespace, name))
+        if event is not None:
+            event.set()
 
     def clock(self) -> float:
         """Seconds since the epoch, advancing with the event loop's clock (so tests can fast-forward it)."""
@@ -107,20 +113,6 @@ def _config(memo: Any) -> OperatorConfig:
     return config
 
 
-class QuietTicks(logging.Filter):
-    """Leaves out kopf's "Timer 'on_tick' succeeded." line: the tick runs every second for every service
-    and nearly always does nothing (a pass it runs logs its own lines), so at INFO it would write a line
-    per service per second."""
-
-    line = "Timer 'on_tick' succeeded."
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != self.line
-
-
-QUIET_TICKS = QuietTicks()
-
-
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """kopf's bookkeeping goes to annotations under our group; the API client and the clock are made once."""
@@ -130,7 +122,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = 20  # INFO and above become Events only where we post them ourselves
     settings.networking.request_timeout = API_TIMEOUT_S
-    logging.getLogger("kopf.objects").addFilter(QUIET_TICKS)
     config = _config(memo)
     config.clock()
     use_memo(config.solve_memo)
@@ -234,6 +225,7 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         passes.failures = passes.failures + 1 if error is not None else 0
         passes.retry_s = None if error is None else \
             loop.time() + min(RETRY_S * 2 ** (passes.failures - 1), _interval_s(body.get("spec")))
+        config.look_again(meta["namespace"], meta["name"])
         return outcome if error is None else None
 
 
@@ -380,33 +372,63 @@ def _present(memo: kopf.Memo, **_: Any) -> bool:
     return not memo.get("deleted")
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=TICK_S, when=_present)
-async def on_tick(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    """Run the pass that is due: a watch woke the service, a move's timed step came, or the interval
-    passed (then with a fresh reading of the traffic); after a failure, only its retry. Otherwise
-    nothing."""
+def _due_in_s(body: kopf.Body, passes: Passes, config: OperatorConfig) -> tuple[float, bool]:
+    """Seconds until the service's next pass falls due (0: now), and whether that pass reads fresh
+    traffic: a watch woke the service, a move's timed step came, or the interval passed (then with a
+    fresh reading of the traffic); after a failure, only its retry."""
+    meta = body["metadata"]
+    now = config.clock()
+    interval_at = now if passes.fresh_at_s is None else next_interval_pass_s(
+        passes.fresh_at_s, passes.fresh_on_phase, meta["uid"], _service_interval_s(passes, body))
+    fresh = interval_at <= now
+    if passes.retry_s is not None:
+        return max(0.0, passes.retry_s - asyncio.get_running_loop().time()), fresh
+    if fresh or (meta["namespace"], meta["name"]) in config.woken:
+        return 0.0, fresh
+    due_at = interval_at if passes.wake_s is None else min(interval_at, passes.wake_s)
+    return max(0.0, due_at - now), False
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, initial_delay=TICK_S, cancellation_timeout=API_TIMEOUT_S, when=_present)
+async def run_passes(body: kopf.Body, memo: kopf.Memo, logger: Any, stopped: Any, **_: Any) -> None:
+    """Run each pass of the service when it falls due (`_due_in_s`), sleeping in between: a watch, an
+    edit or another pass wakes it to look again, so an idle service costs nothing (a timer would run a
+    handler every tick for every service). The pass's status is written here, as kopf writes a
+    handler's."""
     config = _config(memo)
     passes = _passes(memo)
     meta = body["metadata"]
-    now = asyncio.get_running_loop().time()
-    woken = (meta["namespace"], meta["name"]) in config.woken
-    fresh = interval_due(config.clock(), passes.fresh_at_s, passes.fresh_on_phase, meta["uid"],
-                         _service_interval_s(passes, body))
-    if passes.retry_s is not None:
-        due = now >= passes.retry_s
-    else:
-        due = woken or fresh or (passes.wake_s is not None and config.clock() >= passes.wake_s)
-    if due and not passes.lock.locked():
-        # A wake that comes while a pass runs (or waits for a slot) stays for the next tick: that pass may
-        # have read the Deployments before the change that woke it.
-        config.woken.discard((meta["namespace"], meta["name"]))
-        await reconcile_service(body, patch, memo, logger, fresh_metrics=fresh,
-                                on_phase=fresh and passes.fresh_at_s is not None)
+    key = (meta["namespace"], meta["name"])
+    wakeup = config.wakeups.setdefault(key, asyncio.Event())
+    stopping = asyncio.ensure_future(stopped.wait())
+    try:
+        while not stopped:
+            delay, fresh = _due_in_s(body, passes, config)
+            if delay == 0 and passes.lock.locked():
+                # A wake that comes while a pass runs (or waits for a slot) stays for the pass after it:
+                # that pass may have read the Deployments before the change that woke it.
+                delay = TICK_S
+            if delay > 0:
+                wakeup.clear()
+                waking = asyncio.ensure_future(wakeup.wait())
+                await asyncio.wait({waking, stopping}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+                waking.cancel()
+                continue
+            config.woken.discard(key)
+            patch = kopf.Patch()
+            await reconcile_service(body, patch, memo, logger, fresh_metrics=fresh,
+                                    on_phase=fresh and passes.fresh_at_s is not None)
+            if patch:
+                await asyncio.to_thread(config.cluster.patch_status, meta["namespace"], meta["name"], dict(patch))
+    finally:
+        stopping.cancel()
+        if config.wakeups.get(key) is wakeup:
+            del config.wakeups[key]
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def on_service_event(type: str, memo: kopf.Memo, **_: Any) -> None:
-    """kopf stops an object's timer on deletion only through a finalizer; without one, the timer's filter
+    """kopf stops an object's daemon on deletion only through a finalizer; without one, the daemon's filter
     (`_present`) stops it once the watch says the service is gone."""
     if type == "DELETED":
         memo["deleted"] = True
@@ -416,22 +438,22 @@ async def on_service_event(type: str, memo: kopf.Memo, **_: Any) -> None:
                labels={"app.kubernetes.io/managed-by": MANAGED_BY, SERVICE_LABEL: kopf.PRESENT})
 async def on_owned_deployment(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A pool or router Deployment changed (replicas became ready, someone scaled or edited it): its
-    service's next tick runs a pass."""
+    service runs a pass."""
     meta = body["metadata"]
     _config(memo).wake(meta["namespace"], meta["labels"][SERVICE_LABEL])
 
 
-def _without_finalizer(timer: Any) -> None:
-    """kopf gives every timer a finalizer, to stop it before its object goes. A tick holds nothing that
-    needs stopping, and a finalizer on every service hangs its deletion (and the CRD's) once the
-    operator is gone: the same timer, without one. Only Karpenter services keep a finalizer, for their
+def _without_finalizer(daemon: Any) -> None:
+    """kopf gives every daemon a finalizer, to stop it before its object goes. The daemon holds nothing
+    that needs stopping, and a finalizer on every service hangs its deletion (and the CRD's) once the
+    operator is gone: the same daemon, without one. Only Karpenter services keep a finalizer, for their
     cluster-scoped NodePools (the delete handler below); kopf removes it from the others."""
     spawning = kopf.get_default_registry()._spawning
-    spawning._handlers[:] = [dataclasses.replace(handler, requires_finalizer=False) if handler.fn is timer
+    spawning._handlers[:] = [dataclasses.replace(handler, requires_finalizer=False) if handler.fn is daemon
                              else handler for handler in spawning._handlers]
 
 
-_without_finalizer(on_tick)
+_without_finalizer(run_passes)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=lambda spec, status, **_: _uses_node_pools(spec, status))

@@ -26,7 +26,7 @@ from urllib3.exceptions import HTTPError
 
 from melange.operator.core.diff import Actions, ObjectKey
 from melange.operator.core.planner import (GROUP, HASH_ANNOTATION, MANAGED_BY, OPTION_LABEL, SERVICE_LABEL,
-                                           WRITTEN_BY_OTHERS, Owner)
+                                           VERSION, WRITTEN_BY_OTHERS, Owner)
 from melange.operator.core.problem import ConfigData
 from melange.operator.core.spec import KeyRef
 
@@ -35,6 +35,7 @@ NAMESPACE_LABEL = f"{GROUP}/namespace"
 NODEPOOL_GROUP, NODEPOOL_VERSION, NODEPOOL_PLURAL = "karpenter.sh", "v1", "nodepools"
 MONITORING_GROUP, MONITORING_VERSION, POD_MONITOR_PLURAL = "monitoring.coreos.com", "v1", "podmonitors"
 RBAC_VERSION = "rbac.authorization.k8s.io/v1"
+PLURAL = "llmservices"
 DISCOVERY_TTL_S = 60.0  # how long an answer "this API is (not) served" is reused
 FIELD_MANAGER = MANAGED_BY
 APPLY = "application/apply-patch+yaml"
@@ -286,6 +287,15 @@ class Cluster:
         for line in done:
             log.info(line)
         return done
+
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        """Merge `patch` ({"status": {...}}, None deleting a key) into an LLMService's status, as kopf
+        writes a handler's; a service deleted meanwhile is left alone."""
+        try:
+            call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, patch)
+        except ApiException as error:
+            if error.status != 404:
+                raise
 
     def delete_node_pools(self, owner: Owner) -> None:
         """Delete the service's NodePools (owner references cannot reach cluster-scoped objects)."""
