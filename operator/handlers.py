@@ -178,9 +178,9 @@ class Passes:
     wake_s: float | None = None  # wall time a move waits for
     retry_s: float | None = None  # loop time to retry a failed pass
     failures: int = 0
-    # (resourceVersion the last pass read, status it wrote): until the watch brings the written status,
-    # the body kopf hands over still holds the one before.
-    written: tuple[str | None, dict[str, Any]] | None = None
+    # (resourceVersion after the last status write, the status written): until the watch brings that
+    # write, the body kopf hands over still holds a status before it.
+    written: tuple[str, dict[str, Any]] | None = None
 
 
 def _passes(memo: kopf.Memo) -> Passes:
@@ -189,11 +189,12 @@ def _passes(memo: kopf.Memo) -> Passes:
     return memo["passes"]
 
 
-async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any,
-                            fresh_metrics: bool = True, on_phase: bool = False) -> Outcome | None:
-    """Observe, reconcile, apply, report: one pass for one service. A failure is reported in status and
-    once as an Event, and the pass is retried; None then. `on_phase`: an interval pass following an
-    earlier one (operator/core/schedule.py)."""
+async def reconcile_service(body: kopf.Body, memo: kopf.Memo, logger: Any, fresh_metrics: bool = True,
+                            on_phase: bool = False) -> Outcome | None:
+    """Observe, reconcile, apply, report: one pass for one service, its status written before the next
+    pass of the service may start. A failure is reported in status and once as an Event, and the pass
+    is retried; None then. `on_phase`: an interval pass following an earlier one
+    (operator/core/schedule.py)."""
     config = _config(memo)
     passes = _passes(memo)
     async with passes.lock:
@@ -201,7 +202,7 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         started = time.perf_counter()
         meta = body["metadata"]
         previous = dict(body.get("status") or {})
-        if passes.written is not None and passes.written[0] == meta.get("resourceVersion"):
+        if passes.written is not None and _older(meta.get("resourceVersion"), passes.written[0]):
             previous = dict(passes.written[1])
         try:
             async with config.pass_slots:
@@ -215,9 +216,15 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         status["conditions"] = merge_conditions(status.get("conditions") or previous.get("conditions") or [],
                                                 [_reconciled(previous, error, meta.get("generation"), config)])
         _report_failure(body, previous, error, config, logger)
-        for key, value in status_merge_patch(previous, status).items():
-            patch.status[key] = value
-        passes.written = (meta.get("resourceVersion"), _merged(previous, status))
+        changes = status_merge_patch(previous, status)
+        if changes:
+            try:
+                version = await asyncio.to_thread(config.cluster.patch_status, meta["namespace"], meta["name"],
+                                                  {"status": changes})
+                passes.written = None if version is None else (version, _merged(previous, status))
+            except Exception as failure:  # the next pass decides again from what the API server holds
+                logger.warning(f"status not written: {describe_error(failure)[1]}")
+                passes.written = None
         passes.last_s = loop.time()
         if fresh_metrics:
             passes.fresh_at_s, passes.fresh_on_phase = fresh_at, on_phase
@@ -227,6 +234,15 @@ async def reconcile_service(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
             loop.time() + min(RETRY_S * 2 ** (passes.failures - 1), _interval_s(body.get("spec")))
         config.look_again(meta["namespace"], meta["name"])
         return outcome if error is None else None
+
+
+def _older(version: str | None, written: str) -> bool:
+    """Whether the service as kopf hands it over (its resourceVersion `version`) predates the status
+    this shell wrote last (the API server's version after that write): the watch has not brought the
+    write yet. Versions are compared as the integers the API server gives (etcd's revisions)."""
+    if version is None or not version.isdigit() or not written.isdigit():
+        return version != written
+    return int(version) < int(written)
 
 
 def _merged(previous: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
@@ -363,9 +379,9 @@ async def _read_live(spec: ServiceSpec, inputs: Inputs, config: OperatorConfig, 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+async def on_change(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     """A new, changed or resumed service: reconcile now."""
-    await reconcile_service(body, patch, memo, logger)
+    await reconcile_service(body, memo, logger)
 
 
 def _present(memo: kopf.Memo, **_: Any) -> bool:
@@ -415,11 +431,8 @@ async def run_passes(body: kopf.Body, memo: kopf.Memo, logger: Any, stopped: Any
                 waking.cancel()
                 continue
             config.woken.discard(key)
-            patch = kopf.Patch()
-            await reconcile_service(body, patch, memo, logger, fresh_metrics=fresh,
+            await reconcile_service(body, memo, logger, fresh_metrics=fresh,
                                     on_phase=fresh and passes.fresh_at_s is not None)
-            if patch:
-                await asyncio.to_thread(config.cluster.patch_status, meta["namespace"], meta["name"], dict(patch))
     finally:
         stopping.cancel()
         if config.wakeups.get(key) is wakeup:

@@ -288,14 +288,17 @@ class Cluster:
             log.info(line)
         return done
 
-    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge `patch` ({"status": {...}}, None deleting a key) into an LLMService's status, as kopf
-        writes a handler's; a service deleted meanwhile is left alone."""
+    def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> str | None:
+        """Merge `patch` ({"status": {...}}, None deleting a key) into an LLMService's status; the
+        service's resourceVersion after it (None: the service was deleted meanwhile)."""
         try:
-            call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, patch)
+            stored = call(self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name,
+                          patch)
         except ApiException as error:
             if error.status != 404:
                 raise
+            return None
+        return ((stored or {}).get("metadata") or {}).get("resourceVersion")
 
     def delete_node_pools(self, owner: Owner) -> None:
         """Delete the service's NodePools (owner references cannot reach cluster-scoped objects)."""

@@ -38,9 +38,9 @@ async def test_passes_are_capped_spread_by_phase_and_never_miss_an_interval(kube
 
     reconcile_service = reconcile_once = None
 
-    async def recorded(body, patch, memo, logger, fresh_metrics=True, on_phase=False):
+    async def recorded(body, memo, logger, fresh_metrics=True, on_phase=False):
         passes.append((body["metadata"]["name"], fresh_metrics, config.clock()))
-        return await reconcile_service(body, patch, memo, logger, fresh_metrics, on_phase)
+        return await reconcile_service(body, memo, logger, fresh_metrics, on_phase)
 
     async def counted(*args, **kwargs):
         nonlocal running, most
