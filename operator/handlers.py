@@ -42,7 +42,7 @@ from melange.solver.memo import SolveMemo
 from melange.solver.profiling.catalog import Catalog, shipped_catalog
 from melange.solver.workload import Workload
 
-TICK_S = 1.0
+TICK_S = 1.0  # the least time between two passes of a service other than its interval passes
 DEFAULT_INTERVAL_S = 60.0
 RETRY_S = 5.0  # the first retry of a failed pass; doubled each time, at most the interval
 API_TIMEOUT_S = 30.0  # kopf's own calls (watches, status patches, Events)
@@ -397,12 +397,18 @@ def _due_in_s(body: kopf.Body, passes: Passes, config: OperatorConfig) -> tuple[
     interval_at = now if passes.fresh_at_s is None else next_interval_pass_s(
         passes.fresh_at_s, passes.fresh_on_phase, meta["uid"], _service_interval_s(passes, body))
     fresh = interval_at <= now
+    loop_now = asyncio.get_running_loop().time()
     if passes.retry_s is not None:
-        return max(0.0, passes.retry_s - asyncio.get_running_loop().time()), fresh
-    if fresh or (meta["namespace"], meta["name"]) in config.woken:
-        return 0.0, fresh
+        return max(0.0, passes.retry_s - loop_now), fresh
+    if fresh:
+        return 0.0, True
+    # Other passes at most one a second: the watch events of one change (a Deployment's replicas becoming
+    # ready one by one) make one pass, not one each.
+    soonest = 0.0 if passes.last_s is None else max(0.0, passes.last_s + TICK_S - loop_now)
+    if (meta["namespace"], meta["name"]) in config.woken:
+        return soonest, False
     due_at = interval_at if passes.wake_s is None else min(interval_at, passes.wake_s)
-    return max(0.0, due_at - now), False
+    return max(soonest, due_at - now), False
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, initial_delay=TICK_S, cancellation_timeout=API_TIMEOUT_S, when=_present)
