@@ -6,8 +6,10 @@ the service's Deployments (a watch: pods became ready or went away, someone scal
 time a move waits for (the routers' acknowledgements and requests in flight, the drain's bound, the move's
 deadline), or the service's `reallocation.interval` (new traffic; the first such pass after a create,
 resume or edit half an interval plus the service's own phase later, operator/core/schedule.py, so
-services created together do not tick together). A one-second timer runs the pass that is due; between them a
-service costs no API call. At most `max_passes` passes run at once (one per core by default): a burst
+services created together do not tick together). Each service has a kopf daemon that sleeps until its
+next pass is due and is woken by the watches and by every pass to look again: between passes a
+service costs no API call and no handler call; passes other than interval passes come at most one a
+second. A pass writes its own status before the service's next pass may start. At most `max_passes` passes run at once (one per core by default): a burst
 of due passes queues for a core instead of sharing the cores all at once, so each pass takes what its
 own work takes. A failed pass sets `Reconciled=False` with the reason, posts one Warning (not one per
 retry), and is retried with a backoff. A lock per service keeps two passes of one
