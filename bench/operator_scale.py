@@ -17,7 +17,7 @@ the service's lock and waiting for one of the operator's pass slots); the per-ph
 timing wrappers around the handler's own calls (cluster reads, the Prometheus query, the pure reconcile
 with its solves, the apply), in wall and thread CPU time. Measurement starts once every service has
 been solved and ready (first passes excluded). CPU is all of this process's CPU in the window (kopf's
-watches, timer ticks, status patches and Events included): per pass, and per service per interval.
+watches, the services' daemons, status patches and Events included): per pass, and per service per interval.
 Memory per service is the growth of this process's resident memory from the operator's start (no
 service yet) to the window's end, over the services (with one service it is mostly what the first
 pass loads: the catalog, the solver). API calls per pass are the operator's calls the
@@ -284,7 +284,7 @@ async def measure(url: str, prometheus_url: str | None, services: int, interval_
         cycles: list[Cycle] = []
         instrument(cycles)
         try:
-            for k in range(services):  # the timers of services created together tick together
+            for k in range(services):  # created together: their first passes fall due together
                 async with session.post(url + LLMSERVICES.format(namespace=namespace),
                                         json=manifest(k, namespace, interval_s, prometheus_url is None)) as r:
                     r.raise_for_status()
@@ -364,7 +364,7 @@ def max_gap_s(row: Row) -> float | None:
 
 
 def peak_in_flight(cycles: list[Cycle]) -> int:
-    """The most passes running at once (services whose timers tick together reconcile together)."""
+    """The most passes running at once, waiting for a slot included."""
     edges = sorted([(c.started, 1) for c in cycles] + [(c.ended, -1) for c in cycles])
     running = peak = 0
     for _, step in edges:
@@ -416,7 +416,7 @@ def report(rows: list[Row]) -> None:
                  "peak in flight", "max gap s", "goal"], goal_rows)
     print()
     print("Per pass, mean wall ms / mean CPU ms (\"other\": the pass's remaining wall time, waiting included; CPU "
-          "of kopf, watches, status patches, Events, idle ticks):")
+          "of kopf, watches, the services' daemons, Events):")
     print_table(["services", *PHASES, "other", *(f"{name} CPU ms" for name in SIDES)], phase_rows)
     print()
     print("goal: 100 services, p50 <= 500 ms, p90 <= 1000 ms, every service a pass every interval; 1,000 "
@@ -428,7 +428,7 @@ def main() -> None:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--services", default="1,10,100,1000", help="service counts, comma-separated")
     parser.add_argument("--window", type=float, default=30.0,
-                        help="seconds measured for counts under 100 (interval 5 s: a pass every timer tick)")
+                        help="seconds measured for counts under 100 (interval 5 s)")
     parser.add_argument("--long-window", type=float, default=130.0,
                         help="seconds measured for 100 services and more (interval 60 s: two passes each)")
     parser.add_argument("--static", action="store_true",
